@@ -1,0 +1,229 @@
+// -----------------------------------------------------------------------------
+// File: warren/broker.h
+// -----------------------------------------------------------------------------
+//
+// The broker: exchanges, queues and bindings in the host process, with
+// RabbitMQ's (AMQP 0-9-1) model and vocabulary. This header defines:
+//
+//   * `Broker`         — opened with `Broker::Open`; declares and deletes
+//                        exchanges and queues, binds them, publishes, and
+//                        makes consumers and subscriptions.
+//   * `PublishOutcome` — what became of one publish: how many queues took
+//                        it, which refused it, and the message itself when it
+//                        was mandatory and unroutable.
+//
+// Example:
+//
+//   #include <warren/warren.h>
+//
+//   auto broker = warren::Broker::Open({}).value();   // in memory
+//   broker->DeclareExchange("orders", warren::ExchangeType::kTopic);
+//   broker->DeclareQueue("email", {.max_length = 10'000});
+//   broker->Bind("email", "orders", "order.*");
+//
+//   warren::Message m("{\"id\":42}");
+//   m.properties().message_id = "42";
+//   auto outcome = broker->Publish("orders", "order.created", std::move(m),
+//                                  {.mandatory = true});
+//
+//   auto consumer = broker->Consume("email", {.prefetch = 10}).value();
+//   auto d = consumer->Receive(absl::Seconds(1));     // long poll
+//   if (d.ok()) consumer->Ack(*d);
+//
+// Names: exchange and queue names are 1 to 255 bytes without NUL (the empty
+// name is the default exchange); routing and binding keys are 0 to 255 bytes.
+// Every refused call leaves the broker exactly as it was.
+//
+// Thread-safety: every method is thread-safe.
+
+#ifndef WARREN_BROKER_H_
+#define WARREN_BROKER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "warren/consumer.h"
+#include "warren/message.h"
+#include "warren/options.h"
+#include "warren/stats.h"
+
+namespace warren {
+
+// What became of one publish.
+struct PublishOutcome {
+  // Queues that accepted the message.
+  size_t queues = 0;
+  // Queues that refused it because they were full (overflow
+  // `kRejectPublish`). Other queues of the same publish still took it.
+  std::vector<std::string> refused_by;
+  // Set when the publish was mandatory and routed to no queue: the message is
+  // handed back here instead of being dropped (AMQP basic.return).
+  std::optional<Message> returned;
+
+  bool routed() const { return queues > 0 || !refused_by.empty(); }
+};
+
+// Binding arguments: for a headers exchange, `x-match` (`all`, `any`,
+// `all-with-x`, `any-with-x`) and the headers to match; ignored by the other
+// exchange types (but part of the binding's identity).
+using BindingArguments = Headers;
+
+// An in-process message broker. Thread-safe. See the file comment.
+class Broker {
+ public:
+  // Opens a broker. With an empty `options.wal_dir` the broker is purely in
+  // memory. Returns kUnimplemented for a non-empty `wal_dir` until the
+  // write-ahead log exists.
+  static absl::StatusOr<std::unique_ptr<Broker>> Open(
+      const BrokerOptions& options = {});
+
+  // Closes the broker (see Close).
+  virtual ~Broker();
+
+  // --- Exchanges ------------------------------------------------------------
+
+  // Declares an exchange. Redeclaring with the same type and options
+  // succeeds and changes nothing.
+  //   kInvalidArgument    bad name, or the empty name (the default exchange);
+  //   kFailedPrecondition it exists with another type or other options.
+  virtual absl::Status DeclareExchange(std::string_view name,
+                                       ExchangeType type,
+                                       const ExchangeOptions& options = {}) = 0;
+
+  // Deletes an exchange and every binding to and from it.
+  //   kInvalidArgument the default exchange, or a bad name;
+  //   kNotFound        no such exchange;
+  //   kFailedPrecondition `if_unused` and it is the source of a binding.
+  virtual absl::Status DeleteExchange(
+      std::string_view name, const DeleteExchangeOptions& options = {}) = 0;
+
+  // --- Queues ---------------------------------------------------------------
+
+  // Declares a queue and binds it to the default exchange by its name.
+  // Redeclaring with the same options succeeds and changes nothing.
+  //   kInvalidArgument    bad name or option (e.g. max_priority > 10);
+  //   kFailedPrecondition it exists with other options.
+  virtual absl::Status DeclareQueue(std::string_view name,
+                                    const QueueOptions& options = {}) = 0;
+
+  // Deletes a queue, its bindings and its messages (held deliveries become
+  // unsettleable; its consumers receive kNotFound). Returns the number of
+  // ready messages deleted.
+  //   kNotFound           no such queue;
+  //   kFailedPrecondition `if_unused` with consumers, or `if_empty` with
+  //                       ready messages.
+  virtual absl::StatusOr<uint64_t> DeleteQueue(
+      std::string_view name, const DeleteQueueOptions& options = {}) = 0;
+
+  // Removes every ready message (not the unacked ones). Returns how many.
+  //   kNotFound no such queue.
+  virtual absl::StatusOr<uint64_t> PurgeQueue(std::string_view name) = 0;
+
+  // --- Bindings -------------------------------------------------------------
+
+  // Binds `queue` to `exchange` with `binding_key` and `arguments`. Binding
+  // twice is a no-op.
+  //   kInvalidArgument bad name or key, or the default exchange;
+  //   kNotFound        no such queue or exchange.
+  virtual absl::Status Bind(std::string_view queue, std::string_view exchange,
+                            std::string_view binding_key,
+                            const BindingArguments& arguments = {}) = 0;
+
+  // Removes a binding. Removing one that does not exist is a no-op (as in
+  // RabbitMQ); errors as Bind.
+  virtual absl::Status Unbind(std::string_view queue,
+                              std::string_view exchange,
+                              std::string_view binding_key,
+                              const BindingArguments& arguments = {}) = 0;
+
+  // Exchange-to-exchange bindings: messages routed by `source` with a
+  // matching key are routed on by `destination`. Cycles are allowed; a
+  // publish still reaches each queue at most once. Errors as Bind.
+  virtual absl::Status BindExchange(std::string_view destination,
+                                    std::string_view source,
+                                    std::string_view binding_key,
+                                    const BindingArguments& arguments = {}) = 0;
+  virtual absl::Status UnbindExchange(
+      std::string_view destination, std::string_view source,
+      std::string_view binding_key,
+      const BindingArguments& arguments = {}) = 0;
+
+  // --- Publishing -----------------------------------------------------------
+
+  // Publishes `message` to `exchange` ("" is the default exchange, which
+  // routes to the queue named by the routing key). The message is immutable
+  // from here on and shared by every queue it reaches (each queue at most
+  // once). An unroutable message is returned in the outcome when
+  // `mandatory`, else dropped and counted as unroutable by the exchange.
+  //   kInvalidArgument    bad name or routing key, or an internal exchange;
+  //   kNotFound           no such exchange (nothing is enqueued);
+  //   kResourceExhausted  every queue it routed to was full and refused it;
+  //   kFailedPrecondition the broker is closed.
+  virtual absl::StatusOr<PublishOutcome> Publish(
+      std::string_view exchange, std::string_view routing_key,
+      Message message, const PublishOptions& options = {}) = 0;
+
+  // --- Consuming ------------------------------------------------------------
+
+  // Registers a pull consumer on `queue`.
+  //   kNotFound no such queue.
+  virtual absl::StatusOr<std::unique_ptr<Consumer>> Consume(
+      std::string_view queue, const ConsumeOptions& options = {}) = 0;
+
+  // Registers a push consumer: `handler` runs on `options.workers` threads
+  // owned by the returned subscription, and its result settles the delivery.
+  //   kNotFound        no such queue;
+  //   kInvalidArgument workers is 0, or an empty handler.
+  virtual absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
+      std::string_view queue, HandlerWithConsumer handler,
+      const SubscribeOptions& options = {}) = 0;
+
+  // The same with a handler that takes only the delivery.
+  template <typename F,
+            std::enable_if_t<std::is_invocable_r_v<HandlerResult, F&,
+                                                   const Delivery&>,
+                             int> = 0>
+  absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
+      std::string_view queue, F handler, const SubscribeOptions& options = {}) {
+    return Subscribe(
+        queue,
+        HandlerWithConsumer(
+            [h = std::move(handler)](const Delivery& d,
+                                     Consumer&) mutable { return h(d); }),
+        options);
+  }
+
+  // --- Statistics -----------------------------------------------------------
+
+  //   kNotFound no such queue / exchange.
+  virtual absl::StatusOr<QueueStats> GetQueueStats(
+      std::string_view queue) const = 0;
+  virtual absl::StatusOr<ExchangeStats> GetExchangeStats(
+      std::string_view exchange) const = 0;
+  // Every queue and exchange.
+  virtual BrokerStats Stats() const = 0;
+
+  // --- Lifetime -------------------------------------------------------------
+
+  // Closes the broker: later calls return kFailedPrecondition, waiting
+  // receivers wake with kFailedPrecondition, and messages are released.
+  // Subscriptions must be stopped (or destroyed) by their owners; their
+  // workers see the closed broker and exit. Idempotent.
+  virtual void Close() = 0;
+
+ protected:
+  Broker() = default;
+};
+
+}  // namespace warren
+
+#endif  // WARREN_BROKER_H_

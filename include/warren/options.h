@@ -1,0 +1,141 @@
+// -----------------------------------------------------------------------------
+// File: warren/options.h
+// -----------------------------------------------------------------------------
+//
+// Plain option structs for every warren call that takes options, in the style
+// of leveldb's `Options`/`WriteOptions`: each field's comment states its
+// default, and they read well with designated initialisers.
+//
+//   * `BrokerOptions`    — for `Broker::Open`.
+//   * `ExchangeOptions`  — for `Broker::DeclareExchange`.
+//   * `QueueOptions`     — for `Broker::DeclareQueue` (limits, overflow,
+//                          priorities, single active consumer).
+//   * `PublishOptions`   — per publish (mandatory).
+//   * `ConsumeOptions`   — for `Broker::Consume` (prefetch).
+//   * `SubscribeOptions` — for `Broker::Subscribe` (workers, prefetch).
+//   * `DeleteQueueOptions`, `DeleteExchangeOptions` — conditional deletes.
+//
+// Example:
+//
+//   broker->DeclareQueue("email", {.max_length = 10'000,
+//                                  .overflow = warren::Overflow::kDropHead});
+//   auto consumer = broker->Consume("email", {.prefetch = 10});
+
+#ifndef WARREN_OPTIONS_H_
+#define WARREN_OPTIONS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace warren {
+
+// The four AMQP exchange types.
+enum class ExchangeType {
+  kDirect,   // routing key equals binding key
+  kFanout,   // every binding, keys ignored
+  kTopic,    // dot-separated words with `*` (one word) and `#` (zero or more)
+  kHeaders,  // message headers against binding arguments (`x-match`)
+};
+
+// What a queue does when a publish would exceed its length limit.
+enum class Overflow {
+  // The new message is refused; the publisher is told (default).
+  kRejectPublish,
+  // The oldest ready message is dropped to make room (counted as `dropped`).
+  kDropHead,
+};
+
+struct BrokerOptions {
+  // Reserved for the write-ahead log: an empty directory means the broker is
+  // purely in memory. Default: "" (in memory).
+  std::string wal_dir;
+};
+
+struct ExchangeOptions {
+  // Survives a restart when the broker has a WAL. Default: false.
+  bool durable = false;
+  // Deleted when its last binding (as a source) is removed. Default: false.
+  bool auto_delete = false;
+  // Cannot be published to directly, only through exchange-to-exchange
+  // bindings. Default: false.
+  bool internal = false;
+  // Exchange that receives messages this exchange cannot route. It need not
+  // exist when declared; a missing alternate exchange routes nothing.
+  // Default: "" (none).
+  std::string alternate_exchange;
+
+  friend bool operator==(const ExchangeOptions&,
+                         const ExchangeOptions&) = default;
+};
+
+struct QueueOptions {
+  // Survives a restart when the broker has a WAL. Default: false.
+  bool durable = false;
+  // Deleted when its last consumer goes away (after having had one).
+  // Default: false.
+  bool auto_delete = false;
+  // Maximum number of ready messages (unacked ones do not count). 0 means
+  // unlimited. Default: 0.
+  uint64_t max_length = 0;
+  // Maximum total body bytes of ready messages. 0 means unlimited.
+  // Default: 0.
+  uint64_t max_length_bytes = 0;
+  // What a publish beyond the limits does. Default: kRejectPublish.
+  Overflow overflow = Overflow::kRejectPublish;
+  // Highest message priority honoured (1..10); 0 makes a plain FIFO queue.
+  // Default: 0.
+  uint8_t max_priority = 0;
+  // Only one consumer receives at a time; the next registered consumer takes
+  // over when it is cancelled or closed. Default: false.
+  bool single_active_consumer = false;
+  // Slots in the lock-free ring that holds ready messages; rounded up to a
+  // power of two. Ready messages beyond it wait in an overflow list behind the
+  // queue's lock. 0 picks min(max_length, 4096), at least 64. Default: 0.
+  uint32_t ring_capacity = 0;
+
+  friend bool operator==(const QueueOptions&, const QueueOptions&) = default;
+};
+
+struct PublishOptions {
+  // An unroutable message is handed back in `PublishOutcome::returned`
+  // instead of being dropped. Default: false.
+  bool mandatory = false;
+};
+
+struct ConsumeOptions {
+  // Most deliveries this consumer may hold unacked; 0 means unlimited.
+  // Default: 0.
+  uint32_t prefetch = 0;
+  // A label shown in statistics and errors. Default: "" (a generated tag).
+  std::string tag;
+};
+
+struct SubscribeOptions {
+  // Worker threads that run the handler, owned by the subscription.
+  // Default: 1.
+  uint32_t workers = 1;
+  // Most deliveries the subscription holds unacked (those being handled and
+  // those waiting for a worker); 0 means `workers`. Default: 0.
+  uint32_t prefetch = 0;
+  // A label shown in statistics and errors. Default: "" (a generated tag).
+  std::string tag;
+};
+
+struct DeleteQueueOptions {
+  // Refuse (kFailedPrecondition) when the queue has consumers.
+  bool if_unused = false;
+  // Refuse (kFailedPrecondition) when the queue has ready messages.
+  bool if_empty = false;
+};
+
+struct DeleteExchangeOptions {
+  // Refuse (kFailedPrecondition) when the exchange is the source of a binding.
+  bool if_unused = false;
+};
+
+}  // namespace warren
+
+#endif  // WARREN_OPTIONS_H_

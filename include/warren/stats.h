@@ -1,0 +1,63 @@
+// -----------------------------------------------------------------------------
+// File: warren/stats.h
+// -----------------------------------------------------------------------------
+//
+// Statistics snapshots. `Broker::GetQueueStats`, `Broker::GetExchangeStats`
+// and `Broker::Stats` return these by value; taking one never stops the
+// broker. Gauges (ready, unacked, consumers) are read at one moment per queue;
+// counters only grow.
+//
+// Example:
+//
+//   auto stats = broker->GetQueueStats("email").value();
+//   std::cout << stats.ready << " ready, " << stats.unacked << " unacked\n";
+
+#ifndef WARREN_STATS_H_
+#define WARREN_STATS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace warren {
+
+struct QueueStats {
+  std::string name;
+  // Gauges.
+  uint64_t ready = 0;        // waiting for a consumer (returned ones included)
+  uint64_t ready_bytes = 0;  // body bytes of the ready messages
+  uint64_t unacked = 0;      // delivered and not yet settled
+  uint64_t consumers = 0;    // registered, not cancelled or closed
+  // Age of the oldest ready message (zero when there is none).
+  absl::Duration oldest_ready_age = absl::ZeroDuration();
+  // Counters.
+  uint64_t published = 0;    // messages accepted into the queue
+  uint64_t delivered = 0;    // deliveries, redeliveries included
+  uint64_t redelivered = 0;  // deliveries with `redelivered` set
+  uint64_t acked = 0;
+  uint64_t nacked = 0;       // Nack, with or without requeue
+  uint64_t rejected = 0;     // Reject, with or without requeue
+  uint64_t requeued = 0;     // returned to the queue (nack, reject, close)
+  uint64_t dropped = 0;      // removed without delivery (drop-head, requeue=false)
+  uint64_t refused = 0;      // publishes refused by the length limit
+  uint64_t purged = 0;       // removed by PurgeQueue
+};
+
+struct ExchangeStats {
+  std::string name;
+  uint64_t published = 0;   // publishes to this exchange
+  uint64_t routed = 0;      // publishes that reached at least one queue
+  uint64_t unroutable = 0;  // publishes that reached no queue
+  uint64_t returned = 0;    // unroutable mandatory publishes handed back
+};
+
+struct BrokerStats {
+  std::vector<QueueStats> queues;        // sorted by name
+  std::vector<ExchangeStats> exchanges;  // sorted by name; "" is the default
+};
+
+}  // namespace warren
+
+#endif  // WARREN_STATS_H_
