@@ -1,0 +1,505 @@
+#include "broker_impl.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
+#include "str_util.h"
+#include "consumer_state.h"
+#include "headers_match.h"
+#include "names.h"
+#include "status_macros.h"
+#include "subscription_state.h"
+
+namespace warren {
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Open(
+    const BrokerOptions& options) {
+  if (!options.wal_dir.empty()) {
+    return absl::UnimplementedError(
+        "durable brokers (a WAL directory) are not available yet; open with "
+        "an empty wal_dir for an in-memory broker");
+  }
+  return std::unique_ptr<Broker>(new internal::BrokerImpl(options));
+}
+
+Broker::~Broker() = default;
+
+namespace internal {
+
+namespace {
+
+constexpr uint8_t kMaxPriority = 10;
+constexpr uint32_t kMaxRingCapacity = 1u << 24;
+constexpr uint32_t kMaxWorkers = 1024;
+
+std::string_view TypeName(ExchangeType type) {
+  switch (type) {
+    case ExchangeType::kDirect:
+      return "direct";
+    case ExchangeType::kFanout:
+      return "fanout";
+    case ExchangeType::kTopic:
+      return "topic";
+    case ExchangeType::kHeaders:
+      return "headers";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateQueueOptions(const QueueOptions& o) {
+  if (o.max_priority > kMaxPriority) {
+    return absl::InvalidArgumentError(
+        StrCat("max_priority is ", o.max_priority,
+                     "; the largest supported is ", kMaxPriority));
+  }
+  if (o.ring_capacity > kMaxRingCapacity) {
+    return absl::InvalidArgumentError(
+        StrCat("ring_capacity is ", o.ring_capacity,
+                     "; the largest supported is ", kMaxRingCapacity));
+  }
+  if (o.overflow != Overflow::kRejectPublish &&
+      o.overflow != Overflow::kDropHead) {
+    return absl::InvalidArgumentError("unknown overflow policy");
+  }
+  return absl::OkStatus();
+}
+
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) {
+    if (!out.empty()) out += ", ";
+    out += n;
+  }
+  return out;
+}
+
+}  // namespace
+
+// Queues a publish reaches, each once, and the exchanges it passed through.
+struct BrokerImpl::RouteState {
+  absl::InlinedVector<Queue*, 8> queues;
+  absl::flat_hash_set<Queue*> seen;  // used once `queues` grows large
+  absl::InlinedVector<const Exchange*, 4> visited;
+
+  void AddQueue(Queue* q) {
+    constexpr size_t kLinearLimit = 16;
+    if (queues.size() < kLinearLimit) {
+      if (std::find(queues.begin(), queues.end(), q) != queues.end()) return;
+      queues.push_back(q);
+      return;
+    }
+    if (seen.empty()) seen.insert(queues.begin(), queues.end());
+    if (seen.insert(q).second) queues.push_back(q);
+  }
+  bool Visit(const Exchange* e) {
+    if (std::find(visited.begin(), visited.end(), e) != visited.end()) {
+      return false;
+    }
+    visited.push_back(e);
+    return true;
+  }
+};
+
+BrokerImpl::BrokerImpl(const BrokerOptions&) {
+  WriterLock lock(&topo_mu_);
+  exchanges_.emplace("", std::make_unique<Exchange>("", ExchangeType::kDirect,
+                                                    ExchangeOptions{}));
+}
+
+BrokerImpl::~BrokerImpl() { Close(); }
+
+absl::Status BrokerImpl::CheckOpenLocked() const {
+  if (closed_) return absl::FailedPreconditionError("the broker is closed");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Exchange*> BrokerImpl::FindExchangeLocked(
+    std::string_view name) const {
+  auto it = exchanges_.find(name);
+  if (it == exchanges_.end()) {
+    return absl::NotFoundError(StrCat("no exchange '", name, "'"));
+  }
+  return it->second.get();
+}
+
+absl::StatusOr<std::shared_ptr<Queue>> BrokerImpl::FindQueueLocked(
+    std::string_view name) const {
+  auto it = queues_.find(name);
+  if (it == queues_.end()) {
+    return absl::NotFoundError(StrCat("no queue '", name, "'"));
+  }
+  return it->second;
+}
+
+// --- Exchanges -----------------------------------------------------------------
+
+absl::Status BrokerImpl::DeclareExchange(std::string_view name,
+                                         ExchangeType type,
+                                         const ExchangeOptions& options) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError(
+        "the default exchange \"\" cannot be declared");
+  }
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "exchange"));
+  if (!options.alternate_exchange.empty()) {
+    WARREN_RETURN_IF_ERROR(
+        ValidateName(options.alternate_exchange, "alternate exchange"));
+  }
+  if (type != ExchangeType::kDirect && type != ExchangeType::kFanout &&
+      type != ExchangeType::kTopic && type != ExchangeType::kHeaders) {
+    return absl::InvalidArgumentError("unknown exchange type");
+  }
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  if (auto it = exchanges_.find(name); it != exchanges_.end()) {
+    const Exchange& existing = *it->second;
+    if (existing.type() != type || !(existing.options() == options)) {
+      return absl::FailedPreconditionError(StrCat(
+          "exchange '", name, "' exists as ", TypeName(existing.type()),
+          " with other options; delete it first to change it"));
+    }
+    return absl::OkStatus();
+  }
+  exchanges_.emplace(name,
+                     std::make_unique<Exchange>(std::string(name), type,
+                                                options));
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::DeleteExchange(std::string_view name,
+                                        const DeleteExchangeOptions& options) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError(
+        "the default exchange \"\" cannot be deleted");
+  }
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "exchange"));
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * exchange, FindExchangeLocked(name));
+  if (options.if_unused && !exchange->bindings().empty()) {
+    return absl::FailedPreconditionError(
+        StrCat("exchange '", name, "' has ",
+                     exchange->bindings().size(), " bindings"));
+  }
+  const Destination as_destination{nullptr, exchange};
+  for (auto& [other_name, other] : exchanges_) {
+    if (other.get() != exchange) other->RemoveBindingsTo(as_destination);
+  }
+  exchanges_.erase(exchanges_.find(name));
+  return absl::OkStatus();
+}
+
+// --- Queues --------------------------------------------------------------------
+
+absl::Status BrokerImpl::DeclareQueue(std::string_view name,
+                                      const QueueOptions& options) {
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
+  WARREN_RETURN_IF_ERROR(ValidateQueueOptions(options));
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  if (auto it = queues_.find(name); it != queues_.end()) {
+    if (!(it->second->options() == options)) {
+      return absl::FailedPreconditionError(
+          StrCat("queue '", name,
+                       "' exists with other options; delete it first to "
+                       "change them"));
+    }
+    return absl::OkStatus();
+  }
+  queues_.emplace(name, std::make_shared<Queue>(std::string(name), options));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
+    std::string_view name, const DeleteQueueOptions& options) {
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> queue, FindQueueLocked(name));
+  if (options.if_unused && queue->consumer_count() > 0) {
+    return absl::FailedPreconditionError(StrCat(
+        "queue '", name, "' has ", queue->consumer_count(), " consumers"));
+  }
+  if (options.if_empty && queue->ready() > 0) {
+    return absl::FailedPreconditionError(StrCat(
+        "queue '", name, "' has ", queue->ready(), " ready messages"));
+  }
+  const Destination as_destination{queue.get(), nullptr};
+  for (auto& [exchange_name, exchange] : exchanges_) {
+    exchange->RemoveBindingsTo(as_destination);
+  }
+  queues_.erase(queues_.find(name));
+  return queue->End(Queue::EndReason::kDeleted);
+}
+
+absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
+  ReaderLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> queue, FindQueueLocked(name));
+  return queue->Purge();
+}
+
+// --- Bindings ------------------------------------------------------------------
+
+absl::StatusOr<Exchange*> BrokerImpl::BindableExchangeLocked(
+    std::string_view name, std::string_view role) const {
+  if (name.empty()) {
+    return absl::InvalidArgumentError(StrCat(
+        "the default exchange cannot be bound (as ", role,
+        "): every queue is bound to it by its name"));
+  }
+  WARREN_RETURN_IF_ERROR(ValidateName(name, "exchange"));
+  return FindExchangeLocked(name);
+}
+
+absl::Status BrokerImpl::ValidateBindingArguments(
+    const Exchange& source, std::string_view key,
+    const BindingArguments& args) const {
+  WARREN_RETURN_IF_ERROR(ValidateKey(key, "binding key"));
+  if (source.type() == ExchangeType::kHeaders) {
+    return ValidateHeadersBindingArguments(args);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::Bind(std::string_view queue,
+                              std::string_view exchange,
+                              std::string_view binding_key,
+                              const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * source,
+                          BindableExchangeLocked(exchange, "source"));
+  WARREN_RETURN_IF_ERROR(
+      ValidateBindingArguments(*source, binding_key, arguments));
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
+  source->AddBinding(Destination{q.get(), nullptr}, binding_key, arguments);
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::Unbind(std::string_view queue,
+                                std::string_view exchange,
+                                std::string_view binding_key,
+                                const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * source,
+                          BindableExchangeLocked(exchange, "source"));
+  WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
+  source->RemoveBinding(Destination{q.get(), nullptr}, binding_key, arguments);
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::BindExchange(std::string_view destination,
+                                      std::string_view source,
+                                      std::string_view binding_key,
+                                      const BindingArguments& arguments) {
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * dest,
+                          BindableExchangeLocked(destination, "destination"));
+  WARREN_ASSIGN_OR_RETURN(Exchange * src,
+                          BindableExchangeLocked(source, "source"));
+  WARREN_RETURN_IF_ERROR(
+      ValidateBindingArguments(*src, binding_key, arguments));
+  src->AddBinding(Destination{nullptr, dest}, binding_key, arguments);
+  return absl::OkStatus();
+}
+
+absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
+                                        std::string_view source,
+                                        std::string_view binding_key,
+                                        const BindingArguments& arguments) {
+  WriterLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * dest,
+                          BindableExchangeLocked(destination, "destination"));
+  WARREN_ASSIGN_OR_RETURN(Exchange * src,
+                          BindableExchangeLocked(source, "source"));
+  WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
+  src->RemoveBinding(Destination{nullptr, dest}, binding_key, arguments);
+  return absl::OkStatus();
+}
+
+// --- Publishing ----------------------------------------------------------------
+
+void BrokerImpl::RouteLocked(const Exchange& exchange,
+                             std::string_view routing_key,
+                             const Headers& headers, RouteState& state) const {
+  if (!state.Visit(&exchange)) return;  // a cycle: already routed through it
+  if (exchange.name().empty()) {
+    if (auto it = queues_.find(routing_key); it != queues_.end()) {
+      state.AddQueue(it->second.get());
+    }
+    return;
+  }
+  exchange.Route(routing_key, headers, [&](const Destination& d) {
+    if (d.queue != nullptr) {
+      state.AddQueue(d.queue);
+    } else {
+      RouteLocked(*d.exchange, routing_key, headers, state);
+    }
+  });
+}
+
+absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
+    std::string_view exchange, std::string_view routing_key, Message message,
+    const PublishOptions& options) {
+  if (!exchange.empty()) {
+    WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
+  }
+  WARREN_RETURN_IF_ERROR(ValidateKey(routing_key, "routing key"));
+
+  ReaderLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
+  if (target->options().internal) {
+    return absl::InvalidArgumentError(StrCat(
+        "exchange '", exchange,
+        "' is internal: it takes messages only from other exchanges"));
+  }
+
+  RouteState state;
+  RouteLocked(*target, routing_key, message.headers(), state);
+  // Alternate exchanges: follow the chain until something routes or an
+  // exchange repeats.
+  const Exchange* current = target;
+  while (state.queues.empty() &&
+         !current->options().alternate_exchange.empty()) {
+    auto it = exchanges_.find(current->options().alternate_exchange);
+    if (it == exchanges_.end()) break;
+    current = it->second.get();
+    if (std::find(state.visited.begin(), state.visited.end(), current) !=
+        state.visited.end()) {
+      break;
+    }
+    RouteLocked(*current, routing_key, message.headers(), state);
+  }
+
+  target->CountPublished();
+  PublishOutcome outcome;
+  if (state.queues.empty()) {
+    target->CountUnroutable();
+    if (options.mandatory) {
+      target->CountReturned();
+      outcome.returned = std::move(message);
+    }
+    return outcome;
+  }
+  target->CountRouted();
+
+  auto envelope = std::make_shared<const Envelope>(
+      std::move(message), std::string(exchange), std::string(routing_key));
+  for (Queue* q : state.queues) {
+    switch (q->Enqueue(envelope)) {
+      case Queue::EnqueueResult::kAccepted:
+        ++outcome.queues;
+        break;
+      case Queue::EnqueueResult::kRefused:
+        outcome.refused_by.push_back(q->name());
+        break;
+      case Queue::EnqueueResult::kClosed:
+        break;
+    }
+  }
+  if (outcome.queues == 0 && !outcome.refused_by.empty()) {
+    return absl::ResourceExhaustedError(
+        StrCat("every queue the message routed to is full: ",
+                     JoinNames(outcome.refused_by)));
+  }
+  return outcome;
+}
+
+// --- Consuming -----------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
+    std::string_view queue, uint32_t prefetch, std::string_view tag) {
+  WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
+  WARREN_RETURN_IF_ERROR(ValidateKey(tag, "consumer tag"));
+  ReaderLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
+  const uint64_t id =
+      next_consumer_id_.fetch_add(1, std::memory_order_relaxed);
+  std::string name = tag.empty() ? StrCat("ctag-", id) : std::string(tag);
+  auto state = std::make_shared<ConsumerState>(id, std::move(name),
+                                               std::move(q), prefetch);
+  state->queue()->AddConsumer(state.get());
+  return std::unique_ptr<Consumer>(new Consumer(std::move(state)));
+}
+
+absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::Consume(
+    std::string_view queue, const ConsumeOptions& options) {
+  return MakeConsumer(queue, options.prefetch, options.tag);
+}
+
+absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
+    std::string_view queue, HandlerWithConsumer handler,
+    const SubscribeOptions& options) {
+  if (!handler) return absl::InvalidArgumentError("the handler is empty");
+  if (options.workers == 0 || options.workers > kMaxWorkers) {
+    return absl::InvalidArgumentError(StrCat(
+        "workers is ", options.workers, "; it must be 1 to ", kMaxWorkers));
+  }
+  const uint32_t prefetch =
+      options.prefetch == 0 ? options.workers : options.prefetch;
+  WARREN_ASSIGN_OR_RETURN(std::unique_ptr<Consumer> consumer,
+                          MakeConsumer(queue, prefetch, options.tag));
+  auto state = std::make_unique<SubscriptionState>(
+      std::move(consumer), std::move(handler), options.workers);
+  return std::unique_ptr<Subscription>(new Subscription(std::move(state)));
+}
+
+// --- Statistics ----------------------------------------------------------------
+
+absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
+    std::string_view queue) const {
+  ReaderLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
+  return q->Stats();
+}
+
+absl::StatusOr<ExchangeStats> BrokerImpl::GetExchangeStats(
+    std::string_view exchange) const {
+  ReaderLock lock(&topo_mu_);
+  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_ASSIGN_OR_RETURN(Exchange * e, FindExchangeLocked(exchange));
+  return e->Stats();
+}
+
+BrokerStats BrokerImpl::Stats() const {
+  BrokerStats stats;
+  {
+    ReaderLock lock(&topo_mu_);
+    for (const auto& [name, q] : queues_) stats.queues.push_back(q->Stats());
+    for (const auto& [name, e] : exchanges_) {
+      stats.exchanges.push_back(e->Stats());
+    }
+  }
+  auto by_name = [](const auto& a, const auto& b) { return a.name < b.name; };
+  std::sort(stats.queues.begin(), stats.queues.end(), by_name);
+  std::sort(stats.exchanges.begin(), stats.exchanges.end(), by_name);
+  return stats;
+}
+
+// --- Lifetime ------------------------------------------------------------------
+
+void BrokerImpl::Close() {
+  WriterLock lock(&topo_mu_);
+  if (closed_) return;
+  closed_ = true;
+  for (auto& [name, q] : queues_) q->End(Queue::EndReason::kBrokerClosed);
+  queues_.clear();
+  exchanges_.clear();
+}
+
+}  // namespace internal
+}  // namespace warren

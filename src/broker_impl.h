@@ -1,0 +1,110 @@
+// The in-memory broker: the topology (exchanges, queues, bindings) and the
+// publish path through it.
+//
+// Locking: the topology is read far more often than it changes. Publishes
+// route under `topo_mu_` held shared, so publishers never block each other;
+// declares, deletes and (un)binds take it exclusively. Enqueueing into a
+// queue happens under the shared lock and takes no broker-wide lock. Lock
+// order: topo_mu_, then a queue's lock, then nothing.
+
+#ifndef WARREN_SRC_BROKER_IMPL_H_
+#define WARREN_SRC_BROKER_IMPL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "str_util.h"
+#include "exchange.h"
+#include "queue.h"
+#include "sync.h"
+#include "warren/broker.h"
+
+namespace warren::internal {
+
+class BrokerImpl final : public Broker {
+ public:
+  explicit BrokerImpl(const BrokerOptions& options);
+  ~BrokerImpl() override;
+
+  absl::Status DeclareExchange(std::string_view name, ExchangeType type,
+                               const ExchangeOptions& options) override;
+  absl::Status DeleteExchange(std::string_view name,
+                              const DeleteExchangeOptions& options) override;
+  absl::Status DeclareQueue(std::string_view name,
+                            const QueueOptions& options) override;
+  absl::StatusOr<uint64_t> DeleteQueue(
+      std::string_view name, const DeleteQueueOptions& options) override;
+  absl::StatusOr<uint64_t> PurgeQueue(std::string_view name) override;
+  absl::Status Bind(std::string_view queue, std::string_view exchange,
+                    std::string_view binding_key,
+                    const BindingArguments& arguments) override;
+  absl::Status Unbind(std::string_view queue, std::string_view exchange,
+                      std::string_view binding_key,
+                      const BindingArguments& arguments) override;
+  absl::Status BindExchange(std::string_view destination,
+                            std::string_view source,
+                            std::string_view binding_key,
+                            const BindingArguments& arguments) override;
+  absl::Status UnbindExchange(std::string_view destination,
+                              std::string_view source,
+                              std::string_view binding_key,
+                              const BindingArguments& arguments) override;
+  absl::StatusOr<PublishOutcome> Publish(
+      std::string_view exchange, std::string_view routing_key, Message message,
+      const PublishOptions& options) override;
+  absl::StatusOr<std::unique_ptr<Consumer>> Consume(
+      std::string_view queue, const ConsumeOptions& options) override;
+  absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
+      std::string_view queue, HandlerWithConsumer handler,
+      const SubscribeOptions& options) override;
+  absl::StatusOr<QueueStats> GetQueueStats(
+      std::string_view queue) const override;
+  absl::StatusOr<ExchangeStats> GetExchangeStats(
+      std::string_view exchange) const override;
+  BrokerStats Stats() const override;
+  void Close() override;
+
+ private:
+  struct RouteState;
+
+  absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  absl::StatusOr<std::shared_ptr<Queue>> FindQueueLocked(
+      std::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Validates the pieces of a (queue or exchange) binding and resolves them.
+  absl::StatusOr<Exchange*> BindableExchangeLocked(std::string_view name,
+                                                   std::string_view role) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  absl::Status ValidateBindingArguments(const Exchange& source,
+                                        std::string_view key,
+                                        const BindingArguments& args) const;
+  void RouteLocked(const Exchange& exchange, std::string_view routing_key,
+                   const Headers& headers, RouteState& state) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  absl::StatusOr<std::unique_ptr<Consumer>> MakeConsumer(
+      std::string_view queue, uint32_t prefetch, std::string_view tag);
+
+  std::atomic<uint64_t> next_consumer_id_{1};
+
+  mutable SharedMutex topo_mu_;
+  bool closed_ ABSL_GUARDED_BY(topo_mu_) = false;
+  // "" is the default exchange.
+  absl::flat_hash_map<std::string, std::unique_ptr<Exchange>, StringHash,
+                      StringEq>
+      exchanges_
+      ABSL_GUARDED_BY(topo_mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<Queue>, StringHash,
+                      StringEq>
+      queues_
+      ABSL_GUARDED_BY(topo_mu_);
+};
+
+}  // namespace warren::internal
+
+#endif  // WARREN_SRC_BROKER_IMPL_H_

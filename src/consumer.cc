@@ -1,0 +1,294 @@
+#include <utility>
+
+#include "str_util.h"
+#include "consumer_state.h"
+#include "status_macros.h"
+#include "warren/consumer.h"
+
+namespace warren {
+
+// --- Delivery ----------------------------------------------------------------
+
+const Message& Delivery::message() const {
+  static const Message kEmpty;
+  return envelope_ ? envelope_->message : kEmpty;
+}
+
+std::string_view Delivery::exchange() const {
+  return envelope_ ? std::string_view(envelope_->exchange) : "";
+}
+
+std::string_view Delivery::routing_key() const {
+  return envelope_ ? std::string_view(envelope_->routing_key) : "";
+}
+
+namespace internal {
+
+// --- ConsumerState -----------------------------------------------------------
+
+ConsumerState::ConsumerState(uint64_t id, std::string tag,
+                             std::shared_ptr<Queue> queue, uint32_t prefetch)
+    : id_(id),
+      tag_(std::move(tag)),
+      queue_(std::move(queue)),
+      prefetch_(prefetch) {}
+
+ConsumerState::~ConsumerState() { Close(); }
+
+bool ConsumerState::TryReserveSlot() {
+  if (prefetch_ == 0) {
+    window_used_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  uint32_t used = window_used_.load(std::memory_order_relaxed);
+  do {
+    if (used >= prefetch_) return false;
+  } while (!window_used_.compare_exchange_weak(used, used + 1,
+                                               std::memory_order_relaxed));
+  return true;
+}
+
+void ConsumerState::ReleaseSlots(uint32_t n) {
+  window_used_.fetch_sub(n, std::memory_order_relaxed);
+  // Whoever waits for the window re-checks under mu_; taking it here orders
+  // this release before their check or their wait.
+  MutexLock lock(&mu_);
+  window_cv_.SignalAll();
+}
+
+absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
+                                                bool wait_for_window) {
+  switch (state_.load(std::memory_order_acquire)) {
+    case kCancelled:
+      return absl::FailedPreconditionError(
+          StrCat("consumer '", tag_, "' is cancelled"));
+    case kClosed:
+      return absl::FailedPreconditionError(
+          StrCat("consumer '", tag_, "' is closed"));
+    default:
+      break;
+  }
+  WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
+  if (!TryReserveSlot()) {
+    if (!wait_for_window) {
+      return absl::ResourceExhaustedError(StrCat(
+          "consumer '", tag_, "' holds its prefetch of ", prefetch_,
+          " unsettled deliveries; settle some first"));
+    }
+    MutexLock lock(&mu_);
+    while (!TryReserveSlot()) {
+      if (cancelled()) {
+        return absl::FailedPreconditionError(
+            StrCat("consumer '", tag_, "' is cancelled"));
+      }
+      if (window_cv_.WaitWithDeadline(&mu_, deadline)) {
+        return absl::DeadlineExceededError(
+            "the prefetch window stayed full until the deadline");
+      }
+    }
+  }
+
+  absl::StatusOr<NodePtr> node = queue_->Take(this, wait, deadline);
+  if (!node.ok()) {
+    ReleaseSlots(1);
+    return node.status();
+  }
+
+  Delivery d;
+  {
+    MutexLock lock(&mu_);
+    if (!closed_) {
+      QueuedMessage& n = **node;
+      ++n.deliveries;
+      d.envelope_ = n.envelope;
+      d.delivery_tag_ = ++next_tag_;
+      d.consumer_id_ = id_;
+      d.attempt_ = n.deliveries;
+      held_.emplace(d.delivery_tag_, std::move(*node));
+    }
+  }
+  if (*node) {
+    // Closed while we were taking: the message goes straight back.
+    std::vector<NodePtr> back;
+    back.push_back(std::move(*node));
+    queue_->Requeue(std::move(back));
+    ReleaseSlots(1);
+    return absl::FailedPreconditionError(
+        StrCat("consumer '", tag_, "' is closed"));
+  }
+  queue_->CountDelivered(d.redelivered());
+  return d;
+}
+
+absl::StatusOr<std::vector<Delivery>> ConsumerState::ReceiveBatch(
+    size_t max_messages, absl::Time deadline) {
+  if (max_messages == 0) {
+    return absl::InvalidArgumentError("max_messages must be at least 1");
+  }
+  WARREN_ASSIGN_OR_RETURN(Delivery first, Receive(true, deadline));
+  std::vector<Delivery> out;
+  out.reserve(max_messages);
+  out.push_back(std::move(first));
+  while (out.size() < max_messages) {
+    absl::StatusOr<Delivery> next = Receive(false, absl::InfinitePast());
+    if (!next.ok()) break;
+    out.push_back(*std::move(next));
+  }
+  return out;
+}
+
+absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
+  if (d.consumer_id_ != id_) {
+    return absl::InvalidArgumentError(StrCat(
+        "delivery ", d.delivery_tag_, " belongs to another consumer (id ",
+        d.consumer_id_, "), not to '", tag_, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<NodePtr>> ConsumerState::Remove(const Delivery& d,
+                                                           bool multiple) {
+  WARREN_RETURN_IF_ERROR(CheckOwner(d));
+  if (absl::Status s = queue_->CheckUsable();
+      absl::IsFailedPrecondition(s)) {
+    return s;  // the broker is closed
+  }
+  std::vector<NodePtr> nodes;
+  {
+    MutexLock lock(&mu_);
+    if (closed_) {
+      return absl::FailedPreconditionError(StrCat(
+          "consumer '", tag_,
+          "' is closed; the deliveries it held were returned to the queue"));
+    }
+    auto it = held_.find(d.delivery_tag_);
+    if (it == held_.end()) {
+      return absl::FailedPreconditionError(
+          StrCat("unknown or already settled delivery tag ",
+                       d.delivery_tag_, " on consumer '", tag_, "'"));
+    }
+    auto first = multiple ? held_.begin() : it;
+    auto last = std::next(it);
+    for (auto i = first; i != last; ++i) nodes.push_back(std::move(i->second));
+    held_.erase(first, last);
+  }
+  ReleaseSlots(static_cast<uint32_t>(nodes.size()));
+  queue_->CountSettled(nodes.size());
+  return nodes;
+}
+
+absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
+  WARREN_ASSIGN_OR_RETURN(std::vector<NodePtr> nodes, Remove(d, multiple));
+  queue_->CountAcked(nodes.size());
+  return absl::OkStatus();
+}
+
+absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
+                                           bool requeue, bool multiple) {
+  WARREN_ASSIGN_OR_RETURN(std::vector<NodePtr> nodes, Remove(d, multiple));
+  if (kind == Negative::kNack) {
+    queue_->CountNacked(nodes.size());
+  } else {
+    queue_->CountRejected(nodes.size());
+  }
+  if (requeue) {
+    queue_->Requeue(std::move(nodes));
+  } else {
+    queue_->CountDropped(nodes.size());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConsumerState::Cancel() {
+  int expected = kActive;
+  if (!state_.compare_exchange_strong(expected, kCancelled,
+                                      std::memory_order_acq_rel)) {
+    return absl::FailedPreconditionError(StrCat(
+        "consumer '", tag_, "' is already ",
+        expected == kCancelled ? "cancelled" : "closed"));
+  }
+  queue_->RemoveConsumer(this);
+  MutexLock lock(&mu_);
+  window_cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+void ConsumerState::Close() {
+  if (state_.exchange(kClosed, std::memory_order_acq_rel) == kActive) {
+    queue_->RemoveConsumer(this);
+  }
+  std::vector<NodePtr> nodes;
+  {
+    MutexLock lock(&mu_);
+    if (closed_) return;
+    closed_ = true;
+    nodes.reserve(held_.size());
+    for (auto& [tag, node] : held_) nodes.push_back(std::move(node));
+    held_.clear();
+    window_cv_.SignalAll();
+  }
+  window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
+                         std::memory_order_relaxed);
+  queue_->CountSettled(nodes.size());
+  queue_->Requeue(std::move(nodes));
+}
+
+size_t ConsumerState::unacked() const {
+  MutexLock lock(&mu_);
+  return held_.size();
+}
+
+}  // namespace internal
+
+// --- Consumer ----------------------------------------------------------------
+
+namespace {
+absl::Time DeadlineAfter(absl::Duration timeout) {
+  return timeout == absl::InfiniteDuration() ? absl::InfiniteFuture()
+                                             : absl::Now() + timeout;
+}
+}  // namespace
+
+Consumer::Consumer(std::shared_ptr<internal::ConsumerState> state)
+    : state_(std::move(state)) {}
+
+Consumer::~Consumer() { state_->Close(); }
+
+absl::StatusOr<Delivery> Consumer::Receive(absl::Duration timeout) {
+  return state_->Receive(/*wait=*/true, DeadlineAfter(timeout));
+}
+
+absl::StatusOr<Delivery> Consumer::TryReceive() {
+  return state_->Receive(/*wait=*/false, absl::InfinitePast());
+}
+
+absl::StatusOr<std::vector<Delivery>> Consumer::ReceiveBatch(
+    size_t max_messages, absl::Duration timeout) {
+  return state_->ReceiveBatch(max_messages, DeadlineAfter(timeout));
+}
+
+absl::Status Consumer::Ack(const Delivery& delivery, AckOptions options) {
+  return state_->Ack(delivery, options.multiple);
+}
+
+absl::Status Consumer::Nack(const Delivery& delivery, NackOptions options) {
+  return state_->NegativeSettle(delivery,
+                                internal::ConsumerState::Negative::kNack,
+                                options.requeue, options.multiple);
+}
+
+absl::Status Consumer::Reject(const Delivery& delivery,
+                              RejectOptions options) {
+  return state_->NegativeSettle(delivery,
+                                internal::ConsumerState::Negative::kReject,
+                                options.requeue, /*multiple=*/false);
+}
+
+absl::Status Consumer::Cancel() { return state_->Cancel(); }
+void Consumer::Close() { state_->Close(); }
+uint64_t Consumer::id() const { return state_->id(); }
+const std::string& Consumer::tag() const { return state_->tag(); }
+const std::string& Consumer::queue() const { return state_->queue_name(); }
+size_t Consumer::unacked() const { return state_->unacked(); }
+
+}  // namespace warren

@@ -1,0 +1,47 @@
+// The published form of a message, shared by every queue a publish reaches.
+
+#ifndef WARREN_SRC_ENVELOPE_H_
+#define WARREN_SRC_ENVELOPE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "warren/message.h"
+
+namespace warren::internal {
+
+// A published message with the exchange and routing key it was published
+// with. Immutable once made; one instance is shared (by std::shared_ptr) by
+// every queue the publish reached, so the body is never copied per queue.
+struct Envelope {
+  Envelope(Message m, std::string ex, std::string key)
+      : message(std::move(m)),
+        exchange(std::move(ex)),
+        routing_key(std::move(key)) {}
+
+  const Message message;
+  const std::string exchange;
+  const std::string routing_key;
+};
+
+// One message's place in one queue. Owned by exactly one holder at a time:
+// the queue (ready), or the consumer that holds the delivery (unacked).
+struct QueuedMessage {
+  std::shared_ptr<const Envelope> envelope;
+  // Position in the queue's publish order; a returned message keeps it, which
+  // is what puts it back at its original position.
+  uint64_t seq = 0;
+  // Deliveries so far; the next delivery's `attempt` is this plus one.
+  uint32_t deliveries = 0;
+  // Effective priority (clamped to the queue's maximum); 0 in FIFO queues.
+  uint8_t priority = 0;
+
+  uint64_t body_size() const { return envelope->message.body().size(); }
+};
+
+using NodePtr = std::unique_ptr<QueuedMessage>;
+
+}  // namespace warren::internal
+
+#endif  // WARREN_SRC_ENVELOPE_H_

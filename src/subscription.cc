@@ -1,0 +1,129 @@
+#include "subscription_state.h"
+
+#include <utility>
+
+#include "str_util.h"
+
+namespace warren {
+namespace internal {
+
+SubscriptionState::SubscriptionState(std::unique_ptr<Consumer> consumer,
+                                     HandlerWithConsumer handler,
+                                     uint32_t workers)
+    : consumer_(std::move(consumer)), handler_(std::move(handler)) {
+  workers_.reserve(workers);
+  for (uint32_t i = 0; i < workers; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+SubscriptionState::~SubscriptionState() {
+  (void)Stop(absl::ZeroDuration());
+  Join();
+}
+
+void SubscriptionState::WorkerLoop() {
+  ConsumerState& state = *consumer_->state_;
+  for (;;) {
+    absl::StatusOr<Delivery> d =
+        state.Receive(/*wait=*/true, absl::InfiniteFuture(),
+                      /*wait_for_window=*/true);
+    if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
+    {
+      MutexLock lock(&mu_);
+      ++running_;
+    }
+    HandlerResult result = HandlerResult::kRequeue;
+    bool threw = false;
+#if defined(__cpp_exceptions)
+    try {
+      result = handler_(*d, *consumer_);
+    } catch (...) {
+      threw = true;
+    }
+#else
+    result = handler_(*d, *consumer_);
+#endif
+    if (threw) {
+      failed_.fetch_add(1, std::memory_order_relaxed);
+      result = HandlerResult::kRequeue;
+    }
+    handled_.fetch_add(1, std::memory_order_relaxed);
+    // A failed settle means the subscription was stopped past its grace
+    // period and the delivery was already returned to the queue.
+    switch (result) {
+      case HandlerResult::kAck:
+        (void)consumer_->Ack(*d);
+        break;
+      case HandlerResult::kRequeue:
+        (void)consumer_->Nack(*d, {.requeue = true});
+        break;
+      case HandlerResult::kReject:
+        (void)consumer_->Reject(*d, {.requeue = false});
+        break;
+      case HandlerResult::kSettled:
+        break;
+    }
+    MutexLock lock(&mu_);
+    if (--running_ == 0) idle_cv_.SignalAll();
+  }
+}
+
+absl::Status SubscriptionState::Stop(absl::Duration grace) {
+  {
+    MutexLock lock(&mu_);
+    if (stopped_) {
+      return absl::FailedPreconditionError("the subscription is stopped");
+    }
+    stopped_ = true;
+  }
+  // Stop intake: workers waiting for a message wake and exit.
+  (void)consumer_->Cancel();
+  bool finished;
+  {
+    MutexLock lock(&mu_);
+    const absl::Time deadline = grace == absl::InfiniteDuration()
+                                    ? absl::InfiniteFuture()
+                                    : absl::Now() + grace;
+    while (running_ > 0) {
+      if (idle_cv_.WaitWithDeadline(&mu_, deadline)) break;
+    }
+    finished = running_ == 0;
+  }
+  // Everything still held (handlers past the deadline, or deliveries whose
+  // handler settled nothing) goes back to the queue.
+  consumer_->Close();
+  if (!finished) {
+    return absl::DeadlineExceededError(
+        "handlers were still running at the deadline; their deliveries were "
+        "requeued");
+  }
+  Join();
+  return absl::OkStatus();
+}
+
+void SubscriptionState::Join() {
+  for (std::thread& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+}  // namespace internal
+
+// --- Subscription --------------------------------------------------------------
+
+Subscription::Subscription(std::unique_ptr<internal::SubscriptionState> state)
+    : state_(std::move(state)) {}
+
+Subscription::~Subscription() = default;
+
+absl::Status Subscription::Stop(absl::Duration grace) {
+  return state_->Stop(grace);
+}
+
+Consumer& Subscription::consumer() { return state_->consumer(); }
+
+uint64_t Subscription::handled() const { return state_->handled(); }
+uint64_t Subscription::failed() const { return state_->failed(); }
+
+}  // namespace warren

@@ -1,0 +1,192 @@
+// Every refused call returns a clear status and leaves the broker exactly as
+// it was (SEMANTICS.md section 1).
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "test_util.h"
+#include "warren/warren.h"
+
+namespace warren {
+namespace {
+
+using testing::NewBroker;
+using testing::Send;
+
+// A broker with a little of everything, and a fingerprint of its state.
+struct Fixture {
+  std::unique_ptr<Broker> b = NewBroker();
+  Fixture() {
+    REQUIRE(b->DeclareExchange("ex", ExchangeType::kDirect).ok());
+    REQUIRE(b->DeclareExchange("hx", ExchangeType::kHeaders).ok());
+    REQUIRE(b->DeclareQueue("q", {.max_length = 5}).ok());
+    REQUIRE(b->Bind("q", "ex", "k").ok());
+    REQUIRE(Send(*b, "ex", "k", "m").ok());
+  }
+  // Everything a snapshot shows, as text.
+  std::string Fingerprint() const {
+    std::string out;
+    for (const auto& q : b->Stats().queues) {
+      out += q.name + ":" + std::to_string(q.ready) + "/" +
+             std::to_string(q.published) + "/" + std::to_string(q.consumers) +
+             ";";
+    }
+    for (const auto& e : b->Stats().exchanges) {
+      out += e.name + ":" + std::to_string(e.published) + ";";
+    }
+    // Routing still as before.
+    return out;
+  }
+};
+
+TEST_CASE("Bad names and keys are InvalidArgument and change nothing") {
+  Fixture f;
+  const std::string before = f.Fingerprint();
+  const std::string long_name(256, 'n');
+  const std::string with_nul("a\0b", 3);
+
+  CHECK(absl::IsInvalidArgument(f.b->DeclareQueue("")));
+  CHECK(absl::IsInvalidArgument(f.b->DeclareQueue(long_name)));
+  CHECK(absl::IsInvalidArgument(f.b->DeclareQueue(with_nul)));
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareExchange(long_name, ExchangeType::kFanout)));
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareExchange(with_nul, ExchangeType::kFanout)));
+  CHECK(absl::IsInvalidArgument(
+      f.b->Bind("q", "ex", std::string(256, 'k'))));
+  CHECK(absl::IsInvalidArgument(
+      Send(*f.b, "ex", std::string(256, 'k'), "x").status()));
+  CHECK(absl::IsInvalidArgument(f.b->Consume("").status()));
+  CHECK(absl::IsInvalidArgument(
+      f.b->Consume("q", {.tag = std::string(256, 't')}).status()));
+  // 255 bytes is fine.
+  CHECK(f.b->DeclareQueue(std::string(255, 'n')).ok());
+  CHECK(f.b->DeleteQueue(std::string(255, 'n')).ok());
+  CHECK(f.Fingerprint() == before);
+}
+
+TEST_CASE("Unknown exchanges and queues are NotFound and change nothing") {
+  Fixture f;
+  const std::string before = f.Fingerprint();
+  CHECK(absl::IsNotFound(Send(*f.b, "nope", "k", "x").status()));
+  CHECK(absl::IsNotFound(f.b->Bind("nope", "ex", "k")));
+  CHECK(absl::IsNotFound(f.b->Bind("q", "nope", "k")));
+  CHECK(absl::IsNotFound(f.b->Unbind("q", "nope", "k")));
+  CHECK(absl::IsNotFound(f.b->BindExchange("ex", "nope", "k")));
+  CHECK(absl::IsNotFound(f.b->BindExchange("nope", "ex", "k")));
+  CHECK(absl::IsNotFound(f.b->DeleteQueue("nope").status()));
+  CHECK(absl::IsNotFound(f.b->PurgeQueue("nope").status()));
+  CHECK(absl::IsNotFound(f.b->DeleteExchange("nope")));
+  CHECK(absl::IsNotFound(f.b->Consume("nope").status()));
+  CHECK(absl::IsNotFound(
+      f.b->Subscribe("nope", [](const Delivery&) {
+           return HandlerResult::kAck;
+         }).status()));
+  CHECK(absl::IsNotFound(f.b->GetQueueStats("nope").status()));
+  CHECK(absl::IsNotFound(f.b->GetExchangeStats("nope").status()));
+  CHECK(f.Fingerprint() == before);
+}
+
+TEST_CASE("Redeclaring with other options is FailedPrecondition and keeps the "
+          "original") {
+  Fixture f;
+  CHECK(f.b->DeclareQueue("q", {.max_length = 5}).ok());  // identical: fine
+  CHECK(f.b->DeclareExchange("ex", ExchangeType::kDirect).ok());
+  CHECK(absl::IsFailedPrecondition(f.b->DeclareQueue("q", {.max_length = 6})));
+  CHECK(absl::IsFailedPrecondition(f.b->DeclareQueue("q")));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeclareExchange("ex", ExchangeType::kFanout)));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeclareExchange("ex", ExchangeType::kDirect, {.durable = true})));
+  // The original queue and its message are untouched.
+  CHECK(testing::Ready(*f.b, "q") == 1);
+  auto out = Send(*f.b, "ex", "k", "again");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+}
+
+TEST_CASE("The default exchange cannot be declared, bound or deleted") {
+  Fixture f;
+  const std::string before = f.Fingerprint();
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareExchange("", ExchangeType::kDirect)));
+  CHECK(absl::IsInvalidArgument(f.b->DeleteExchange("")));
+  CHECK(absl::IsInvalidArgument(f.b->Bind("q", "", "q")));
+  CHECK(absl::IsInvalidArgument(f.b->Unbind("q", "", "q")));
+  CHECK(absl::IsInvalidArgument(f.b->BindExchange("", "ex", "k")));
+  CHECK(absl::IsInvalidArgument(f.b->BindExchange("ex", "", "k")));
+  CHECK(f.Fingerprint() == before);
+}
+
+TEST_CASE("Invalid options are InvalidArgument and create nothing") {
+  Fixture f;
+  const std::string before = f.Fingerprint();
+  CHECK(absl::IsInvalidArgument(f.b->DeclareQueue("p", {.max_priority = 11})));
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareQueue("p", {.ring_capacity = (1u << 24) + 1})));
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareQueue("p", {.overflow = static_cast<Overflow>(42)})));
+  CHECK(absl::IsInvalidArgument(
+      f.b->DeclareExchange("e", static_cast<ExchangeType>(42))));
+  CHECK(absl::IsInvalidArgument(f.b->Bind("q", "hx", "",
+                                          {{"x-match", "some"}})));
+  CHECK(absl::IsInvalidArgument(f.b->Bind("q", "hx", "", {{"x-match", 1}})));
+  auto handler = [](const Delivery&) { return HandlerResult::kAck; };
+  CHECK(absl::IsInvalidArgument(
+      f.b->Subscribe("q", handler, {.workers = 0}).status()));
+  CHECK(absl::IsInvalidArgument(
+      f.b->Subscribe("q", HandlerWithConsumer(), {}).status()));
+  auto c = f.b->Consume("q").value();
+  CHECK(absl::IsInvalidArgument(
+      c->ReceiveBatch(0, absl::ZeroDuration()).status()));
+  c.reset();
+  CHECK(f.Fingerprint() == before);
+  CHECK(absl::IsNotFound(f.b->GetQueueStats("p").status()));
+}
+
+TEST_CASE("Conditional deletes are refused while the condition fails") {
+  Fixture f;
+  auto c = f.b->Consume("q").value();
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeleteQueue("q", {.if_unused = true}).status()));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeleteQueue("q", {.if_empty = true}).status()));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeleteExchange("ex", {.if_unused = true})));
+  CHECK(testing::Ready(*f.b, "q") == 1);
+}
+
+TEST_CASE("Unbinding a binding that does not exist is a no-op") {
+  Fixture f;
+  CHECK(f.b->Unbind("q", "ex", "never-bound").ok());
+  auto out = Send(*f.b, "ex", "k", "x");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+}
+
+TEST_CASE("Every call after Close is FailedPrecondition") {
+  Fixture f;
+  auto c = f.b->Consume("q").value();
+  auto d = c->TryReceive();
+  REQUIRE(d.ok());
+  f.b->Close();
+  f.b->Close();  // idempotent
+  CHECK(absl::IsFailedPrecondition(f.b->DeclareQueue("x")));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeclareExchange("x", ExchangeType::kFanout)));
+  CHECK(absl::IsFailedPrecondition(f.b->DeleteQueue("q").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->PurgeQueue("q").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->DeleteExchange("ex")));
+  CHECK(absl::IsFailedPrecondition(f.b->Bind("q", "ex", "k")));
+  CHECK(absl::IsFailedPrecondition(f.b->Unbind("q", "ex", "k")));
+  CHECK(absl::IsFailedPrecondition(f.b->BindExchange("ex", "hx", "")));
+  CHECK(absl::IsFailedPrecondition(Send(*f.b, "ex", "k", "x").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->Consume("q").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->GetQueueStats("q").status()));
+  CHECK(absl::IsFailedPrecondition(c->TryReceive().status()));
+  CHECK(absl::IsFailedPrecondition(c->Receive(absl::Seconds(5)).status()));
+  CHECK(absl::IsFailedPrecondition(c->Ack(*d)));
+}
+
+}  // namespace
+}  // namespace warren

@@ -1,0 +1,581 @@
+// Tests for warren/mpmc_queue.h: single-threaded semantics, object lifetimes,
+// parking and waking, and multi-threaded fuzzing ([stress]).
+//
+// Catch2 is not thread-safe: threads only record what they saw, and the main
+// thread checks it after join().
+
+#include "warren/mpmc_queue.h"
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace warren::internal {
+
+// Reads the ring's private state for the parking tests.
+template <typename T>
+struct RingTestPeer<MpmcQueue<T>> {
+  // True once some thread has announced that it is parking on a slot.
+  static bool HasParkedWaiter(const MpmcQueue<T>& q) {
+    for (std::size_t i = 0; i < q.capacity(); ++i) {
+      if ((q.slots_[i].turn.load(std::memory_order_acquire) &
+           MpmcQueue<T>::kWaiterBit) != 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+};
+
+}  // namespace warren::internal
+
+namespace warren {
+namespace {
+
+template <typename T>
+using Peer = internal::RingTestPeer<MpmcQueue<T>>;
+
+// Counts constructions and destructions of live objects. Not
+// default-constructible.
+struct Counted {
+  static inline std::atomic<long> constructed{0};
+  static inline std::atomic<long> destroyed{0};
+  static void Reset() {
+    constructed.store(0);
+    destroyed.store(0);
+  }
+
+  explicit Counted(int v) noexcept : value(v) { ++constructed; }
+  Counted(const Counted& other) noexcept : value(other.value) { ++constructed; }
+  Counted(Counted&& other) noexcept : value(other.value) { ++constructed; }
+  Counted& operator=(const Counted&) noexcept = default;
+  Counted& operator=(Counted&&) noexcept = default;
+  ~Counted() { ++destroyed; }
+
+  int value;
+};
+
+// A value tagged with who pushed it and its place in that producer's order.
+std::uint64_t Tag(std::uint64_t producer, std::uint64_t seq) {
+  return producer << 32 | seq;
+}
+std::uint64_t ProducerOf(std::uint64_t tag) { return tag >> 32; }
+std::uint64_t SeqOf(std::uint64_t tag) { return tag & 0xffffffffu; }
+
+// Waits until some thread has announced it is parking on `q`.
+template <typename T>
+void AwaitParkedWaiter(const MpmcQueue<T>& q) {
+  while (!Peer<T>::HasParkedWaiter(q)) std::this_thread::yield();
+}
+
+TEST_CASE("MpmcQueue rounds capacity up to a power of two, at least 2",
+          "[mpmc]") {
+  CHECK(MpmcQueue<int>(0).capacity() == 2);
+  CHECK(MpmcQueue<int>(1).capacity() == 2);
+  CHECK(MpmcQueue<int>(2).capacity() == 2);
+  CHECK(MpmcQueue<int>(3).capacity() == 4);
+  CHECK(MpmcQueue<int>(1000).capacity() == 1024);
+  CHECK(MpmcQueue<int>(1024).capacity() == 1024);
+}
+
+TEST_CASE("MpmcQueue holds exactly capacity() elements", "[mpmc]") {
+  MpmcQueue<int> q(5);
+  for (int i = 0; i < 8; ++i) CHECK(q.try_push(i));
+  CHECK_FALSE(q.try_push(8));
+  CHECK(q.size() == 8);
+}
+
+TEST_CASE("MpmcQueue try_pop on an empty queue returns false", "[mpmc]") {
+  MpmcQueue<int> q(4);
+  int out = -1;
+  CHECK_FALSE(q.try_pop(out));
+  CHECK(out == -1);
+  CHECK(q.empty());
+  CHECK(q.size() == 0);
+}
+
+TEST_CASE(
+    "MpmcQueue try_push on a full queue returns false and keeps the "
+    "value",
+    "[mpmc]") {
+  MpmcQueue<std::unique_ptr<int>> q(2);
+  CHECK(q.try_push(std::make_unique<int>(1)));
+  CHECK(q.try_push(std::make_unique<int>(2)));
+  auto extra = std::make_unique<int>(3);
+  CHECK_FALSE(q.try_push(std::move(extra)));
+  REQUIRE(extra != nullptr);
+  CHECK(*extra == 3);
+  CHECK_FALSE(q.try_emplace(nullptr));
+}
+
+TEST_CASE("MpmcQueue pops in FIFO order", "[mpmc]") {
+  MpmcQueue<int> q(16);
+  for (int i = 0; i < 16; ++i) REQUIRE(q.try_push(i));
+  for (int i = 0; i < 16; ++i) {
+    int out = -1;
+    REQUIRE(q.try_pop(out));
+    CHECK(out == i);
+  }
+  CHECK(q.empty());
+}
+
+TEST_CASE("MpmcQueue keeps FIFO order across many wrap-arounds", "[mpmc]") {
+  MpmcQueue<int> q(4);
+  int next_push = 0;
+  int next_pop = 0;
+  // Alternate fill levels so the indices wrap at every offset.
+  for (int round = 0; round < 10000; ++round) {
+    const int burst = 1 + round % 4;
+    for (int i = 0; i < burst; ++i) REQUIRE(q.try_push(next_push++));
+    for (int i = 0; i < burst; ++i) {
+      int out = -1;
+      REQUIRE(q.try_pop(out));
+      REQUIRE(out == next_pop++);
+    }
+  }
+  // Mix the blocking calls in; they never wait here.
+  for (int round = 0; round < 1000; ++round) {
+    q.push(next_push++);
+    int out = -1;
+    q.pop(out);
+    REQUIRE(out == next_pop++);
+  }
+  CHECK(q.empty());
+}
+
+TEST_CASE("MpmcQueue size and empty are exact when quiescent", "[mpmc]") {
+  MpmcQueue<int> q(8);
+  CHECK(q.empty());
+  for (int i = 0; i < 5; ++i) REQUIRE(q.try_push(i));
+  CHECK(q.size() == 5);
+  CHECK_FALSE(q.empty());
+  int out;
+  REQUIRE(q.try_pop(out));
+  CHECK(q.size() == 4);
+}
+
+TEST_CASE("MpmcQueue try_emplace constructs the element from its arguments",
+          "[mpmc]") {
+  MpmcQueue<std::string> q(2);
+  REQUIRE(q.try_emplace(3, 'x'));
+  q.emplace("abc", 2);
+  std::string out;
+  REQUIRE(q.try_pop(out));
+  CHECK(out == "xxx");
+  q.pop(out);
+  CHECK(out == "ab");
+}
+
+TEST_CASE("MpmcQueue holds move-only types such as std::unique_ptr", "[mpmc]") {
+  MpmcQueue<std::unique_ptr<int>> q(4);
+  REQUIRE(q.try_push(std::make_unique<int>(1)));
+  q.push(std::make_unique<int>(2));
+  std::unique_ptr<int> items[] = {std::make_unique<int>(3),
+                                  std::make_unique<int>(4)};
+  CHECK(q.try_push_bulk(std::make_move_iterator(std::begin(items)), 2) == 2);
+  CHECK(items[0] == nullptr);
+  std::vector<std::unique_ptr<int>> out;
+  CHECK(q.try_pop_bulk(std::back_inserter(out), 3) == 3);
+  std::unique_ptr<int> last;
+  q.pop(last);
+  REQUIRE(out.size() == 3);
+  CHECK(*out[0] == 1);
+  CHECK(*out[1] == 2);
+  CHECK(*out[2] == 3);
+  REQUIRE(last != nullptr);
+  CHECK(*last == 4);
+}
+
+TEST_CASE("MpmcQueue try_push_bulk pushes only as many as fit", "[mpmc]") {
+  MpmcQueue<int> q(8);
+  const std::vector<int> in = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  CHECK(q.try_push_bulk(in.begin(), 3) == 3);
+  CHECK(q.try_push_bulk(in.begin() + 3, 7) == 5);  // Only 5 slots were free.
+  CHECK(q.try_push_bulk(in.begin() + 8, 2) == 0);  // Full.
+  CHECK(q.try_push_bulk(in.begin(), 0) == 0);
+  for (int i = 0; i < 8; ++i) {
+    int out = -1;
+    REQUIRE(q.try_pop(out));
+    CHECK(out == i);
+  }
+}
+
+TEST_CASE("MpmcQueue try_pop_bulk pops at most max and only what is queued",
+          "[mpmc]") {
+  MpmcQueue<int> q(8);
+  for (int i = 0; i < 6; ++i) REQUIRE(q.try_push(i));
+  int out[8] = {};
+  CHECK(q.try_pop_bulk(out, 4) == 4);
+  CHECK(out[0] == 0);
+  CHECK(out[3] == 3);
+  CHECK(q.try_pop_bulk(out, 8) == 2);  // Only 2 were left.
+  CHECK(out[0] == 4);
+  CHECK(out[1] == 5);
+  CHECK(q.try_pop_bulk(out, 8) == 0);  // Empty.
+  CHECK(q.try_pop_bulk(out, 0) == 0);
+}
+
+TEST_CASE("MpmcQueue bulk calls keep FIFO order across wrap-arounds",
+          "[mpmc]") {
+  MpmcQueue<int> q(8);
+  int next_push = 0;
+  int next_pop = 0;
+  for (int round = 0; round < 2000; ++round) {
+    std::vector<int> in;
+    for (int i = 0; i < 1 + round % 7; ++i) in.push_back(next_push + i);
+    const std::size_t pushed = q.try_push_bulk(in.begin(), in.size());
+    next_push += static_cast<int>(pushed);
+    std::vector<int> out;
+    const std::size_t popped =
+        q.try_pop_bulk(std::back_inserter(out), 1 + round % 5);
+    REQUIRE(out.size() == popped);
+    for (int v : out) REQUIRE(v == next_pop++);
+  }
+  CHECK(q.size() == static_cast<std::size_t>(next_push - next_pop));
+}
+
+TEST_CASE("MpmcQueue pairs every construction with exactly one destruction",
+          "[mpmc]") {
+  Counted::Reset();
+  {
+    MpmcQueue<Counted> q(8);
+    REQUIRE(q.try_emplace(1));
+    REQUIRE(q.try_push(Counted(2)));
+    const Counted three(3);
+    REQUIRE(q.try_push(three));
+    q.emplace(4);
+    q.push(Counted(5));
+    const std::vector<Counted> batch = {Counted(6), Counted(7), Counted(8)};
+    CHECK(q.try_push_bulk(batch.begin(), batch.size()) == 3);
+    CHECK_FALSE(q.try_emplace(9));  // Full: nothing constructed.
+
+    Counted out(0);
+    REQUIRE(q.try_pop(out));
+    CHECK(out.value == 1);
+    q.pop(out);
+    CHECK(out.value == 2);
+    std::vector<Counted> popped;
+    CHECK(q.try_pop_bulk(std::back_inserter(popped), 2) == 2);
+    CHECK(popped[1].value == 4);
+    // Four elements (5..8) are left in the ring for its destructor.
+  }
+  CHECK(Counted::constructed.load() > 0);
+  CHECK(Counted::constructed.load() == Counted::destroyed.load());
+}
+
+TEST_CASE("MpmcQueue destroys the elements left in it when destroyed",
+          "[mpmc]") {
+  Counted::Reset();
+  {
+    MpmcQueue<Counted> q(4);
+    // Wrap a few times first so the leftovers straddle the end of the array.
+    for (int i = 0; i < 7; ++i) {
+      REQUIRE(q.try_emplace(i));
+      Counted out(0);
+      REQUIRE(q.try_pop(out));
+    }
+    for (int i = 0; i < 3; ++i) REQUIRE(q.try_emplace(i));
+    CHECK(Counted::constructed.load() - Counted::destroyed.load() == 3);
+  }
+  CHECK(Counted::constructed.load() == Counted::destroyed.load());
+}
+
+TEST_CASE(
+    "MpmcQueue layout keeps slots and the two tickets on separate cache "
+    "lines",
+    "[mpmc]") {
+  // The exact offsets are proved by static_asserts in the header; these hold
+  // for any element type.
+  STATIC_REQUIRE(alignof(MpmcQueue<char>) == kCacheLineSize);
+  STATIC_REQUIRE(sizeof(MpmcQueue<char>) % kCacheLineSize == 0);
+  STATIC_REQUIRE(sizeof(MpmcQueue<char>) >= 3 * kCacheLineSize);
+}
+
+TEST_CASE("MpmcQueue blocking pop parks on an empty queue and a push wakes it",
+          "[mpmc]") {
+  MpmcQueue<int> q(4);
+  std::atomic<int> got{-1};
+  std::thread consumer([&] {
+    int v = -1;
+    q.pop(v);
+    got.store(v, std::memory_order_release);
+  });
+  AwaitParkedWaiter(q);
+  CHECK(got.load(std::memory_order_acquire) == -1);
+  REQUIRE(q.try_push(42));
+  consumer.join();
+  CHECK(got.load() == 42);
+  CHECK(q.empty());
+}
+
+TEST_CASE("MpmcQueue blocking push parks on a full queue and a pop wakes it",
+          "[mpmc]") {
+  MpmcQueue<int> q(2);
+  REQUIRE(q.try_push(1));
+  REQUIRE(q.try_push(2));
+  std::atomic<bool> pushed{false};
+  std::thread producer([&] {
+    q.push(3);
+    pushed.store(true, std::memory_order_release);
+  });
+  AwaitParkedWaiter(q);
+  CHECK_FALSE(pushed.load(std::memory_order_acquire));
+  int out = -1;
+  REQUIRE(q.try_pop(out));
+  CHECK(out == 1);
+  producer.join();
+  CHECK(pushed.load());
+  q.pop(out);
+  CHECK(out == 2);
+  q.pop(out);
+  CHECK(out == 3);
+}
+
+TEST_CASE("MpmcQueue wakes several parked consumers, one element each",
+          "[mpmc]") {
+  MpmcQueue<int> q(4);
+  constexpr int kConsumers = 3;
+  std::vector<int> got(kConsumers, -1);
+  std::vector<std::thread> consumers;
+  for (int c = 0; c < kConsumers; ++c) {
+    consumers.emplace_back([&q, &got, c] { q.pop(got[c]); });
+  }
+  // Pushing only after one consumer parked makes at least one wake-up real.
+  AwaitParkedWaiter(q);
+  for (int i = 0; i < kConsumers; ++i) q.push(100 + i);
+  for (auto& t : consumers) t.join();
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<int>{100, 101, 102});
+  CHECK(q.empty());
+}
+
+// Runs `producers` producers and `consumers` consumers over a ring of
+// `capacity`, each producer pushing `per_producer` tagged values, using a mix
+// of blocking, try_ and bulk calls. Returns what each consumer popped, in
+// order.
+std::vector<std::vector<std::uint64_t>> RunMpmcFuzz(int producers,
+                                                    int consumers,
+                                                    std::size_t capacity,
+                                                    int per_producer) {
+  MpmcQueue<std::uint64_t> q(capacity);
+  const long total = static_cast<long>(producers) * per_producer;
+  // Consumers claim elements before popping them, so that every blocking pop
+  // is sure to be matched by a push and the run ends.
+  std::atomic<long> unclaimed{total};
+  std::vector<std::vector<std::uint64_t>> seen(consumers);
+  std::vector<std::thread> threads;
+
+  for (int p = 0; p < producers; ++p) {
+    threads.emplace_back([&q, p, per_producer] {
+      std::uint64_t seq = 0;
+      const auto n = static_cast<std::uint64_t>(per_producer);
+      while (seq < n) {
+        switch ((seq / 7 + static_cast<std::uint64_t>(p)) % 3) {
+          case 0:
+            q.push(Tag(p, seq++));
+            break;
+          case 1:
+            while (!q.try_push(Tag(p, seq))) std::this_thread::yield();
+            ++seq;
+            break;
+          default: {
+            std::uint64_t batch[5];
+            std::size_t want = 0;
+            while (want < 5 && seq + want < n) {
+              batch[want] = Tag(p, seq + want);
+              ++want;
+            }
+            const std::size_t pushed = q.try_push_bulk(batch, want);
+            if (pushed == 0) std::this_thread::yield();
+            seq += pushed;
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (int c = 0; c < consumers; ++c) {
+    threads.emplace_back([&q, &unclaimed, &seen, c] {
+      std::vector<std::uint64_t>& mine = seen[c];
+      for (long round = 0;; ++round) {
+        long avail = unclaimed.load(std::memory_order_relaxed);
+        if (avail <= 0) return;
+        const long want = round % 3 == 2 ? std::min(avail, 4L) : 1;
+        if (!unclaimed.compare_exchange_weak(avail, avail - want,
+                                             std::memory_order_relaxed)) {
+          continue;
+        }
+        if (round % 3 == 0) {
+          std::uint64_t v;
+          q.pop(v);
+          mine.push_back(v);
+        } else if (round % 3 == 1) {
+          std::uint64_t v;
+          while (!q.try_pop(v)) std::this_thread::yield();
+          mine.push_back(v);
+        } else {
+          auto left = static_cast<std::size_t>(want);
+          while (left > 0) {
+            const std::size_t got =
+                q.try_pop_bulk(std::back_inserter(mine), left);
+            if (got == 0) std::this_thread::yield();
+            left -= got;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return seen;
+}
+
+// Checks that every tagged value of every producer arrived exactly once and
+// that each consumer saw each producer's values in order.
+void CheckDelivery(const std::vector<std::vector<std::uint64_t>>& seen,
+                   int producers, int per_producer) {
+  std::vector<std::vector<int>> count(producers,
+                                      std::vector<int>(per_producer, 0));
+  bool tags_valid = true;
+  bool ordered = true;
+  for (const auto& mine : seen) {
+    std::vector<long> last(producers, -1);
+    for (std::uint64_t tag : mine) {
+      const auto p = ProducerOf(tag);
+      const auto s = SeqOf(tag);
+      if (p >= static_cast<std::uint64_t>(producers) ||
+          s >= static_cast<std::uint64_t>(per_producer)) {
+        tags_valid = false;
+        continue;
+      }
+      ++count[p][s];
+      if (static_cast<long>(s) <= last[p]) ordered = false;
+      last[p] = static_cast<long>(s);
+    }
+  }
+  REQUIRE(tags_valid);
+  CHECK(ordered);
+  long lost = 0;
+  long duplicated = 0;
+  for (const auto& per : count) {
+    for (int c : per) {
+      if (c == 0) ++lost;
+      if (c > 1) duplicated += c - 1;
+    }
+  }
+  CHECK(lost == 0);
+  CHECK(duplicated == 0);
+}
+
+TEST_CASE(
+    "MpmcQueue with 4 producers and 4 consumers loses and duplicates "
+    "nothing, and each consumer sees each producer in order",
+    "[mpmc][stress]") {
+  constexpr int kProducers = 4;
+  constexpr int kPerProducer = 5000;
+  const auto capacity = GENERATE(as<std::size_t>{}, 2, 64);
+  CAPTURE(capacity);
+  const auto seen = RunMpmcFuzz(kProducers, 4, capacity, kPerProducer);
+  CheckDelivery(seen, kProducers, kPerProducer);
+}
+
+TEST_CASE(
+    "MpmcQueue with 4 producers and 1 consumer delivers each producer's "
+    "values in order",
+    "[mpmc][stress]") {
+  constexpr int kProducers = 4;
+  constexpr int kPerProducer = 20000;
+  const auto seen = RunMpmcFuzz(kProducers, 1, 16, kPerProducer);
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].size() == kProducers * kPerProducer);
+  // With a single consumer, each producer's values arrive as 0, 1, 2, ...
+  std::vector<std::uint64_t> next(kProducers, 0);
+  bool consecutive = true;
+  for (std::uint64_t tag : seen[0]) {
+    const auto p = ProducerOf(tag);
+    if (p >= kProducers || SeqOf(tag) != next[p]++) consecutive = false;
+  }
+  CHECK(consecutive);
+}
+
+TEST_CASE(
+    "MpmcQueue blocking calls with more threads than slots park, wake "
+    "and deliver everything",
+    "[mpmc][stress]") {
+  // Capacity 2 with 4 + 4 threads: producers of different laps and consumers
+  // wait on the same slot at once.
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 2000;
+  MpmcQueue<std::uint64_t> q(2);
+  std::vector<std::vector<std::uint64_t>> seen(kThreads);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < kThreads; ++p) {
+    threads.emplace_back([&q, p] {
+      for (int i = 0; i < kPerThread; ++i) q.push(Tag(p, i));
+    });
+  }
+  for (int c = 0; c < kThreads; ++c) {
+    threads.emplace_back([&q, &seen, c] {
+      for (int i = 0; i < kPerThread; ++i) {
+        std::uint64_t v;
+        q.pop(v);
+        seen[c].push_back(v);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CheckDelivery(seen, kThreads, kPerThread);
+  CHECK(q.empty());
+}
+
+TEST_CASE(
+    "MpmcQueue under concurrent traffic pairs every construction with "
+    "one destruction",
+    "[mpmc][stress]") {
+  Counted::Reset();
+  constexpr int kPerThread = 10000;
+  long sum = 0;
+  {
+    MpmcQueue<Counted> q(32);  // Room for the 20 left over.
+    std::atomic<long> popped_sum{0};
+    std::vector<std::thread> threads;
+    for (int p = 0; p < 2; ++p) {
+      threads.emplace_back([&q] {
+        for (int i = 0; i < kPerThread; ++i) {
+          if (i % 2 == 0) {
+            q.emplace(i);
+          } else {
+            while (!q.try_emplace(i)) std::this_thread::yield();
+          }
+        }
+      });
+    }
+    for (int c = 0; c < 2; ++c) {
+      // Leave 10 elements per consumer in the ring for its destructor.
+      threads.emplace_back([&q, &popped_sum] {
+        long local = 0;
+        Counted out(0);
+        for (int i = 0; i < kPerThread - 10; ++i) {
+          q.pop(out);
+          local += out.value;
+        }
+        popped_sum.fetch_add(local, std::memory_order_relaxed);
+      });
+    }
+    for (auto& t : threads) t.join();
+    sum = popped_sum.load();
+    CHECK(q.size() == 20);
+  }
+  CHECK(sum > 0);
+  CHECK(Counted::constructed.load() == Counted::destroyed.load());
+}
+
+}  // namespace
+}  // namespace warren
