@@ -18,6 +18,13 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <fstream>
+#endif
+
 namespace warren::internal {
 
 // Reads the ring's private state for the parking tests.
@@ -63,6 +70,49 @@ struct Counted {
   int value;
 };
 
+// Lets the main thread wait until a test thread is asleep in the kernel, so
+// that a wake-up test really wakes a sleeper. On Linux it reads the thread's
+// state from /proc; elsewhere it only checks that the thread has started.
+class SleepProbe {
+ public:
+  // Called by the watched thread before it blocks.
+  void Register() {
+#if defined(__linux__)
+    tid_.store(static_cast<long>(::syscall(SYS_gettid)),
+               std::memory_order_release);
+#else
+    tid_.store(1, std::memory_order_release);
+#endif
+  }
+
+  // Whether the registered thread is asleep ("S" in /proc/.../stat).
+  bool Asleep() const {
+    const long tid = tid_.load(std::memory_order_acquire);
+    if (tid == 0) return false;
+#if defined(__linux__)
+    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    // "tid (name) S ...": the state follows the last ')'.
+    const std::size_t paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() &&
+           line[paren + 2] == 'S';
+#else
+    return true;
+#endif
+  }
+
+ private:
+  std::atomic<long> tid_{0};
+};
+
+// Keeps the calling thread busy for a few microseconds, so that the threads
+// waiting on it run out of spins and go to sleep.
+void BusyWork() {
+  volatile unsigned sink = 0;
+  for (unsigned i = 0; i < 50000; ++i) sink = sink + i;
+}
+
 // A value tagged with who pushed it and its place in that producer's order.
 std::uint64_t Tag(std::uint64_t producer, std::uint64_t seq) {
   return producer << 32 | seq;
@@ -70,13 +120,20 @@ std::uint64_t Tag(std::uint64_t producer, std::uint64_t seq) {
 std::uint64_t ProducerOf(std::uint64_t tag) { return tag >> 32; }
 std::uint64_t SeqOf(std::uint64_t tag) { return tag & 0xffffffffu; }
 
-// Waits until some thread has announced it is parking on `q`.
+// Waits until some thread has announced it is parking on `q` and every
+// thread in `probes` is asleep.
 template <typename T>
-void AwaitParkedWaiter(const MpmcQueue<T>& q) {
-  while (!Peer<T>::HasParkedWaiter(q)) std::this_thread::yield();
+void AwaitParked(const MpmcQueue<T>& q,
+                 const std::vector<const SleepProbe*>& probes) {
+  for (;;) {
+    bool asleep = Peer<T>::HasParkedWaiter(q);
+    for (const SleepProbe* probe : probes) asleep = asleep && probe->Asleep();
+    if (asleep) return;
+    std::this_thread::yield();
+  }
 }
 
-TEST_CASE("MpmcQueue rounds capacity up to a power of two, at least 2",
+TEST_CASE("MpmcQueue rounds capacity up to a power of two and at least 2",
           "[mpmc]") {
   CHECK(MpmcQueue<int>(0).capacity() == 2);
   CHECK(MpmcQueue<int>(1).capacity() == 2);
@@ -303,12 +360,14 @@ TEST_CASE("MpmcQueue blocking pop parks on an empty queue and a push wakes it",
           "[mpmc]") {
   MpmcQueue<int> q(4);
   std::atomic<int> got{-1};
+  SleepProbe probe;
   std::thread consumer([&] {
+    probe.Register();
     int v = -1;
     q.pop(v);
     got.store(v, std::memory_order_release);
   });
-  AwaitParkedWaiter(q);
+  AwaitParked(q, {&probe});
   CHECK(got.load(std::memory_order_acquire) == -1);
   REQUIRE(q.try_push(42));
   consumer.join();
@@ -322,11 +381,13 @@ TEST_CASE("MpmcQueue blocking push parks on a full queue and a pop wakes it",
   REQUIRE(q.try_push(1));
   REQUIRE(q.try_push(2));
   std::atomic<bool> pushed{false};
+  SleepProbe probe;
   std::thread producer([&] {
+    probe.Register();
     q.push(3);
     pushed.store(true, std::memory_order_release);
   });
-  AwaitParkedWaiter(q);
+  AwaitParked(q, {&probe});
   CHECK_FALSE(pushed.load(std::memory_order_acquire));
   int out = -1;
   REQUIRE(q.try_pop(out));
@@ -339,17 +400,20 @@ TEST_CASE("MpmcQueue blocking push parks on a full queue and a pop wakes it",
   CHECK(out == 3);
 }
 
-TEST_CASE("MpmcQueue wakes several parked consumers, one element each",
+TEST_CASE("MpmcQueue wakes several parked consumers with one element each",
           "[mpmc]") {
   MpmcQueue<int> q(4);
   constexpr int kConsumers = 3;
   std::vector<int> got(kConsumers, -1);
+  SleepProbe probes[kConsumers];
   std::vector<std::thread> consumers;
   for (int c = 0; c < kConsumers; ++c) {
-    consumers.emplace_back([&q, &got, c] { q.pop(got[c]); });
+    consumers.emplace_back([&q, &got, &probes, c] {
+      probes[c].Register();
+      q.pop(got[c]);
+    });
   }
-  // Pushing only after one consumer parked makes at least one wake-up real.
-  AwaitParkedWaiter(q);
+  AwaitParked(q, {&probes[0], &probes[1], &probes[2]});
   for (int i = 0; i < kConsumers; ++i) q.push(100 + i);
   for (auto& t : consumers) t.join();
   std::sort(got.begin(), got.end());
@@ -476,7 +540,7 @@ void CheckDelivery(const std::vector<std::vector<std::uint64_t>>& seen,
 
 TEST_CASE(
     "MpmcQueue with 4 producers and 4 consumers loses and duplicates "
-    "nothing, and each consumer sees each producer in order",
+    "nothing and each consumer sees each producer in order",
     "[mpmc][stress]") {
   constexpr int kProducers = 4;
   constexpr int kPerProducer = 5000;
@@ -506,7 +570,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "MpmcQueue blocking calls with more threads than slots park, wake "
+    "MpmcQueue blocking calls with more threads than slots park and wake "
     "and deliver everything",
     "[mpmc][stress]") {
   // Capacity 2 with 4 + 4 threads: producers of different laps and consumers
@@ -533,6 +597,47 @@ TEST_CASE(
   for (auto& t : threads) t.join();
   CheckDelivery(seen, kThreads, kPerThread);
   CHECK(q.empty());
+}
+
+TEST_CASE(
+    "MpmcQueue passes a few tokens between 8 blocking threads that "
+    "mostly sleep",
+    "[mpmc][stress]") {
+  // Two tokens circulate between `to_b` and `to_a`, each moved by one of 4
+  // threads per side. Nearly every pop finds its ring empty, so threads
+  // park and are woken all the time.
+  constexpr int kSide = 4;
+  constexpr int kHops = 300;  // Per thread.
+  constexpr std::uint64_t kTokens = 2;
+  MpmcQueue<std::uint64_t> to_b(8);
+  MpmcQueue<std::uint64_t> to_a(8);
+  for (std::uint64_t t = 0; t < kTokens; ++t) REQUIRE(to_a.try_push(t));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kSide; ++i) {
+    threads.emplace_back([&to_a, &to_b] {
+      for (int hop = 0; hop < kHops; ++hop) {
+        std::uint64_t token;
+        to_a.pop(token);
+        BusyWork();
+        to_b.push(token);
+      }
+    });
+    threads.emplace_back([&to_a, &to_b] {
+      for (int hop = 0; hop < kHops; ++hop) {
+        std::uint64_t token;
+        to_b.pop(token);
+        BusyWork();
+        to_a.push(token);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // Every token is back in `to_a`, once.
+  std::vector<std::uint64_t> left;
+  CHECK(to_a.try_pop_bulk(std::back_inserter(left), 8) == kTokens);
+  std::sort(left.begin(), left.end());
+  CHECK(left == std::vector<std::uint64_t>{0, 1});
+  CHECK(to_b.empty());
 }
 
 TEST_CASE(

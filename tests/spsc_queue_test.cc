@@ -18,6 +18,13 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <fstream>
+#endif
+
 namespace warren::internal {
 
 // Reads the ring's private state for the parking tests.
@@ -61,7 +68,50 @@ struct Counted {
   int value;
 };
 
-TEST_CASE("SpscQueue rounds capacity up to a power of two, at least 2",
+// Lets the main thread wait until a test thread is asleep in the kernel, so
+// that a wake-up test really wakes a sleeper. On Linux it reads the thread's
+// state from /proc; elsewhere it only checks that the thread has started.
+class SleepProbe {
+ public:
+  // Called by the watched thread before it blocks.
+  void Register() {
+#if defined(__linux__)
+    tid_.store(static_cast<long>(::syscall(SYS_gettid)),
+               std::memory_order_release);
+#else
+    tid_.store(1, std::memory_order_release);
+#endif
+  }
+
+  // Whether the registered thread is asleep ("S" in /proc/.../stat).
+  bool Asleep() const {
+    const long tid = tid_.load(std::memory_order_acquire);
+    if (tid == 0) return false;
+#if defined(__linux__)
+    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    // "tid (name) S ...": the state follows the last ')'.
+    const std::size_t paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() &&
+           line[paren + 2] == 'S';
+#else
+    return true;
+#endif
+  }
+
+ private:
+  std::atomic<long> tid_{0};
+};
+
+// Keeps the calling thread busy for a few microseconds, so that the threads
+// waiting on it run out of spins and go to sleep.
+void BusyWork() {
+  volatile unsigned sink = 0;
+  for (unsigned i = 0; i < 50000; ++i) sink = sink + i;
+}
+
+TEST_CASE("SpscQueue rounds capacity up to a power of two and at least 2",
           "[spsc]") {
   CHECK(SpscQueue<int>(0).capacity() == 2);
   CHECK(SpscQueue<int>(1).capacity() == 2);
@@ -70,7 +120,7 @@ TEST_CASE("SpscQueue rounds capacity up to a power of two, at least 2",
   CHECK(SpscQueue<int>(1024).capacity() == 1024);
 }
 
-TEST_CASE("SpscQueue holds exactly capacity() elements, no slot wasted",
+TEST_CASE("SpscQueue holds exactly capacity() elements with no slot wasted",
           "[spsc]") {
   SpscQueue<int> q(4);
   for (int i = 0; i < 4; ++i) CHECK(q.try_push(i));
@@ -300,12 +350,16 @@ TEST_CASE("SpscQueue blocking pop parks on an empty queue and a push wakes it",
           "[spsc]") {
   SpscQueue<int> q(4);
   std::atomic<int> got{-1};
+  SleepProbe probe;
   std::thread consumer([&] {
+    probe.Register();
     int v = -1;
     q.pop(v);
     got.store(v, std::memory_order_release);
   });
-  while (!Peer<int>::ConsumerParked(q)) std::this_thread::yield();
+  while (!Peer<int>::ConsumerParked(q) || !probe.Asleep()) {
+    std::this_thread::yield();
+  }
   CHECK(got.load(std::memory_order_acquire) == -1);
   REQUIRE(q.try_push(42));
   consumer.join();
@@ -316,14 +370,18 @@ TEST_CASE("SpscQueue blocking pop parks on an empty queue and a push wakes it",
 TEST_CASE("SpscQueue blocking pop is woken by a bulk push", "[spsc]") {
   SpscQueue<int> q(4);
   std::vector<int> got;
+  SleepProbe probe;
   std::thread consumer([&] {
+    probe.Register();
     for (int i = 0; i < 3; ++i) {
       int v = -1;
       q.pop(v);
       got.push_back(v);
     }
   });
-  while (!Peer<int>::ConsumerParked(q)) std::this_thread::yield();
+  while (!Peer<int>::ConsumerParked(q) || !probe.Asleep()) {
+    std::this_thread::yield();
+  }
   const int in[] = {7, 8, 9};
   REQUIRE(q.try_push_bulk(in, 3) == 3);
   consumer.join();
@@ -336,11 +394,15 @@ TEST_CASE("SpscQueue blocking push parks on a full queue and a pop wakes it",
   REQUIRE(q.try_push(1));
   REQUIRE(q.try_push(2));
   std::atomic<bool> pushed{false};
+  SleepProbe probe;
   std::thread producer([&] {
+    probe.Register();
     q.push(3);
     pushed.store(true, std::memory_order_release);
   });
-  while (!Peer<int>::ProducerParked(q)) std::this_thread::yield();
+  while (!Peer<int>::ProducerParked(q) || !probe.Asleep()) {
+    std::this_thread::yield();
+  }
   CHECK_FALSE(pushed.load(std::memory_order_acquire));
   int out = -1;
   REQUIRE(q.try_pop(out));
@@ -455,6 +517,45 @@ TEST_CASE(
     if (seen[i] != i) in_order = false;
   }
   CHECK(in_order);
+}
+
+TEST_CASE("SpscQueue ping-pong between blocking threads that mostly sleep",
+          "[spsc][stress]") {
+  // Two independent ping-pong pairs (4 threads) each bounce one token over
+  // two rings; every pop finds its ring empty, so threads park and are woken
+  // all the time.
+  constexpr int kRounds = 600;
+  struct Pair {
+    SpscQueue<int> ping{2};
+    SpscQueue<int> pong{2};
+    int last_seen = -1;
+  };
+  Pair pairs[2];
+  std::vector<std::thread> threads;
+  for (Pair& pair : pairs) {
+    threads.emplace_back([&pair] {
+      for (int i = 0; i < kRounds; ++i) {
+        pair.ping.push(i);
+        int back;
+        pair.pong.pop(back);
+        pair.last_seen = back;
+      }
+    });
+    threads.emplace_back([&pair] {
+      for (int i = 0; i < kRounds; ++i) {
+        int v;
+        pair.ping.pop(v);
+        BusyWork();
+        pair.pong.push(v + 1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const Pair& pair : pairs) {
+    CHECK(pair.last_seen == kRounds);
+    CHECK(pair.ping.empty());
+    CHECK(pair.pong.empty());
+  }
 }
 
 TEST_CASE(

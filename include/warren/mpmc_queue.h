@@ -268,7 +268,8 @@ class MpmcQueue {
     std::size_t ticket = head_.load(std::memory_order_relaxed);
     for (;;) {
       std::size_t count = 0;
-      while (count < n && IsTurn(ticket + count, ProducerTurn(ticket + count))) {
+      while (count < n &&
+             IsTurn(ticket + count, ProducerTurn(ticket + count))) {
         ++count;
       }
       if (count == 0) {
@@ -391,8 +392,7 @@ class MpmcQueue {
   bool IsTurn(std::size_t ticket, std::uint32_t turn) const noexcept {
     // acquire: pairs with the release in PassTurn() by the thread that passed
     // the slot on, so its work on the slot happens-before ours.
-    return TurnOf(SlotFor(ticket).turn.load(std::memory_order_acquire)) ==
-           turn;
+    return TurnOf(SlotFor(ticket).turn.load(std::memory_order_acquire)) == turn;
   }
   // A consumer's turn (4L + 2) means the slot holds an element.
   static bool IsFull(std::uint32_t word) noexcept {
