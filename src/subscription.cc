@@ -25,47 +25,55 @@ SubscriptionState::~SubscriptionState() {
 void SubscriptionState::WorkerLoop() {
   ConsumerState& state = *consumer_->state_;
   for (;;) {
+    // A worker counts as running from before it receives: Stop then waits
+    // for a delivery taken just before the cancel to be handled, instead of
+    // requeueing it under a handler that is about to run.
+    {
+      MutexLock lock(&mu_);
+      if (stopped_) return;
+      ++running_;
+    }
     absl::StatusOr<Delivery> d =
         state.Receive(/*wait=*/true, absl::InfiniteFuture(),
                       /*wait_for_window=*/true);
-    if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
-    {
-      MutexLock lock(&mu_);
-      ++running_;
-    }
-    HandlerResult result = HandlerResult::kRequeue;
-    bool threw = false;
-#if defined(__cpp_exceptions)
-    try {
-      result = handler_(*d, *consumer_);
-    } catch (...) {
-      threw = true;
-    }
-#else
-    result = handler_(*d, *consumer_);
-#endif
-    if (threw) {
-      failed_.fetch_add(1, std::memory_order_relaxed);
-      result = HandlerResult::kRequeue;
-    }
-    handled_.fetch_add(1, std::memory_order_relaxed);
-    // A failed settle means the subscription was stopped past its grace
-    // period and the delivery was already returned to the queue.
-    switch (result) {
-      case HandlerResult::kAck:
-        (void)consumer_->Ack(*d);
-        break;
-      case HandlerResult::kRequeue:
-        (void)consumer_->Nack(*d, {.requeue = true});
-        break;
-      case HandlerResult::kReject:
-        (void)consumer_->Reject(*d, {.requeue = false});
-        break;
-      case HandlerResult::kSettled:
-        break;
-    }
+    if (d.ok()) Handle(*d);
     MutexLock lock(&mu_);
     if (--running_ == 0) idle_cv_.SignalAll();
+    if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
+  }
+}
+
+void SubscriptionState::Handle(const Delivery& d) {
+  HandlerResult result = HandlerResult::kRequeue;
+  bool threw = false;
+#if defined(__cpp_exceptions)
+  try {
+    result = handler_(d, *consumer_);
+  } catch (...) {
+    threw = true;
+  }
+#else
+  result = handler_(d, *consumer_);
+#endif
+  if (threw) {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    result = HandlerResult::kRequeue;
+  }
+  handled_.fetch_add(1, std::memory_order_relaxed);
+  // A failed settle means the subscription was stopped past its grace
+  // period and the delivery was already returned to the queue.
+  switch (result) {
+    case HandlerResult::kAck:
+      (void)consumer_->Ack(d);
+      break;
+    case HandlerResult::kRequeue:
+      (void)consumer_->Nack(d, {.requeue = true});
+      break;
+    case HandlerResult::kReject:
+      (void)consumer_->Reject(d, {.requeue = false});
+      break;
+    case HandlerResult::kSettled:
+      break;
   }
 }
 

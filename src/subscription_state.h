@@ -37,6 +37,7 @@ class SubscriptionState {
 
  private:
   void WorkerLoop();
+  void Handle(const Delivery& d);
   void Join();
 
   // Constant after construction.
@@ -49,6 +50,7 @@ class SubscriptionState {
 
   Mutex mu_;
   CondVar idle_cv_;  // signalled when running_ drops to 0
+  // Workers receiving or handling a delivery.
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 

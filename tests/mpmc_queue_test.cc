@@ -110,7 +110,7 @@ class SleepProbe {
 // waiting on it run out of spins and go to sleep.
 void BusyWork() {
   volatile unsigned sink = 0;
-  for (unsigned i = 0; i < 50000; ++i) sink = sink + i;
+  for (unsigned i = 0; i < 5000; ++i) sink = sink + i;
 }
 
 // A value tagged with who pushed it and its place in that producer's order.
@@ -600,15 +600,14 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "MpmcQueue passes a few tokens between 8 blocking threads that "
-    "mostly sleep",
+    "MpmcQueue passes a token between 8 blocking threads that mostly sleep",
     "[mpmc][stress]") {
-  // Two tokens circulate between `to_b` and `to_a`, each moved by one of 4
-  // threads per side. Nearly every pop finds its ring empty, so threads
-  // park and are woken all the time.
+  // One token circulates between `to_b` and `to_a`, moved by 4 threads per
+  // side that each work a little while holding it. Nearly every pop finds
+  // its ring empty, so threads park and are woken all the time.
   constexpr int kSide = 4;
-  constexpr int kHops = 300;  // Per thread.
-  constexpr std::uint64_t kTokens = 2;
+  constexpr int kHops = 500;  // Per thread.
+  constexpr std::uint64_t kTokens = 1;
   MpmcQueue<std::uint64_t> to_b(8);
   MpmcQueue<std::uint64_t> to_a(8);
   for (std::uint64_t t = 0; t < kTokens; ++t) REQUIRE(to_a.try_push(t));
@@ -636,7 +635,7 @@ TEST_CASE(
   std::vector<std::uint64_t> left;
   CHECK(to_a.try_pop_bulk(std::back_inserter(left), 8) == kTokens);
   std::sort(left.begin(), left.end());
-  CHECK(left == std::vector<std::uint64_t>{0, 1});
+  CHECK(left == std::vector<std::uint64_t>{0});
   CHECK(to_b.empty());
 }
 

@@ -108,7 +108,7 @@ class SleepProbe {
 // waiting on it run out of spins and go to sleep.
 void BusyWork() {
   volatile unsigned sink = 0;
-  for (unsigned i = 0; i < 50000; ++i) sink = sink + i;
+  for (unsigned i = 0; i < 5000; ++i) sink = sink + i;
 }
 
 TEST_CASE("SpscQueue rounds capacity up to a power of two and at least 2",
@@ -419,7 +419,7 @@ TEST_CASE(
     "SpscQueue with 1 producer and 1 consumer delivers every value once "
     "and in order",
     "[spsc][stress]") {
-  constexpr std::uint64_t kCount = 60000;
+  constexpr std::uint64_t kCount = 40000;
   const auto capacity = GENERATE(as<std::size_t>{}, 2, 16, 1024);
   CAPTURE(capacity);
   SpscQueue<std::uint64_t> q(capacity);
@@ -495,7 +495,7 @@ TEST_CASE(
     "SpscQueue blocking push and pop on a tiny ring park and wake "
     "without losing anything",
     "[spsc][stress]") {
-  constexpr int kCount = 20000;
+  constexpr int kCount = 10000;
   SpscQueue<int> q(2);
   std::vector<int> seen;
   seen.reserve(kCount);
@@ -522,9 +522,9 @@ TEST_CASE(
 TEST_CASE("SpscQueue ping-pong between blocking threads that mostly sleep",
           "[spsc][stress]") {
   // Two independent ping-pong pairs (4 threads) each bounce one token over
-  // two rings; every pop finds its ring empty, so threads park and are woken
-  // all the time.
-  constexpr int kRounds = 600;
+  // two rings, working a little while holding it; every pop finds its ring
+  // empty, so threads park and are woken all the time.
+  constexpr int kRounds = 1000;
   struct Pair {
     SpscQueue<int> ping{2};
     SpscQueue<int> pong{2};
