@@ -341,6 +341,7 @@ void BrokerImpl::RouteLocked(const Exchange& exchange,
     return;
   }
   exchange.Route(routing_key, headers, [&](const Destination& d) {
+    topo_mu_.AssertReaderHeld();  // called synchronously, under our lock
     if (d.queue != nullptr) {
       state.AddQueue(d.queue);
     } else {

@@ -220,7 +220,7 @@ absl::StatusOr<NodePtr> Queue::Take(const ConsumerState* consumer, bool wait,
     return absl::UnavailableError("no message is ready");
   }
 
-  Waiter w{consumer};
+  Waiter w{.consumer = consumer};
   waiting_.fetch_add(1, std::memory_order_relaxed);
   // Dekker handshake with MaybeHandOff: either we see the pushed message
   // below, or the publisher sees waiting_ > 0 and hands it over.

@@ -62,6 +62,9 @@ class ABSL_LOCKABLE SharedMutex {
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
   void ReaderLock() ABSL_SHARED_LOCK_FUNCTION() { mu_.lock_shared(); }
   void ReaderUnlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock_shared(); }
+  // Tells the analysis that a shared lock is held (for lambdas called under
+  // it, which the analysis does not see into).
+  void AssertReaderHeld() const ABSL_ASSERT_SHARED_LOCK() {}
 
  private:
   std::shared_mutex mu_;
