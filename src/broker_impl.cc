@@ -8,6 +8,7 @@
 #include "absl/container/inlined_vector.h"
 #include "str_util.h"
 #include "consumer_state.h"
+#include "death_history.h"
 #include "headers_match.h"
 #include "names.h"
 #include "status_macros.h"
@@ -61,8 +62,21 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
                      "; the largest supported is ", kMaxRingCapacity));
   }
   if (o.overflow != Overflow::kRejectPublish &&
-      o.overflow != Overflow::kDropHead) {
+      o.overflow != Overflow::kDropHead &&
+      o.overflow != Overflow::kRejectPublishDlx) {
     return absl::InvalidArgumentError("unknown overflow policy");
+  }
+  if (o.dead_letter_exchange.has_value() && !o.dead_letter_exchange->empty()) {
+    WARREN_RETURN_IF_ERROR(
+        ValidateName(*o.dead_letter_exchange, "dead-letter exchange"));
+  }
+  if (o.dead_letter_routing_key.has_value()) {
+    WARREN_RETURN_IF_ERROR(
+        ValidateKey(*o.dead_letter_routing_key, "dead-letter routing key"));
+    if (!o.dead_letter_exchange.has_value()) {
+      return absl::InvalidArgumentError(
+          "dead_letter_routing_key needs a dead_letter_exchange");
+    }
   }
   return absl::OkStatus();
 }
@@ -104,6 +118,10 @@ struct BrokerImpl::RouteState {
 };
 
 BrokerImpl::BrokerImpl(const BrokerOptions&) {
+  {
+    WriterLock lock(&sink_->mu);
+    sink_->sink = this;
+  }
   WriterLock lock(&topo_mu_);
   exchanges_.emplace("", std::make_unique<Exchange>("", ExchangeType::kDirect,
                                                     ExchangeOptions{}));
@@ -209,7 +227,8 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
     }
     return absl::OkStatus();
   }
-  queues_.emplace(name, std::make_shared<Queue>(std::string(name), options));
+  queues_.emplace(name, std::make_shared<Queue>(std::string(name), options,
+                                                sink_));
   return absl::OkStatus();
 }
 
@@ -350,6 +369,29 @@ void BrokerImpl::RouteLocked(const Exchange& exchange,
   });
 }
 
+void BrokerImpl::ResolveTargetsLocked(const Exchange& exchange,
+                                      std::string_view routing_key,
+                                      const Headers& headers,
+                                      RouteState& state) const {
+  RouteLocked(exchange, routing_key, headers, state);
+  // Alternate exchanges: follow the chain until something routes or an
+  // exchange repeats.
+  const Exchange* current = &exchange;
+  while (state.queues.empty() &&
+         !current->options().alternate_exchange.empty()) {
+    auto it = exchanges_.find(current->options().alternate_exchange);
+    if (it == exchanges_.end()) break;
+    current = it->second.get();
+    if (std::find(state.visited.begin(), state.visited.end(), current) !=
+        state.visited.end()) {
+      break;
+    }
+    RouteLocked(*current, routing_key, headers, state);
+  }
+}
+
+absl::Time BrokerImpl::Now() const { return absl::Now(); }
+
 absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     std::string_view exchange, std::string_view routing_key, Message message,
     const PublishOptions& options) {
@@ -357,7 +399,18 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
   }
   WARREN_RETURN_IF_ERROR(ValidateKey(routing_key, "routing key"));
+  std::vector<DeadBatch> dead;
+  absl::StatusOr<PublishOutcome> outcome = PublishLocked(
+      exchange, routing_key, std::move(message), options, dead);
+  for (auto& [q, nodes] : dead) {
+    q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
+  }
+  return outcome;
+}
 
+absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
+    std::string_view exchange, std::string_view routing_key, Message message,
+    const PublishOptions& options, std::vector<DeadBatch>& dead) {
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
@@ -368,21 +421,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   }
 
   RouteState state;
-  RouteLocked(*target, routing_key, message.headers(), state);
-  // Alternate exchanges: follow the chain until something routes or an
-  // exchange repeats.
-  const Exchange* current = target;
-  while (state.queues.empty() &&
-         !current->options().alternate_exchange.empty()) {
-    auto it = exchanges_.find(current->options().alternate_exchange);
-    if (it == exchanges_.end()) break;
-    current = it->second.get();
-    if (std::find(state.visited.begin(), state.visited.end(), current) !=
-        state.visited.end()) {
-      break;
-    }
-    RouteLocked(*current, routing_key, message.headers(), state);
-  }
+  ResolveTargetsLocked(*target, routing_key, message.headers(), state);
 
   target->CountPublished();
   PublishOutcome outcome;
@@ -398,8 +437,9 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
 
   auto envelope = std::make_shared<const Envelope>(
       std::move(message), std::string(exchange), std::string(routing_key));
+  std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    switch (q->Enqueue(envelope)) {
+    switch (q->Enqueue(envelope, &maxlen_dead)) {
       case Queue::EnqueueResult::kAccepted:
         ++outcome.queues;
         break;
@@ -409,13 +449,83 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
       case Queue::EnqueueResult::kClosed:
         break;
     }
+    if (!maxlen_dead.empty()) {
+      dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
+      maxlen_dead.clear();
+    }
   }
   if (outcome.queues == 0 && !outcome.refused_by.empty()) {
     return absl::ResourceExhaustedError(
         StrCat("every queue the message routed to is full: ",
-                     JoinNames(outcome.refused_by)));
+               JoinNames(outcome.refused_by)));
   }
   return outcome;
+}
+
+void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
+                            DeathReason reason) {
+  struct Work {
+    std::shared_ptr<Queue> from;
+    std::vector<NodePtr> nodes;
+    DeathReason reason;
+  };
+  std::vector<Work> work;
+  work.push_back({from.shared_from_this(), std::move(nodes), reason});
+  const absl::Time now = Now();
+  while (!work.empty()) {
+    Work w = std::move(work.back());
+    work.pop_back();
+    const QueueOptions& o = w.from->options();
+    std::vector<DeadBatch> dead;
+    {
+      ReaderLock lock(&topo_mu_);
+      if (closed_) return;
+      const Exchange* dlx = nullptr;
+      if (auto it = exchanges_.find(o.dead_letter_exchange.value_or(""));
+          o.dead_letter_exchange.has_value() && it != exchanges_.end()) {
+        dlx = it->second.get();
+      }
+      for (NodePtr& node : w.nodes) {
+        if (dlx == nullptr) {
+          w.from->CountDropped(1);
+          continue;
+        }
+        const Envelope& env = *node->envelope;
+        Message m = env.message;  // a dead-lettered message is a new message
+        RecordDeath(m, w.from->name(), w.reason, env.exchange,
+                    env.routing_key, now);
+        const std::string key =
+            o.dead_letter_routing_key.value_or(env.routing_key);
+        RouteState state;
+        ResolveTargetsLocked(*dlx, key, m.headers(), state);
+        // Drop the targets that would close a dead-letter cycle.
+        state.queues.erase(
+            std::remove_if(state.queues.begin(), state.queues.end(),
+                           [&](Queue* q) {
+                             return IsDeadLetterCycle(m, q->name());
+                           }),
+            state.queues.end());
+        if (state.queues.empty()) {
+          w.from->CountDropped(1);
+          continue;
+        }
+        auto envelope = std::make_shared<const Envelope>(
+            std::move(m), dlx->name(), key);
+        std::vector<NodePtr> maxlen_dead;
+        for (Queue* q : state.queues) {
+          (void)q->Enqueue(envelope, &maxlen_dead);
+          if (!maxlen_dead.empty()) {
+            dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
+            maxlen_dead.clear();
+          }
+        }
+        w.from->CountDeadLettered(1);
+      }
+    }
+    for (auto& [q, batch] : dead) {
+      work.push_back({std::move(q), std::move(batch), DeathReason::kMaxLen});
+    }
+  }
 }
 
 // --- Consuming -----------------------------------------------------------------
@@ -494,6 +604,12 @@ BrokerStats BrokerImpl::Stats() const {
 // --- Lifetime ------------------------------------------------------------------
 
 void BrokerImpl::Close() {
+  {
+    // Waits for dead-lettering in progress; queues that outlive the broker
+    // drop what they give up on from now on.
+    WriterLock lock(&sink_->mu);
+    sink_->sink = nullptr;
+  }
   WriterLock lock(&topo_mu_);
   if (closed_) return;
   closed_ = true;

@@ -15,6 +15,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -26,7 +28,7 @@
 
 namespace warren::internal {
 
-class BrokerImpl final : public Broker {
+class BrokerImpl final : public Broker, private DeadLetterSink {
  public:
   explicit BrokerImpl(const BrokerOptions& options);
   ~BrokerImpl() override;
@@ -71,6 +73,27 @@ class BrokerImpl final : public Broker {
 
  private:
   struct RouteState;
+  // Queues that gave up on messages during a call, to dead-letter once the
+  // topology lock is released.
+  using DeadBatch = std::pair<std::shared_ptr<Queue>, std::vector<NodePtr>>;
+
+  // DeadLetterSink: republishes `nodes` to `from`'s dead-letter exchange.
+  void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
+                  DeathReason reason) override;
+  // Routes through `exchange` and, when nothing matched, its chain of
+  // alternate exchanges.
+  void ResolveTargetsLocked(const Exchange& exchange,
+                            std::string_view routing_key,
+                            const Headers& headers, RouteState& state) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  absl::Time Now() const;
+  // Publish under the topology lock; `dead` receives what overflow policies
+  // gave up on.
+  absl::StatusOr<PublishOutcome> PublishLocked(std::string_view exchange,
+                                               std::string_view routing_key,
+                                               Message message,
+                                               const PublishOptions& options,
+                                               std::vector<DeadBatch>& dead);
 
   absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const
@@ -91,6 +114,7 @@ class BrokerImpl final : public Broker {
       std::string_view queue, uint32_t prefetch, std::string_view tag);
 
   std::atomic<uint64_t> next_consumer_id_{1};
+  const std::shared_ptr<SinkHandle> sink_ = std::make_shared<SinkHandle>();
 
   mutable SharedMutex topo_mu_;
   bool closed_ ABSL_GUARDED_BY(topo_mu_) = false;

@@ -192,9 +192,9 @@ absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
     queue_->CountRejected(nodes.size());
   }
   if (requeue) {
-    queue_->Requeue(std::move(nodes));
+    queue_->Return(std::move(nodes));
   } else {
-    queue_->CountDropped(nodes.size());
+    queue_->DeadLetter(std::move(nodes), DeathReason::kRejected);
   }
   return absl::OkStatus();
 }
@@ -230,7 +230,7 @@ void ConsumerState::Close() {
   window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
                          std::memory_order_relaxed);
   queue_->CountSettled(nodes.size());
-  queue_->Requeue(std::move(nodes));
+  queue_->Return(std::move(nodes));
 }
 
 size_t ConsumerState::unacked() const {

@@ -1,6 +1,7 @@
 #include "queue.h"
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 #include "str_util.h"
@@ -24,9 +25,11 @@ uint32_t RingCapacityFor(const QueueOptions& options) {
   return static_cast<uint32_t>(cap);
 }
 
-Queue::Queue(std::string name, const QueueOptions& options)
+Queue::Queue(std::string name, const QueueOptions& options,
+             std::shared_ptr<SinkHandle> sink)
     : name_(std::move(name)),
       options_(options),
+      sink_(std::move(sink)),
       levels_(options.max_priority + 1) {
   const uint32_t cap = RingCapacityFor(options);
   rings_.reserve(levels_);
@@ -71,7 +74,19 @@ void Queue::OnTaken(const QueuedMessage& node) {
   ready_bytes_.fetch_sub(node.body_size(), std::memory_order_relaxed);
 }
 
-Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope) {
+NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
+  auto node = std::make_unique<QueuedMessage>();
+  const auto& priority = envelope->message.properties().priority;
+  node->priority = options_.max_priority == 0
+                       ? 0
+                       : std::min<uint8_t>(priority.value_or(0),
+                                           options_.max_priority);
+  node->envelope = std::move(envelope);
+  return node;
+}
+
+Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
+                                    std::vector<NodePtr>* maxlen_dead) {
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
   }
@@ -79,23 +94,20 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope) {
   while (!TryReserve(bytes)) {
     if (options_.overflow == Overflow::kDropHead) {
       if (NodePtr victim = TakeAny()) {
-        publisher_side_.dropped_head.fetch_add(1, std::memory_order_relaxed);
+        maxlen_dead->push_back(std::move(victim));
         continue;
       }
     }
     // Full, and nothing could be dropped to make room.
     publisher_side_.refused.fetch_add(1, std::memory_order_relaxed);
+    if (options_.overflow == Overflow::kRejectPublishDlx) {
+      maxlen_dead->push_back(MakeNode(std::move(envelope)));
+    }
     return EnqueueResult::kRefused;
   }
 
-  auto node = std::make_unique<QueuedMessage>();
-  const auto& priority = envelope->message.properties().priority;
-  node->envelope = std::move(envelope);
+  NodePtr node = MakeNode(std::move(envelope));
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
-  node->priority = options_.max_priority == 0
-                       ? 0
-                       : std::min<uint8_t>(priority.value_or(0),
-                                           options_.max_priority);
   publisher_side_.published.fetch_add(1, std::memory_order_relaxed);
 
   const int level = node->priority;
@@ -111,6 +123,31 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope) {
   spill_[level].push_back(std::move(node));
   HandOffLocked();
   return EnqueueResult::kAccepted;
+}
+
+void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
+  if (nodes.empty()) return;
+  if (options_.dead_letter_exchange.has_value()) {
+    ReaderLock lock(&sink_->mu);
+    if (sink_->sink != nullptr) {
+      sink_->sink->DeadLetter(*this, std::move(nodes), reason);
+      return;
+    }
+  }
+  CountDropped(nodes.size());
+}
+
+void Queue::Return(std::vector<NodePtr> nodes) {
+  if (options_.delivery_limit > 0) {
+    std::vector<NodePtr> spent;
+    auto keep = std::partition(nodes.begin(), nodes.end(), [&](const auto& n) {
+      return n->deliveries < options_.delivery_limit;
+    });
+    std::move(keep, nodes.end(), std::back_inserter(spent));
+    nodes.erase(keep, nodes.end());
+    DeadLetter(std::move(spent), DeathReason::kDeliveryLimit);
+  }
+  Requeue(std::move(nodes));
 }
 
 void Queue::MaybeHandOff() {
@@ -355,8 +392,8 @@ QueueStats Queue::Stats() const {
   s.nacked = c.nacked.load(std::memory_order_relaxed);
   s.rejected = c.rejected.load(std::memory_order_relaxed);
   s.requeued = c.requeued.load(std::memory_order_relaxed);
-  s.dropped = c.dropped.load(std::memory_order_relaxed) +
-              publisher_side_.dropped_head.load(std::memory_order_relaxed);
+  s.dropped = c.dropped.load(std::memory_order_relaxed);
+  s.dead_lettered = c.dead_lettered.load(std::memory_order_relaxed);
   s.purged = c.purged.load(std::memory_order_relaxed);
   return s;
 }

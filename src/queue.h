@@ -42,17 +42,38 @@
 #include "envelope.h"
 #include "sync.h"
 #include "warren/mpmc_queue.h"
+#include "warren/dead_letter.h"
 #include "warren/options.h"
 #include "warren/stats.h"
 
 namespace warren::internal {
 
 class ConsumerState;
+class Queue;
+
+// Where a queue's dead messages go: the broker, which republishes them to
+// the queue's dead-letter exchange. Called with no queue or broker lock held.
+class DeadLetterSink {
+ public:
+  virtual void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
+                          DeathReason reason) = 0;
+
+ protected:
+  ~DeadLetterSink() = default;
+};
+
+// Shared by the broker and its queues, which may outlive it (a consumer
+// handle keeps its queue): the broker clears `sink` when it closes.
+struct SinkHandle {
+  SharedMutex mu;
+  DeadLetterSink* sink ABSL_GUARDED_BY(mu) = nullptr;
+};
 
 // Thread-safe.
-class Queue {
+class Queue : public std::enable_shared_from_this<Queue> {
  public:
-  Queue(std::string name, const QueueOptions& options);
+  Queue(std::string name, const QueueOptions& options,
+        std::shared_ptr<SinkHandle> sink);
   ~Queue();
   Queue(const Queue&) = delete;
   Queue& operator=(const Queue&) = delete;
@@ -65,8 +86,18 @@ class Queue {
   enum class EnqueueResult { kAccepted, kRefused, kClosed };
 
   // Adds a published message, applying the length limits and the overflow
-  // policy.
-  EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope);
+  // policy. Messages the overflow policy gives up on (drop-head victims, or
+  // the new message under reject-publish-dlx) are appended to `maxlen_dead`
+  // for the caller to pass to DeadLetter once it holds no broker lock.
+  EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope,
+                        std::vector<NodePtr>* maxlen_dead);
+
+  // Gives up on `nodes`: republishes them to the dead-letter exchange, or
+  // drops (and counts) them when the queue has none. Call with no lock held.
+  void DeadLetter(std::vector<NodePtr> nodes, DeathReason reason);
+  void CountDeadLettered(uint64_t n) {
+    consumer_side_.dead_lettered.fetch_add(n, std::memory_order_relaxed);
+  }
 
   // --- Consuming ------------------------------------------------------------
 
@@ -80,6 +111,10 @@ class Queue {
 
   // Puts delivered messages back at their original positions.
   void Requeue(std::vector<NodePtr> nodes);
+
+  // Takes back delivered messages: each is requeued, or dead-lettered with
+  // reason `delivery_limit` when it has used up the queue's deliveries.
+  void Return(std::vector<NodePtr> nodes);
 
   // Registers and unregisters a consumer (for single active consumer and the
   // consumer gauge). Unregistering wakes that consumer's waiters.
@@ -158,9 +193,12 @@ class Queue {
   void MaybeHandOff();
   uint64_t DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
+
   // Constant after construction.
   const std::string name_;
   const QueueOptions options_;
+  const std::shared_ptr<SinkHandle> sink_;
   const int levels_;  // priority levels: max_priority + 1
   std::vector<std::unique_ptr<MpmcQueue<NodePtr>>> rings_;
 
@@ -177,7 +215,6 @@ class Queue {
   struct alignas(kCacheLineSize) PublisherCounters {
     std::atomic<uint64_t> published{0};
     std::atomic<uint64_t> refused{0};
-    std::atomic<uint64_t> dropped_head{0};
   } publisher_side_;
   // Counters written on the consuming side.
   struct alignas(kCacheLineSize) ConsumerCounters {
@@ -189,6 +226,7 @@ class Queue {
     std::atomic<uint64_t> rejected{0};
     std::atomic<uint64_t> requeued{0};
     std::atomic<uint64_t> dropped{0};
+    std::atomic<uint64_t> dead_lettered{0};
     std::atomic<uint64_t> purged{0};
   } consumer_side_;
 

@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/time/time.h"
@@ -44,8 +45,11 @@ enum class ExchangeType {
 enum class Overflow {
   // The new message is refused; the publisher is told (default).
   kRejectPublish,
-  // The oldest ready message is dropped to make room (counted as `dropped`).
+  // The oldest ready message is dead-lettered (reason `maxlen`), or dropped
+  // when the queue has no dead-letter exchange, to make room.
   kDropHead,
+  // The new message is refused and dead-lettered (reason `maxlen`).
+  kRejectPublishDlx,
 };
 
 struct BrokerOptions {
@@ -91,6 +95,18 @@ struct QueueOptions {
   // Only one consumer receives at a time; the next registered consumer takes
   // over when it is cancelled or closed. Default: false.
   bool single_active_consumer = false;
+  // Exchange that receives this queue's dead messages (rejected without
+  // requeue, expired, pushed out by a limit, out of attempts); "" is the
+  // default exchange. A dead-letter exchange that does not exist drops the
+  // message and counts it. Default: none.
+  std::optional<std::string> dead_letter_exchange;
+  // Routing key for dead-lettered messages. Default: the key the message was
+  // published with.
+  std::optional<std::string> dead_letter_routing_key;
+  // Deliveries after which a returned message (nack/reject with requeue, a
+  // closed consumer) is dead-lettered with reason `delivery_limit` instead
+  // of requeued. 0 means unlimited. Default: 0.
+  uint32_t delivery_limit = 0;
   // Slots in the lock-free ring that holds ready messages; rounded up to a
   // power of two. Ready messages beyond it wait in an overflow list behind the
   // queue's lock. 0 picks min(max_length, 4096), at least 64. Default: 0.

@@ -40,7 +40,11 @@ struct QueueStats {
   uint64_t nacked = 0;       // Nack, with or without requeue
   uint64_t rejected = 0;     // Reject, with or without requeue
   uint64_t requeued = 0;     // returned to the queue (nack, reject, close)
-  uint64_t dropped = 0;      // removed without delivery (drop-head, requeue=false)
+  uint64_t dead_lettered = 0;  // republished to the dead-letter exchange
+  // Removed without delivery and not dead-lettered: no dead-letter exchange
+  // (drop-head, requeue=false), a dead-letter exchange that does not exist,
+  // nothing bound to it, or a dead-letter cycle.
+  uint64_t dropped = 0;
   uint64_t refused = 0;      // publishes refused by the length limit
   uint64_t purged = 0;       // removed by PurgeQueue
 };

@@ -8,6 +8,7 @@
 //
 //   * warren/broker.h   — Broker, PublishOutcome
 //   * warren/consumer.h — Consumer, Delivery, Subscription
+//   * warren/dead_letter.h — DeathReason, DeathRecord, DeathHistory()
 //   * warren/message.h  — Message, Properties, Headers, HeaderValue
 //   * warren/options.h  — BrokerOptions, QueueOptions, ... (plain structs)
 //   * warren/stats.h    — QueueStats, ExchangeStats, BrokerStats
@@ -28,6 +29,7 @@
 
 #include "warren/broker.h"    // IWYU pragma: export
 #include "warren/consumer.h"  // IWYU pragma: export
+#include "warren/dead_letter.h"  // IWYU pragma: export
 #include "warren/message.h"   // IWYU pragma: export
 #include "warren/options.h"   // IWYU pragma: export
 #include "warren/stats.h"     // IWYU pragma: export
