@@ -9,6 +9,7 @@
 #include "str_util.h"
 #include "consumer_state.h"
 #include "death_history.h"
+#include "warren/dead_letter.h"
 #include "headers_match.h"
 #include "names.h"
 #include "status_macros.h"
@@ -50,6 +51,17 @@ std::string_view TypeName(ExchangeType type) {
   return "unknown";
 }
 
+// Longer than any sensible TTL, lease, delay or window: beyond is a mistake.
+constexpr absl::Duration kMaxDuration = absl::Hours(24 * 365 * 10);
+
+absl::Status ValidateDuration(std::string_view what, absl::Duration d) {
+  if (d < absl::ZeroDuration() || d > kMaxDuration) {
+    return absl::InvalidArgumentError(
+        StrCat(what, " must be between 0 and 10 years"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateQueueOptions(const QueueOptions& o) {
   if (o.max_priority > kMaxPriority) {
     return absl::InvalidArgumentError(
@@ -70,6 +82,14 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
     WARREN_RETURN_IF_ERROR(
         ValidateName(*o.dead_letter_exchange, "dead-letter exchange"));
   }
+  if (o.retry.has_value()) {
+    WARREN_RETURN_IF_ERROR(ValidateRetryPolicy(*o.retry));
+  }
+  for (auto [what, d] : {std::pair{"message_ttl", o.message_ttl},
+                         std::pair{"ack_deadline", o.ack_deadline}}) {
+    if (d.has_value()) WARREN_RETURN_IF_ERROR(ValidateDuration(what, *d));
+  }
+  WARREN_RETURN_IF_ERROR(ValidateDuration("dedup_window", o.dedup_window));
   if (o.dead_letter_routing_key.has_value()) {
     WARREN_RETURN_IF_ERROR(
         ValidateKey(*o.dead_letter_routing_key, "dead-letter routing key"));
@@ -117,12 +137,19 @@ struct BrokerImpl::RouteState {
   }
 };
 
-BrokerImpl::BrokerImpl(const BrokerOptions&) {
-  {
-    WriterLock lock(&sink_->mu);
-    sink_->sink = this;
-  }
+BrokerImpl::BrokerImpl(const BrokerOptions& options)
+    : clock_(options.clock != nullptr ? options.clock : SystemClock::Default()),
+      link_(std::make_shared<BrokerLink>(clock_)) {
   WriterLock lock(&topo_mu_);
+  timers_ = std::make_unique<TimerService>(clock_);
+  {
+    WriterLock sink_lock(&link_->mu);
+    link_->sink = this;
+  }
+  {
+    MutexLock timers_lock(&link_->timers_mu);
+    link_->timers = timers_.get();
+  }
   exchanges_.emplace("", std::make_unique<Exchange>("", ExchangeType::kDirect,
                                                     ExchangeOptions{}));
 }
@@ -216,6 +243,13 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
                                       const QueueOptions& options) {
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
   WARREN_RETURN_IF_ERROR(ValidateQueueOptions(options));
+  if (options.retry.has_value() && options.dead_letter_exchange == "" &&
+      options.dead_letter_routing_key == name) {
+    return absl::InvalidArgumentError(StrCat(
+        "queue '", name,
+        "' would dead-letter into itself: a retry policy needs a dead-letter "
+        "target other than the queue"));
+  }
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   if (auto it = queues_.find(name); it != queues_.end()) {
@@ -228,7 +262,7 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
     return absl::OkStatus();
   }
   queues_.emplace(name, std::make_shared<Queue>(std::string(name), options,
-                                                sink_));
+                                                link_));
   return absl::OkStatus();
 }
 
@@ -390,7 +424,7 @@ void BrokerImpl::ResolveTargetsLocked(const Exchange& exchange,
   }
 }
 
-absl::Time BrokerImpl::Now() const { return absl::Now(); }
+absl::Time BrokerImpl::Now() const { return clock_->Now(); }
 
 absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     std::string_view exchange, std::string_view routing_key, Message message,
@@ -399,6 +433,10 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
   }
   WARREN_RETURN_IF_ERROR(ValidateKey(routing_key, "routing key"));
+  WARREN_RETURN_IF_ERROR(ValidateDuration("delay", options.delay));
+  if (const auto& e = message.properties().expiration; e.has_value()) {
+    WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
+  }
   std::vector<DeadBatch> dead;
   absl::StatusOr<PublishOutcome> outcome = PublishLocked(
       exchange, routing_key, std::move(message), options, dead);
@@ -436,12 +474,17 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
   target->CountRouted();
 
   auto envelope = std::make_shared<const Envelope>(
-      std::move(message), std::string(exchange), std::string(routing_key));
+      std::move(message), std::string(exchange), std::string(routing_key),
+      Now());
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    switch (q->Enqueue(envelope, &maxlen_dead)) {
+    switch (q->Enqueue(envelope, options.delay, &maxlen_dead)) {
       case Queue::EnqueueResult::kAccepted:
         ++outcome.queues;
+        break;
+      case Queue::EnqueueResult::kDuplicate:
+        ++outcome.queues;
+        ++outcome.duplicates;
         break;
       case Queue::EnqueueResult::kRefused:
         outcome.refused_by.push_back(q->name());
@@ -460,6 +503,35 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
                JoinNames(outcome.refused_by)));
   }
   return outcome;
+}
+
+size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
+                                   std::string_view key, Message message,
+                                   std::vector<DeadBatch>& dead) {
+  RouteState state;
+  ResolveTargetsLocked(exchange, key, message.headers(), state);
+  // Drop the targets that would close a dead-letter cycle.
+  state.queues.erase(std::remove_if(state.queues.begin(), state.queues.end(),
+                                    [&](Queue* q) {
+                                      return IsDeadLetterCycle(message,
+                                                               q->name());
+                                    }),
+                     state.queues.end());
+  if (state.queues.empty()) return 0;
+  auto envelope = std::make_shared<const Envelope>(
+      std::move(message), exchange.name(), std::string(key), Now());
+  size_t accepted = 0;
+  std::vector<NodePtr> maxlen_dead;
+  for (Queue* q : state.queues) {
+    const auto result = q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
+    accepted += result == Queue::EnqueueResult::kAccepted ||
+                result == Queue::EnqueueResult::kDuplicate;
+    if (!maxlen_dead.empty()) {
+      dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
+      maxlen_dead.clear();
+    }
+  }
+  return accepted;
 }
 
 void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
@@ -496,28 +568,9 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     env.routing_key, now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
-        RouteState state;
-        ResolveTargetsLocked(*dlx, key, m.headers(), state);
-        // Drop the targets that would close a dead-letter cycle.
-        state.queues.erase(
-            std::remove_if(state.queues.begin(), state.queues.end(),
-                           [&](Queue* q) {
-                             return IsDeadLetterCycle(m, q->name());
-                           }),
-            state.queues.end());
-        if (state.queues.empty()) {
+        if (RepublishLocked(*dlx, key, std::move(m), dead) == 0) {
           w.from->CountDropped(1);
           continue;
-        }
-        auto envelope = std::make_shared<const Envelope>(
-            std::move(m), dlx->name(), key);
-        std::vector<NodePtr> maxlen_dead;
-        for (Queue* q : state.queues) {
-          (void)q->Enqueue(envelope, &maxlen_dead);
-          if (!maxlen_dead.empty()) {
-            dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
-            maxlen_dead.clear();
-          }
         }
         w.from->CountDeadLettered(1);
       }
@@ -531,24 +584,31 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
 // --- Consuming -----------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
-    std::string_view queue, uint32_t prefetch, std::string_view tag) {
+    std::string_view queue, uint32_t prefetch, std::string_view tag,
+    std::optional<absl::Duration> ack_deadline) {
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WARREN_RETURN_IF_ERROR(ValidateKey(tag, "consumer tag"));
+  if (ack_deadline.has_value()) {
+    WARREN_RETURN_IF_ERROR(ValidateDuration("ack_deadline", *ack_deadline));
+  }
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
   const uint64_t id =
       next_consumer_id_.fetch_add(1, std::memory_order_relaxed);
   std::string name = tag.empty() ? StrCat("ctag-", id) : std::string(tag);
+  if (!ack_deadline.has_value()) ack_deadline = q->options().ack_deadline;
   auto state = std::make_shared<ConsumerState>(id, std::move(name),
-                                               std::move(q), prefetch);
+                                               std::move(q), prefetch,
+                                               ack_deadline);
   state->queue()->AddConsumer(state.get());
   return std::unique_ptr<Consumer>(new Consumer(std::move(state)));
 }
 
 absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::Consume(
     std::string_view queue, const ConsumeOptions& options) {
-  return MakeConsumer(queue, options.prefetch, options.tag);
+  return MakeConsumer(queue, options.prefetch, options.tag,
+                      options.ack_deadline);
 }
 
 absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
@@ -562,10 +622,177 @@ absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
   const uint32_t prefetch =
       options.prefetch == 0 ? options.workers : options.prefetch;
   WARREN_ASSIGN_OR_RETURN(std::unique_ptr<Consumer> consumer,
-                          MakeConsumer(queue, prefetch, options.tag));
+                          MakeConsumer(queue, prefetch, options.tag,
+                                       options.ack_deadline));
   auto state = std::make_unique<SubscriptionState>(
       std::move(consumer), std::move(handler), options.workers);
   return std::unique_ptr<Subscription>(new Subscription(std::move(state)));
+}
+
+// --- Dead-letter queue tools ----------------------------------------------------
+
+absl::StatusOr<std::vector<Message>> BrokerImpl::Browse(std::string_view queue,
+                                                        size_t max_messages) {
+  WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
+  std::shared_ptr<Queue> q;
+  {
+    ReaderLock lock(&topo_mu_);
+    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_ASSIGN_OR_RETURN(q, FindQueueLocked(queue));
+  }
+  return q->Browse(max_messages);
+}
+
+bool BrokerImpl::IsDeadLetterTargetLocked(const Queue& target) const {
+  for (const auto& [name, q] : queues_) {
+    const QueueOptions& o = q->options();
+    if (!o.dead_letter_exchange.has_value()) continue;
+    if (o.dead_letter_exchange->empty()) {
+      if (o.dead_letter_routing_key == target.name()) return true;
+      continue;
+    }
+    auto dlx = exchanges_.find(*o.dead_letter_exchange);
+    if (dlx == exchanges_.end()) continue;
+    for (const Binding& b : dlx->second->bindings()) {
+      if (b.destination.queue == &target) return true;
+    }
+  }
+  return false;
+}
+
+uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
+                                 const RedriveOptions& options,
+                                 uint64_t max) {
+  std::vector<NodePtr> nodes = dlq->TakeForMove(max);
+  std::vector<NodePtr> stay;
+  std::vector<DeadBatch> dead;
+  uint64_t moved = 0;
+  {
+    ReaderLock lock(&topo_mu_);
+    for (NodePtr& node : nodes) {
+      const Message& m = node->envelope->message;
+      const std::optional<DeathSite> last = LastDeath(m);
+      const std::vector<DeathRecord> history = DeathHistory(m);
+      const Exchange* exchange = nullptr;
+      std::string key;
+      if (!options.to_exchange.empty()) {
+        if (auto it = exchanges_.find(options.to_exchange);
+            it != exchanges_.end()) {
+          exchange = it->second.get();
+        }
+        key = options.routing_key.value_or(
+            !history.empty() && !history[0].routing_keys.empty()
+                ? history[0].routing_keys[0]
+                : node->envelope->routing_key);
+      } else {
+        const std::string target = !options.to_queue.empty()
+                                       ? options.to_queue
+                                       : (last ? last->queue : "");
+        if (queues_.contains(target)) {
+          exchange = exchanges_.find("")->second.get();
+          key = target;
+        }
+      }
+      if (exchange == nullptr || closed_) {
+        stay.push_back(std::move(node));
+        continue;
+      }
+      // The message keeps its death history; the cycle rule does not apply
+      // to a deliberate move.
+      RouteState state;
+      ResolveTargetsLocked(*exchange, key, m.headers(), state);
+      if (state.queues.empty()) {
+        stay.push_back(std::move(node));
+        continue;
+      }
+      auto envelope = std::make_shared<const Envelope>(
+          m, exchange->name(), key, Now());
+      std::vector<NodePtr> maxlen_dead;
+      for (Queue* q : state.queues) {
+        (void)q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
+        if (!maxlen_dead.empty()) {
+          dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
+          maxlen_dead.clear();
+        }
+      }
+      ++moved;
+    }
+  }
+  dlq->PutBack(std::move(stay));
+  for (auto& [q, batch] : dead) {
+    q->DeadLetter(std::move(batch), DeathReason::kMaxLen);
+  }
+  return moved;
+}
+
+absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
+                                             const RedriveOptions& options) {
+  WARREN_RETURN_IF_ERROR(ValidateName(dlq, "queue"));
+  if (!options.to_queue.empty() && !options.to_exchange.empty()) {
+    return absl::InvalidArgumentError(
+        "redrive to a queue or to an exchange, not both");
+  }
+  if (!(options.messages_per_second >= 0) ||
+      options.messages_per_second > 1e9) {
+    return absl::InvalidArgumentError(
+        "messages_per_second must be between 0 and 1e9");
+  }
+  if (options.routing_key.has_value()) {
+    WARREN_RETURN_IF_ERROR(ValidateKey(*options.routing_key, "routing key"));
+  }
+  std::shared_ptr<Queue> q;
+  {
+    ReaderLock lock(&topo_mu_);
+    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_ASSIGN_OR_RETURN(q, FindQueueLocked(dlq));
+    if (!options.to_queue.empty()) {
+      WARREN_RETURN_IF_ERROR(ValidateName(options.to_queue, "queue"));
+      WARREN_RETURN_IF_ERROR(FindQueueLocked(options.to_queue).status());
+    }
+    if (!options.to_exchange.empty()) {
+      WARREN_RETURN_IF_ERROR(ValidateName(options.to_exchange, "exchange"));
+      WARREN_RETURN_IF_ERROR(FindExchangeLocked(options.to_exchange).status());
+    }
+    if (!IsDeadLetterTargetLocked(*q)) {
+      return absl::FailedPreconditionError(StrCat(
+          "queue '", dlq,
+          "' receives no queue's dead letters; name the target of a move "
+          "with Browse and Publish instead"));
+    }
+  }
+  const uint64_t max = options.max_messages == 0 ? ~uint64_t{0}
+                                                 : options.max_messages;
+  if (options.messages_per_second == 0) return RedriveSome(q, options, max);
+
+  // Paced: one message per tick on the broker's clock, until `max` moved or
+  // the queue is empty.
+  struct Job {
+    BrokerImpl* broker;
+    std::shared_ptr<Queue> dlq;
+    RedriveOptions options;
+    uint64_t remaining;
+    absl::Duration interval;
+  };
+  auto job = std::make_shared<Job>(
+      Job{this, q, options, max,
+          absl::Seconds(1.0 / options.messages_per_second)});
+  struct Tick {
+    static void Run(std::shared_ptr<Job> job) {
+      BrokerImpl* b = job->broker;
+      if (b->RedriveSome(job->dlq, job->options, 1) == 0) return;  // done
+      if (--job->remaining == 0) return;
+      MutexLock lock(&b->link_->timers_mu);
+      if (b->link_->timers == nullptr) return;
+      b->link_->timers->Schedule(b->Now() + job->interval,
+                                 [job] { Run(job); });
+    }
+  };
+  MutexLock lock(&link_->timers_mu);
+  if (link_->timers == nullptr) {
+    return absl::FailedPreconditionError("the broker is closed");
+  }
+  link_->timers->Schedule(Now(), [job] { Tick::Run(job); });
+  return uint64_t{0};
 }
 
 // --- Statistics ----------------------------------------------------------------
@@ -606,16 +833,27 @@ BrokerStats BrokerImpl::Stats() const {
 void BrokerImpl::Close() {
   {
     // Waits for dead-lettering in progress; queues that outlive the broker
-    // drop what they give up on from now on.
-    WriterLock lock(&sink_->mu);
-    sink_->sink = nullptr;
+    // drop what they give up on from now on, and schedule nothing.
+    WriterLock lock(&link_->mu);
+    link_->sink = nullptr;
   }
-  WriterLock lock(&topo_mu_);
-  if (closed_) return;
-  closed_ = true;
-  for (auto& [name, q] : queues_) q->End(Queue::EndReason::kBrokerClosed);
-  queues_.clear();
-  exchanges_.clear();
+  {
+    MutexLock lock(&link_->timers_mu);
+    link_->timers = nullptr;
+  }
+  std::unique_ptr<TimerService> timers;
+  {
+    WriterLock lock(&topo_mu_);
+    if (closed_) return;
+    closed_ = true;
+    for (auto& [name, q] : queues_) q->End(Queue::EndReason::kBrokerClosed);
+    queues_.clear();
+    exchanges_.clear();
+    timers = std::move(timers_);
+  }
+  // Outside every lock: a timer callback in progress may need them. Pending
+  // timers (delayed messages among them) are dropped.
+  timers.reset();
 }
 
 }  // namespace internal

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +25,7 @@
 #include "exchange.h"
 #include "queue.h"
 #include "sync.h"
+#include "timer_service.h"
 #include "warren/broker.h"
 
 namespace warren::internal {
@@ -68,6 +70,10 @@ class BrokerImpl final : public Broker, private DeadLetterSink {
       std::string_view queue) const override;
   absl::StatusOr<ExchangeStats> GetExchangeStats(
       std::string_view exchange) const override;
+  absl::StatusOr<std::vector<Message>> Browse(std::string_view queue,
+                                              size_t max_messages) override;
+  absl::StatusOr<uint64_t> Redrive(std::string_view dlq,
+                                   const RedriveOptions& options) override;
   BrokerStats Stats() const override;
   void Close() override;
 
@@ -111,10 +117,25 @@ class BrokerImpl final : public Broker, private DeadLetterSink {
                    const Headers& headers, RouteState& state) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<std::unique_ptr<Consumer>> MakeConsumer(
-      std::string_view queue, uint32_t prefetch, std::string_view tag);
+      std::string_view queue, uint32_t prefetch, std::string_view tag,
+      std::optional<absl::Duration> ack_deadline);
+  // True when some queue's dead letters reach `queue`.
+  bool IsDeadLetterTargetLocked(const Queue& queue) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Moves up to `max` messages out of `dlq` as `options` say; returns how
+  // many moved.
+  uint64_t RedriveSome(const std::shared_ptr<Queue>& dlq,
+                       const RedriveOptions& options, uint64_t max);
+  // Publishes an envelope's message to `exchange` under the topology lock,
+  // as dead-lettering and redrive do: no validation, no outcome.
+  size_t RepublishLocked(const Exchange& exchange, std::string_view key,
+                         Message message, std::vector<DeadBatch>& dead)
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
   std::atomic<uint64_t> next_consumer_id_{1};
-  const std::shared_ptr<SinkHandle> sink_ = std::make_shared<SinkHandle>();
+  // Constant after construction.
+  Clock* const clock_;
+  const std::shared_ptr<BrokerLink> link_;
 
   mutable SharedMutex topo_mu_;
   bool closed_ ABSL_GUARDED_BY(topo_mu_) = false;
@@ -127,6 +148,9 @@ class BrokerImpl final : public Broker, private DeadLetterSink {
                       StringEq>
       queues_
       ABSL_GUARDED_BY(topo_mu_);
+  // Runs timed work (TTL, backoff, leases, delays, paced redrive); destroyed
+  // at Close.
+  std::unique_ptr<TimerService> timers_ ABSL_GUARDED_BY(topo_mu_);
 };
 
 }  // namespace warren::internal

@@ -27,11 +27,13 @@ namespace internal {
 // --- ConsumerState -----------------------------------------------------------
 
 ConsumerState::ConsumerState(uint64_t id, std::string tag,
-                             std::shared_ptr<Queue> queue, uint32_t prefetch)
+                             std::shared_ptr<Queue> queue, uint32_t prefetch,
+                             std::optional<absl::Duration> ack_deadline)
     : id_(id),
       tag_(std::move(tag)),
       queue_(std::move(queue)),
-      prefetch_(prefetch) {}
+      prefetch_(prefetch),
+      ack_deadline_(ack_deadline) {}
 
 ConsumerState::~ConsumerState() { Close(); }
 
@@ -104,14 +106,18 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       d.delivery_tag_ = ++next_tag_;
       d.consumer_id_ = id_;
       d.attempt_ = n.deliveries;
-      held_.emplace(d.delivery_tag_, std::move(*node));
+      Held held{std::move(*node)};
+      if (ack_deadline_) {
+        ArmLease(d.delivery_tag_, held, queue_->Now() + *ack_deadline_);
+      }
+      held_.emplace(d.delivery_tag_, std::move(held));
     }
   }
   if (*node) {
     // Closed while we were taking: the message goes straight back.
     std::vector<NodePtr> back;
     back.push_back(std::move(*node));
-    queue_->Requeue(std::move(back));
+    queue_->Return(std::move(back), Queue::ReturnKind::kClosed);
     ReleaseSlots(1);
     return absl::FailedPreconditionError(
         StrCat("consumer '", tag_, "' is closed"));
@@ -169,7 +175,10 @@ absl::StatusOr<std::vector<NodePtr>> ConsumerState::Remove(const Delivery& d,
     }
     auto first = multiple ? held_.begin() : it;
     auto last = std::next(it);
-    for (auto i = first; i != last; ++i) nodes.push_back(std::move(i->second));
+    for (auto i = first; i != last; ++i) {
+      CancelLease(i->second.lease);
+      nodes.push_back(std::move(i->second.node));
+    }
     held_.erase(first, last);
   }
   ReleaseSlots(static_cast<uint32_t>(nodes.size()));
@@ -192,7 +201,7 @@ absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
     queue_->CountRejected(nodes.size());
   }
   if (requeue) {
-    queue_->Return(std::move(nodes));
+    queue_->Return(std::move(nodes), Queue::ReturnKind::kRequeue);
   } else {
     queue_->DeadLetter(std::move(nodes), DeathReason::kRejected);
   }
@@ -223,14 +232,79 @@ void ConsumerState::Close() {
     if (closed_) return;
     closed_ = true;
     nodes.reserve(held_.size());
-    for (auto& [tag, node] : held_) nodes.push_back(std::move(node));
+    for (auto& [tag, held] : held_) {
+      CancelLease(held.lease);
+      nodes.push_back(std::move(held.node));
+    }
     held_.clear();
     window_cv_.SignalAll();
   }
   window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
                          std::memory_order_relaxed);
   queue_->CountSettled(nodes.size());
-  queue_->Return(std::move(nodes));
+  queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
+}
+
+void ConsumerState::ArmLease(uint64_t tag, Held& held, absl::Time at) {
+  held.lease_generation = ++next_lease_generation_;
+  BrokerLink& link = *queue_->link();
+  MutexLock lock(&link.timers_mu);
+  if (link.timers == nullptr) {
+    held.lease = TimerService::kNoTimer;
+    return;
+  }
+  held.lease = link.timers->Schedule(
+      at, [weak = weak_from_this(), tag, gen = held.lease_generation] {
+        if (auto self = weak.lock()) self->OnLeaseExpired(tag, gen);
+      });
+}
+
+void ConsumerState::CancelLease(TimerService::TimerId id) {
+  if (id == TimerService::kNoTimer) return;
+  BrokerLink& link = *queue_->link();
+  MutexLock lock(&link.timers_mu);
+  if (link.timers != nullptr) link.timers->Cancel(id);
+}
+
+void ConsumerState::OnLeaseExpired(uint64_t tag, uint64_t generation) {
+  std::vector<NodePtr> nodes;
+  {
+    MutexLock lock(&mu_);
+    auto it = held_.find(tag);
+    if (it == held_.end() || it->second.lease_generation != generation) {
+      return;  // settled, or the lease was renewed
+    }
+    nodes.push_back(std::move(it->second.node));
+    held_.erase(it);
+  }
+  ReleaseSlots(1);
+  queue_->CountSettled(1);
+  queue_->CountLeaseExpired(1);
+  queue_->Return(std::move(nodes), Queue::ReturnKind::kLeaseExpired);
+}
+
+absl::Status ConsumerState::Extend(const Delivery& d,
+                                   absl::Duration extension) {
+  WARREN_RETURN_IF_ERROR(CheckOwner(d));
+  if (extension < absl::ZeroDuration() ||
+      extension > absl::Hours(24 * 365 * 10)) {
+    return absl::InvalidArgumentError(
+        "a lease extension must be between 0 and 10 years");
+  }
+  MutexLock lock(&mu_);
+  if (closed_) {
+    return absl::FailedPreconditionError(
+        StrCat("consumer '", tag_, "' is closed"));
+  }
+  auto it = held_.find(d.delivery_tag_);
+  if (it == held_.end()) {
+    return absl::FailedPreconditionError(
+        StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
+               " on consumer '", tag_, "' (or its lease expired)"));
+  }
+  CancelLease(it->second.lease);
+  ArmLease(d.delivery_tag_, it->second, queue_->Now() + extension);
+  return absl::OkStatus();
 }
 
 size_t ConsumerState::unacked() const {
@@ -282,6 +356,11 @@ absl::Status Consumer::Reject(const Delivery& delivery,
   return state_->NegativeSettle(delivery,
                                 internal::ConsumerState::Negative::kReject,
                                 options.requeue, /*multiple=*/false);
+}
+
+absl::Status Consumer::Extend(const Delivery& delivery,
+                              absl::Duration extension) {
+  return state_->Extend(delivery, extension);
 }
 
 absl::Status Consumer::Cancel() { return state_->Cancel(); }

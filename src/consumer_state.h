@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,10 +25,10 @@ namespace warren::internal {
 // One consumer of one queue. Deliveries it holds live in its own table until
 // settled, so settling needs no lock shared with other consumers.
 // Thread-safe.
-class ConsumerState {
+class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
  public:
   ConsumerState(uint64_t id, std::string tag, std::shared_ptr<Queue> queue,
-                uint32_t prefetch);
+                uint32_t prefetch, std::optional<absl::Duration> ack_deadline);
   ~ConsumerState();
 
   // Receives one delivery. `wait`: park until `deadline`; otherwise return
@@ -44,6 +45,7 @@ class ConsumerState {
   absl::Status NegativeSettle(const Delivery& d, Negative kind, bool requeue,
                               bool multiple);
 
+  absl::Status Extend(const Delivery& d, absl::Duration extension);
   absl::Status Cancel();
   void Close();
 
@@ -68,12 +70,23 @@ class ConsumerState {
   absl::StatusOr<std::vector<NodePtr>> Remove(const Delivery& d,
                                               bool multiple);
   absl::Status CheckOwner(const Delivery& d) const;
+  struct Held {
+    NodePtr node;
+    TimerService::TimerId lease = TimerService::kNoTimer;
+    uint64_t lease_generation = 0;  // which lease timer may expire it
+  };
+  // (Re)arms the lease of `held` (delivery `tag`), due at `at`.
+  void ArmLease(uint64_t tag, Held& held, absl::Time at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CancelLease(TimerService::TimerId id);
+  void OnLeaseExpired(uint64_t tag, uint64_t generation);
 
   // Constant after construction.
   const uint64_t id_;
   const std::string tag_;
   const std::shared_ptr<Queue> queue_;
   const uint32_t prefetch_;
+  const std::optional<absl::Duration> ack_deadline_;
 
   std::atomic<int> state_{kActive};
   // Held deliveries plus receives in progress; at most prefetch_.
@@ -81,8 +94,9 @@ class ConsumerState {
 
   mutable Mutex mu_;
   CondVar window_cv_;  // signalled when a slot is released or on cancel
-  absl::btree_map<uint64_t, NodePtr> held_ ABSL_GUARDED_BY(mu_);
+  absl::btree_map<uint64_t, Held> held_ ABSL_GUARDED_BY(mu_);
   uint64_t next_tag_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_lease_generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

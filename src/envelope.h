@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
 #include "warren/message.h"
 
 namespace warren::internal {
@@ -15,14 +16,17 @@ namespace warren::internal {
 // with. Immutable once made; one instance is shared (by std::shared_ptr) by
 // every queue the publish reached, so the body is never copied per queue.
 struct Envelope {
-  Envelope(Message m, std::string ex, std::string key)
+  Envelope(Message m, std::string ex, std::string key, absl::Time at)
       : message(std::move(m)),
         exchange(std::move(ex)),
-        routing_key(std::move(key)) {}
+        routing_key(std::move(key)),
+        published_at(at) {}
 
   const Message message;
   const std::string exchange;
   const std::string routing_key;
+  // On the broker's clock; TTLs count from here.
+  const absl::Time published_at;
 };
 
 // One message's place in one queue. Owned by exactly one holder at a time:
@@ -36,6 +40,10 @@ struct QueuedMessage {
   uint32_t deliveries = 0;
   // Effective priority (clamped to the queue's maximum); 0 in FIFO queues.
   uint8_t priority = 0;
+  // When its time-to-live runs out; InfiniteFuture() when it has none.
+  absl::Time expires_at = absl::InfiniteFuture();
+
+  bool has_expiry() const { return expires_at != absl::InfiniteFuture(); }
 
   uint64_t body_size() const { return envelope->message.body().size(); }
 };

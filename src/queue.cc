@@ -4,8 +4,8 @@
 #include <iterator>
 #include <utility>
 
-#include "str_util.h"
 #include "consumer_state.h"
+#include "str_util.h"
 
 namespace warren::internal {
 
@@ -26,10 +26,10 @@ uint32_t RingCapacityFor(const QueueOptions& options) {
 }
 
 Queue::Queue(std::string name, const QueueOptions& options,
-             std::shared_ptr<SinkHandle> sink)
+             std::shared_ptr<BrokerLink> link)
     : name_(std::move(name)),
       options_(options),
-      sink_(std::move(sink)),
+      link_(std::move(link)),
       levels_(options.max_priority + 1) {
   const uint32_t cap = RingCapacityFor(options);
   rings_.reserve(levels_);
@@ -38,6 +38,8 @@ Queue::Queue(std::string name, const QueueOptions& options,
   }
   MutexLock lock(&mu_);
   spill_.resize(levels_);
+  const uint64_t seed = options_.retry ? options_.retry->seed : 0;
+  rng_.seed(seed != 0 ? seed : std::random_device{}());
 }
 
 Queue::~Queue() = default;
@@ -76,19 +78,59 @@ void Queue::OnTaken(const QueuedMessage& node) {
 
 NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
   auto node = std::make_unique<QueuedMessage>();
-  const auto& priority = envelope->message.properties().priority;
+  const Properties& props = envelope->message.properties();
   node->priority = options_.max_priority == 0
                        ? 0
-                       : std::min<uint8_t>(priority.value_or(0),
+                       : std::min<uint8_t>(props.priority.value_or(0),
                                            options_.max_priority);
+  std::optional<absl::Duration> ttl = options_.message_ttl;
+  if (props.expiration.has_value()) {
+    ttl = ttl ? std::min(*ttl, *props.expiration) : *props.expiration;
+  }
+  if (ttl.has_value()) {
+    node->expires_at = envelope->published_at + std::max(*ttl, absl::ZeroDuration());
+  }
   node->envelope = std::move(envelope);
   return node;
 }
 
+bool Queue::IsDuplicate(const Envelope& envelope) {
+  const std::string& id = envelope.message.properties().message_id;
+  if (id.empty()) return false;
+  const absl::Time now = Now();
+  MutexLock lock(&dedup_mu_);
+  while (!dedup_order_.empty() && dedup_order_.front().first <= now) {
+    auto it = dedup_.find(dedup_order_.front().second);
+    if (it != dedup_.end() && it->second == dedup_order_.front().first) {
+      dedup_.erase(it);
+    }
+    dedup_order_.pop_front();
+  }
+  if (dedup_.contains(id)) return true;
+  const absl::Time until = now + options_.dedup_window;
+  dedup_.emplace(id, until);
+  dedup_order_.emplace_back(until, id);
+  return false;
+}
+
 Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
+                                    absl::Duration delay,
                                     std::vector<NodePtr>* maxlen_dead) {
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
+  }
+  if (options_.dedup_window > absl::ZeroDuration() && IsDuplicate(*envelope)) {
+    Add(publisher_side_.deduplicated, 1);
+    return EnqueueResult::kDuplicate;
+  }
+  if (delay > absl::ZeroDuration()) {
+    // Not ready yet, so not counted against the limits until it is.
+    NodePtr node = MakeNode(std::move(envelope));
+    node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
+    Add(publisher_side_.published, 1);
+    const absl::Time at = node->envelope->published_at + delay;
+    Delay(std::move(node), at);
+    return EnqueueResult::kAccepted;
   }
   const uint64_t bytes = envelope->message.body().size();
   while (!TryReserve(bytes)) {
@@ -99,55 +141,44 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
       }
     }
     // Full, and nothing could be dropped to make room.
-    publisher_side_.refused.fetch_add(1, std::memory_order_relaxed);
+    Add(publisher_side_.refused, 1);
     if (options_.overflow == Overflow::kRejectPublishDlx) {
       maxlen_dead->push_back(MakeNode(std::move(envelope)));
     }
+    FlushExpired();
     return EnqueueResult::kRefused;
   }
 
   NodePtr node = MakeNode(std::move(envelope));
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
-  publisher_side_.published.fetch_add(1, std::memory_order_relaxed);
+  Add(publisher_side_.published, 1);
 
   const int level = node->priority;
   // acquire: pairs with the release store that clears spilling_ in
   // TakeLocked, so a publisher that sees the spill drained pushes behind it.
-  if (!spilling_.load(std::memory_order_acquire) &&
+  // A message with a time-to-live always spills, so the expiry timer can take
+  // it out from the middle of the queue.
+  if (!node->has_expiry() && !spilling_.load(std::memory_order_acquire) &&
       rings_[level]->try_push(std::move(node))) {
     MaybeHandOff();
     return EnqueueResult::kAccepted;
   }
-  MutexLock lock(&mu_);
-  spilling_.store(true, std::memory_order_release);
-  spill_[level].push_back(std::move(node));
-  HandOffLocked();
+  {
+    MutexLock lock(&mu_);
+    SpillLocked(std::move(node));
+    HandOffLocked();
+  }
+  FlushExpired();
   return EnqueueResult::kAccepted;
 }
 
-void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
-  if (nodes.empty()) return;
-  if (options_.dead_letter_exchange.has_value()) {
-    ReaderLock lock(&sink_->mu);
-    if (sink_->sink != nullptr) {
-      sink_->sink->DeadLetter(*this, std::move(nodes), reason);
-      return;
-    }
-  }
-  CountDropped(nodes.size());
-}
-
-void Queue::Return(std::vector<NodePtr> nodes) {
-  if (options_.delivery_limit > 0) {
-    std::vector<NodePtr> spent;
-    auto keep = std::partition(nodes.begin(), nodes.end(), [&](const auto& n) {
-      return n->deliveries < options_.delivery_limit;
-    });
-    std::move(keep, nodes.end(), std::back_inserter(spent));
-    nodes.erase(keep, nodes.end());
-    DeadLetter(std::move(spent), DeathReason::kDeliveryLimit);
-  }
-  Requeue(std::move(nodes));
+void Queue::SpillLocked(NodePtr node) {
+  spilling_.store(true, std::memory_order_release);
+  if (node->has_expiry()) IndexExpiryLocked(*node, /*in_returned=*/false);
+  const int level = node->priority;
+  const uint64_t seq = node->seq;
+  spill_[level].emplace(seq, std::move(node));
+  ++spilled_;
 }
 
 void Queue::MaybeHandOff() {
@@ -155,15 +186,158 @@ void Queue::MaybeHandOff() {
   // a waiter increments waiting_ and fences before re-checking the rings.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (waiting_.load(std::memory_order_relaxed) == 0) return;
-  MutexLock lock(&mu_);
-  HandOffLocked();
+  {
+    MutexLock lock(&mu_);
+    HandOffLocked();
+  }
+  FlushExpired();
+}
+
+void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
+  if (nodes.empty()) return;
+  if (options_.dead_letter_exchange.has_value()) {
+    ReaderLock lock(&link_->mu);
+    if (link_->sink != nullptr) {
+      link_->sink->DeadLetter(*this, std::move(nodes), reason);
+      return;
+    }
+  }
+  CountDropped(nodes.size());
+}
+
+// --- Timers ------------------------------------------------------------------
+
+bool Queue::Schedule(absl::Time deadline, absl::AnyInvocable<void()> fn) {
+  MutexLock lock(&link_->timers_mu);
+  if (link_->timers == nullptr) return false;
+  return link_->timers->Schedule(deadline, std::move(fn)) !=
+         TimerService::kNoTimer;
+}
+
+void Queue::Delay(NodePtr node, absl::Time at) {
+  delayed_.fetch_add(1, std::memory_order_relaxed);
+  const bool scheduled =
+      Schedule(at, [weak = weak_from_this(), n = std::move(node)]() mutable {
+        if (auto q = weak.lock()) q->OnDelayDone(std::move(n));
+      });
+  if (!scheduled) {
+    // The broker is closed: nothing will ever deliver it.
+    delayed_.fetch_sub(1, std::memory_order_relaxed);
+    CountDropped(1);
+  }
+}
+
+void Queue::OnDelayDone(NodePtr node) {
+  delayed_.fetch_sub(1, std::memory_order_relaxed);
+  {
+    MutexLock lock(&mu_);
+    if (end_.load(std::memory_order_acquire) != kOpen) return;
+    if (ReturnLocked(std::move(node))) HandOffLocked();
+  }
+  FlushExpired();
+}
+
+absl::Duration Queue::RetryDelay(const QueuedMessage& node) {
+  const RetryPolicy& p = *options_.retry;
+  // The custom function is the user's: called with no lock held.
+  const absl::Duration base =
+      BaseRetryDelay(p, node.deliveries, node.envelope->message);
+  if (p.jitter == Jitter::kNone || base <= absl::ZeroDuration()) return base;
+  double u;
+  {
+    MutexLock lock(&mu_);
+    u = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  }
+  switch (p.jitter) {
+    case Jitter::kFull:
+      return base * u;
+    case Jitter::kEqual:
+      return base / 2 + (base / 2) * u;
+    case Jitter::kRatio:
+      return base * (1.0 - p.jitter_ratio + 2.0 * p.jitter_ratio * u);
+    case Jitter::kNone:
+      break;
+  }
+  return base;
+}
+
+// --- Expiry ------------------------------------------------------------------
+
+void Queue::IndexExpiryLocked(const QueuedMessage& node, bool in_returned) {
+  expiry_.emplace(node.expires_at, node.priority, node.seq, in_returned);
+  ArmExpiryTimerLocked();
+}
+
+void Queue::UnindexExpiryLocked(const QueuedMessage& node, bool in_returned) {
+  expiry_.erase(ExpiryKey{node.expires_at, node.priority, node.seq,
+                          in_returned});
+}
+
+void Queue::ArmExpiryTimerLocked() {
+  if (expiry_.empty()) return;
+  const absl::Time next = std::get<0>(*expiry_.begin());
+  if (expiry_timer_ != TimerService::kNoTimer && expiry_timer_at_ <= next) {
+    return;  // an earlier (or the same) timer is armed; it re-arms itself
+  }
+  MutexLock lock(&link_->timers_mu);
+  if (link_->timers == nullptr) return;
+  if (expiry_timer_ != TimerService::kNoTimer) {
+    link_->timers->Cancel(expiry_timer_);
+  }
+  expiry_timer_at_ = next;
+  expiry_timer_ = link_->timers->Schedule(next, [weak = weak_from_this()] {
+    if (auto q = weak.lock()) q->ExpireDue();
+  });
+}
+
+void Queue::ExpireDue() {
+  {
+    MutexLock lock(&mu_);
+    expiry_timer_ = TimerService::kNoTimer;
+    expiry_timer_at_ = absl::InfiniteFuture();
+    const absl::Time now = Now();
+    while (!expiry_.empty() && std::get<0>(*expiry_.begin()) <= now) {
+      const auto [at, level, seq, in_returned] = *expiry_.begin();
+      expiry_.erase(expiry_.begin());
+      NodePtr node;
+      if (in_returned) {
+        auto it = returned_.find(ReturnedKey{-level, seq});
+        if (it == returned_.end()) continue;
+        node = std::move(it->second);
+        returned_.erase(it);
+        returned_count_.fetch_sub(1, std::memory_order_release);
+      } else {
+        auto it = spill_[level].find(seq);
+        if (it == spill_[level].end()) continue;
+        node = std::move(it->second);
+        spill_[level].erase(it);
+        if (--spilled_ == 0) spilling_.store(false, std::memory_order_release);
+      }
+      OnTaken(*node);
+      expired_.push_back(std::move(node));
+    }
+    ArmExpiryTimerLocked();
+  }
+  FlushExpired();
+}
+
+void Queue::FlushExpired() {
+  std::vector<NodePtr> expired;
+  {
+    MutexLock lock(&mu_);
+    if (expired_.empty()) return;
+    expired.swap(expired_);
+  }
+  Add(consumer_side_.expired, expired.size());
+  DeadLetter(std::move(expired), DeathReason::kExpired);
 }
 
 // --- Consuming ---------------------------------------------------------------
 
 NodePtr Queue::TakeAny() {
-  // acquire: pairs with the release increments in Requeue and the release
-  // store of spilling_ in Enqueue.
+  // acquire: pairs with the release increments in ReturnLocked and the
+  // release store of spilling_ in SpillLocked. Nothing in the rings has a
+  // time-to-live, so the lock-free path needs no expiry check.
   if (returned_count_.load(std::memory_order_acquire) == 0 &&
       !spilling_.load(std::memory_order_acquire)) {
     for (int level = levels_ - 1; level >= 0; --level) {
@@ -183,46 +357,55 @@ NodePtr Queue::TakeAny() {
 }
 
 NodePtr Queue::TakeLocked() {
-  const int best_returned =
-      returned_.empty() ? -1 : -std::get<0>(returned_.begin()->first);
-  for (int level = levels_ - 1; level >= 0; --level) {
+  for (;;) {
+    const int best_returned =
+        returned_.empty() ? -1 : -std::get<0>(returned_.begin()->first);
     NodePtr node;
-    if (level == best_returned) {
-      // Invariant: a returned message is older than every ready message of
-      // its priority, so it goes first.
-      auto it = returned_.begin();
-      node = std::move(it->second);
-      returned_.erase(it);
-      returned_count_.fetch_sub(1, std::memory_order_release);
-    } else if (rings_[level]->try_pop(node)) {
-    } else if (!spill_[level].empty()) {
-      node = std::move(spill_[level].front());
-      spill_[level].pop_front();
-      if (std::all_of(spill_.begin(), spill_.end(),
-                      [](const auto& s) { return s.empty(); })) {
-        spilling_.store(false, std::memory_order_release);
+    bool from_returned = false;
+    for (int level = levels_ - 1; level >= 0 && !node; --level) {
+      if (level == best_returned) {
+        // Invariant: a returned message is older than every ready message of
+        // its priority, so it goes first.
+        auto it = returned_.begin();
+        node = std::move(it->second);
+        returned_.erase(it);
+        returned_count_.fetch_sub(1, std::memory_order_release);
+        from_returned = true;
+      } else if (rings_[level]->try_pop(node)) {
+      } else if (!spill_[level].empty()) {
+        auto it = spill_[level].begin();
+        node = std::move(it->second);
+        spill_[level].erase(it);
+        if (--spilled_ == 0) spilling_.store(false, std::memory_order_release);
       }
-    } else {
-      continue;
     }
+    if (!node) return nullptr;
     OnTaken(*node);
+    if (node->has_expiry()) {
+      UnindexExpiryLocked(*node, from_returned);
+      // The expiry timer may not have run yet: never deliver it.
+      if (Now() >= node->expires_at) {
+        expired_.push_back(std::move(node));
+        continue;
+      }
+    }
     return node;
   }
-  return nullptr;
 }
 
-absl::Status Queue::EndStatusLocked() const { return CheckUsable(); }
-
-absl::Status Queue::CheckUsable() const {
-  switch (end_.load(std::memory_order_acquire)) {
-    case kDeleted:
-      return absl::NotFoundError(
-          StrCat("queue '", name_, "' was deleted"));
-    case kBrokerClosed:
-      return absl::FailedPreconditionError("the broker is closed");
-    default:
-      return absl::OkStatus();
+bool Queue::ReturnLocked(NodePtr node) {
+  if (node->has_expiry() && Now() >= node->expires_at) {
+    expired_.push_back(std::move(node));
+    return false;
   }
+  ready_count_.fetch_add(1, std::memory_order_relaxed);
+  ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  if (node->has_expiry()) IndexExpiryLocked(*node, /*in_returned=*/true);
+  const ReturnedKey key{-static_cast<int>(node->priority), node->seq};
+  returned_.emplace(key, std::move(node));
+  // release: pairs with the acquire load in TakeAny.
+  returned_count_.fetch_add(1, std::memory_order_release);
+  return true;
 }
 
 bool Queue::EligibleLocked(const ConsumerState* consumer) const {
@@ -245,49 +428,70 @@ absl::StatusOr<NodePtr> Queue::Take(const ConsumerState* consumer, bool wait,
     return absl::FailedPreconditionError("the consumer is cancelled");
   }
   if (!options_.single_active_consumer) {
-    if (NodePtr node = TakeAny()) return node;
+    NodePtr node = TakeAny();
+    FlushExpired();
+    if (node) return node;
     if (!wait) return absl::UnavailableError("no message is ready");
   }
 
-  MutexLock lock(&mu_);
-  if (!wait) {
-    if (EligibleLocked(consumer)) {
-      if (NodePtr node = TakeLocked()) return node;
-    }
-    return absl::UnavailableError("no message is ready");
-  }
-
-  Waiter w{.consumer = consumer};
-  waiting_.fetch_add(1, std::memory_order_relaxed);
-  // Dekker handshake with MaybeHandOff: either we see the pushed message
-  // below, or the publisher sees waiting_ > 0 and hands it over.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  for (;;) {
-    if (w.node) return std::move(w.node);  // handed over; already dequeued
-    if (absl::Status s = EndStatusLocked(); !s.ok()) {
-      RemoveWaiterLocked(&w);
-      return s;
-    }
-    if (consumer->cancelled()) {
-      RemoveWaiterLocked(&w);
-      return absl::FailedPreconditionError("the consumer is cancelled");
-    }
-    if (EligibleLocked(consumer)) {
-      if (NodePtr node = TakeLocked()) {
-        RemoveWaiterLocked(&w);
-        return node;
+  absl::StatusOr<NodePtr> result;
+  {
+    MutexLock lock(&mu_);
+    if (!wait) {
+      NodePtr node;
+      if (EligibleLocked(consumer)) node = TakeLocked();
+      if (node) {
+        result = std::move(node);
+      } else {
+        result = absl::UnavailableError("no message is ready");
+      }
+    } else {
+      Waiter w{.consumer = consumer};
+      waiting_.fetch_add(1, std::memory_order_relaxed);
+      // Dekker handshake with MaybeHandOff: either we see the pushed message
+      // below, or the publisher sees waiting_ > 0 and hands it over.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      for (;;) {
+        if (w.node) {  // handed over; already dequeued
+          result = std::move(w.node);
+          break;
+        }
+        if (absl::Status s = CheckUsable(); !s.ok()) {
+          RemoveWaiterLocked(&w);
+          result = s;
+          break;
+        }
+        if (consumer->cancelled()) {
+          RemoveWaiterLocked(&w);
+          result = absl::FailedPreconditionError("the consumer is cancelled");
+          break;
+        }
+        if (EligibleLocked(consumer)) {
+          if (NodePtr node = TakeLocked()) {
+            RemoveWaiterLocked(&w);
+            result = std::move(node);
+            break;
+          }
+        }
+        if (!w.queued) {
+          waiters_.push_back(&w);
+          w.queued = true;
+        }
+        if (w.cv.WaitWithDeadline(&mu_, deadline)) {
+          if (w.node) {
+            result = std::move(w.node);
+          } else {
+            RemoveWaiterLocked(&w);
+            result = absl::DeadlineExceededError(
+                "no message became ready in time");
+          }
+          break;
+        }
       }
     }
-    if (!w.queued) {
-      waiters_.push_back(&w);
-      w.queued = true;
-    }
-    if (w.cv.WaitWithDeadline(&mu_, deadline)) {
-      if (w.node) return std::move(w.node);
-      RemoveWaiterLocked(&w);
-      return absl::DeadlineExceededError("no message became ready in time");
-    }
   }
+  FlushExpired();
+  return result;
 }
 
 void Queue::HandOffLocked() {
@@ -311,20 +515,35 @@ void Queue::WakeAllLocked() {
   for (Waiter* w : waiters_) w->cv.Signal();
 }
 
-void Queue::Requeue(std::vector<NodePtr> nodes) {
+void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
   if (nodes.empty()) return;
-  MutexLock lock(&mu_);
-  if (end_.load(std::memory_order_acquire) != kOpen) return;  // gone with it
+  const uint32_t limit =
+      options_.retry ? options_.retry->max_attempts : options_.delivery_limit;
+  std::vector<NodePtr> spent;
+  std::vector<std::pair<NodePtr, absl::Duration>> later;
+  std::vector<NodePtr> now;
   for (NodePtr& node : nodes) {
-    ready_count_.fetch_add(1, std::memory_order_relaxed);
-    ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
-    const ReturnedKey key{-static_cast<int>(node->priority), node->seq};
-    returned_.emplace(key, std::move(node));
+    if (limit > 0 && node->deliveries >= limit) {
+      spent.push_back(std::move(node));
+    } else if (kind == ReturnKind::kRequeue && options_.retry) {
+      const absl::Duration d = RetryDelay(*node);
+      later.emplace_back(std::move(node), d);
+    } else {
+      now.push_back(std::move(node));
+    }
   }
-  consumer_side_.requeued.fetch_add(nodes.size(), std::memory_order_relaxed);
-  // release: pairs with the acquire load in TakeAny.
-  returned_count_.fetch_add(nodes.size(), std::memory_order_release);
-  HandOffLocked();
+  {
+    MutexLock lock(&mu_);
+    if (end_.load(std::memory_order_acquire) != kOpen) return;  // gone
+    uint64_t back = 0;
+    for (NodePtr& node : now) back += ReturnLocked(std::move(node));
+    Add(consumer_side_.requeued, back + later.size());
+    HandOffLocked();
+  }
+  const absl::Time t = Now();
+  for (auto& [node, d] : later) Delay(std::move(node), t + d);
+  DeadLetter(std::move(spent), DeathReason::kDeliveryLimit);
+  FlushExpired();
 }
 
 void Queue::AddConsumer(const ConsumerState* consumer) {
@@ -333,14 +552,17 @@ void Queue::AddConsumer(const ConsumerState* consumer) {
 }
 
 void Queue::RemoveConsumer(const ConsumerState* consumer) {
-  MutexLock lock(&mu_);
-  auto it = std::find(consumers_.begin(), consumers_.end(), consumer);
-  if (it == consumers_.end()) return;
-  consumers_.erase(it);
-  // The consumer's own waiters leave; with a single active consumer, the
-  // next one may now be served.
-  WakeAllLocked();
-  HandOffLocked();
+  {
+    MutexLock lock(&mu_);
+    auto it = std::find(consumers_.begin(), consumers_.end(), consumer);
+    if (it == consumers_.end()) return;
+    consumers_.erase(it);
+    // The consumer's own waiters leave; with a single active consumer, the
+    // next one may now be served.
+    WakeAllLocked();
+    HandOffLocked();
+  }
+  FlushExpired();
 }
 
 uint64_t Queue::consumer_count() const {
@@ -357,10 +579,57 @@ uint64_t Queue::DrainLocked() {
 }
 
 uint64_t Queue::Purge() {
-  MutexLock lock(&mu_);
-  const uint64_t n = DrainLocked();
-  consumer_side_.purged.fetch_add(n, std::memory_order_relaxed);
+  uint64_t n;
+  {
+    MutexLock lock(&mu_);
+    n = DrainLocked();
+  }
+  Add(consumer_side_.purged, n);
+  FlushExpired();
   return n;
+}
+
+std::vector<Message> Queue::Browse(size_t max) {
+  std::vector<Message> out;
+  {
+    MutexLock lock(&mu_);
+    std::vector<NodePtr> taken;
+    while (taken.size() < max) {
+      NodePtr node = TakeLocked();
+      if (!node) break;
+      out.push_back(node->envelope->message);
+      taken.push_back(std::move(node));
+    }
+    // Back in place: the returned set keeps publish order.
+    for (NodePtr& node : taken) ReturnLocked(std::move(node));
+  }
+  FlushExpired();
+  return out;
+}
+
+std::vector<NodePtr> Queue::TakeForMove(size_t max) {
+  std::vector<NodePtr> out;
+  {
+    MutexLock lock(&mu_);
+    while (out.size() < max) {
+      NodePtr node = TakeLocked();
+      if (!node) break;
+      out.push_back(std::move(node));
+    }
+  }
+  FlushExpired();
+  return out;
+}
+
+void Queue::PutBack(std::vector<NodePtr> nodes) {
+  if (nodes.empty()) return;
+  {
+    MutexLock lock(&mu_);
+    if (end_.load(std::memory_order_acquire) != kOpen) return;
+    for (NodePtr& node : nodes) ReturnLocked(std::move(node));
+    HandOffLocked();
+  }
+  FlushExpired();
 }
 
 uint64_t Queue::End(EndReason reason) {
@@ -372,8 +641,20 @@ uint64_t Queue::End(EndReason reason) {
   }
   MutexLock lock(&mu_);
   const uint64_t n = DrainLocked();
+  expired_.clear();  // they go with the queue
   WakeAllLocked();
   return n;
+}
+
+absl::Status Queue::CheckUsable() const {
+  switch (end_.load(std::memory_order_acquire)) {
+    case kDeleted:
+      return absl::NotFoundError(StrCat("queue '", name_, "' was deleted"));
+    case kBrokerClosed:
+      return absl::FailedPreconditionError("the broker is closed");
+    default:
+      return absl::OkStatus();
+  }
 }
 
 QueueStats Queue::Stats() const {
@@ -381,9 +662,12 @@ QueueStats Queue::Stats() const {
   s.name = name_;
   s.ready = ready_count_.load(std::memory_order_relaxed);
   s.ready_bytes = ready_bytes_.load(std::memory_order_relaxed);
+  s.delayed = delayed_.load(std::memory_order_relaxed);
   s.consumers = consumer_count();
-  s.published = publisher_side_.published.load(std::memory_order_relaxed);
-  s.refused = publisher_side_.refused.load(std::memory_order_relaxed);
+  const auto& p = publisher_side_;
+  s.published = p.published.load(std::memory_order_relaxed);
+  s.refused = p.refused.load(std::memory_order_relaxed);
+  s.deduplicated = p.deduplicated.load(std::memory_order_relaxed);
   const auto& c = consumer_side_;
   s.unacked = c.unacked.load(std::memory_order_relaxed);
   s.delivered = c.delivered.load(std::memory_order_relaxed);
@@ -395,6 +679,8 @@ QueueStats Queue::Stats() const {
   s.dropped = c.dropped.load(std::memory_order_relaxed);
   s.dead_lettered = c.dead_lettered.load(std::memory_order_relaxed);
   s.purged = c.purged.load(std::memory_order_relaxed);
+  s.expired = c.expired.load(std::memory_order_relaxed);
+  s.lease_expired = c.lease_expired.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -1,19 +1,21 @@
 // A queue: where routed messages wait for consumers.
 //
-// Storage, in the order a consumer is served:
+// Storage, in the order a consumer is served (within one priority level):
 //
-//   returned_  messages put back (nack/reject with requeue, a closed
-//              consumer), ordered by (priority desc, publish seq): they go
-//              back to their original position, ahead of every message never
-//              delivered. Behind the queue lock; `returned_count_` lets the
-//              fast path skip the lock while it is empty.
+//   returned_  messages back from consumers (nack/reject with requeue, a
+//              closed consumer, an expired lease) and delayed or retried
+//              messages whose time has come, ordered by (priority desc,
+//              publish seq): they go back to their original position, ahead
+//              of every message never delivered.
 //   rings_     one bounded lock-free MPMC ring per priority level (one level
 //              for FIFO queues). Publishers push and consumers pop without a
 //              lock.
-//   spill_     when a ring is full but the length limit allows more, further
-//              publishes of that level go to an overflow list behind the lock
-//              until it drains (`spilling_` is set meanwhile, so one
-//              publisher's messages never overtake each other).
+//   spill_     an ordered set per level, behind the lock, for messages the
+//              ring cannot take: the ring is full, or the message has a
+//              time-to-live (so the expiry timer can remove it from the
+//              middle). While anything is spilled, `spilling_` sends every
+//              publish there too, so one publisher's messages never overtake
+//              each other; the ring drains first, being older.
 //
 // Consumers pull: `Take` pops from the storage above; a consumer that finds
 // nothing registers a waiter and parks. A publisher that finds waiters after
@@ -22,6 +24,10 @@
 // (publisher: push, fence, load `waiting_`; waiter: increment `waiting_`,
 // fence, re-check storage) guarantees that either the waiter sees the message
 // or the publisher sees the waiter.
+//
+// Timed work (delays, retry backoff, expiry) goes through the broker's
+// TimerService, reached through the shared BrokerLink, whose callbacks hold
+// the queue weakly.
 
 #ifndef WARREN_SRC_QUEUE_H_
 #define WARREN_SRC_QUEUE_H_
@@ -30,19 +36,26 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "envelope.h"
+#include "str_util.h"
 #include "sync.h"
-#include "warren/mpmc_queue.h"
+#include "timer_service.h"
+#include "warren/clock.h"
 #include "warren/dead_letter.h"
+#include "warren/mpmc_queue.h"
 #include "warren/options.h"
 #include "warren/stats.h"
 
@@ -62,59 +75,77 @@ class DeadLetterSink {
   ~DeadLetterSink() = default;
 };
 
-// Shared by the broker and its queues, which may outlive it (a consumer
-// handle keeps its queue): the broker clears `sink` when it closes.
-struct SinkHandle {
+// What a queue needs from its broker. Shared by the broker and its queues,
+// which may outlive it (a consumer handle keeps its queue): the broker clears
+// `sink` and `timers` when it closes, so whoever holds the matching lock can
+// use them.
+//
+// Lock order: a queue's lock, then `timers_mu`, then the timer service's own
+// lock. `mu` is taken with no queue lock held (dead-lettering publishes into
+// other queues under it).
+struct BrokerLink {
+  explicit BrokerLink(Clock* c) : clock(c) {}
+  // Constant: outlives the broker and its consumers (BrokerOptions::clock).
+  Clock* const clock;
   SharedMutex mu;
   DeadLetterSink* sink ABSL_GUARDED_BY(mu) = nullptr;
+  Mutex timers_mu;
+  TimerService* timers ABSL_GUARDED_BY(timers_mu) = nullptr;
 };
 
 // Thread-safe.
 class Queue : public std::enable_shared_from_this<Queue> {
  public:
   Queue(std::string name, const QueueOptions& options,
-        std::shared_ptr<SinkHandle> sink);
+        std::shared_ptr<BrokerLink> link);
   ~Queue();
   Queue(const Queue&) = delete;
   Queue& operator=(const Queue&) = delete;
 
   const std::string& name() const { return name_; }
   const QueueOptions& options() const { return options_; }
+  const std::shared_ptr<BrokerLink>& link() const { return link_; }
+  absl::Time Now() const { return link_->clock->Now(); }
 
   // --- Publishing -----------------------------------------------------------
 
-  enum class EnqueueResult { kAccepted, kRefused, kClosed };
+  enum class EnqueueResult { kAccepted, kDuplicate, kRefused, kClosed };
 
-  // Adds a published message, applying the length limits and the overflow
-  // policy. Messages the overflow policy gives up on (drop-head victims, or
-  // the new message under reject-publish-dlx) are appended to `maxlen_dead`
-  // for the caller to pass to DeadLetter once it holds no broker lock.
+  // Adds a published message, applying deduplication, the length limits and
+  // the overflow policy; with a `delay`, the message becomes ready only
+  // after it. Messages the overflow policy gives up on (drop-head victims,
+  // or the new message under reject-publish-dlx) are appended to
+  // `maxlen_dead` for the caller to pass to DeadLetter once it holds no
+  // broker lock.
   EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope,
+                        absl::Duration delay,
                         std::vector<NodePtr>* maxlen_dead);
 
   // Gives up on `nodes`: republishes them to the dead-letter exchange, or
   // drops (and counts) them when the queue has none. Call with no lock held.
   void DeadLetter(std::vector<NodePtr> nodes, DeathReason reason);
-  void CountDeadLettered(uint64_t n) {
-    consumer_side_.dead_lettered.fetch_add(n, std::memory_order_relaxed);
-  }
 
   // --- Consuming ------------------------------------------------------------
 
   // Takes the next message for `consumer`. With `wait`, parks until one is
-  // ready or `deadline` passes (kDeadlineExceeded); without, returns
-  // kUnavailable when none is ready. kFailedPrecondition when the consumer
-  // is cancelled or the queue's broker is closed; kNotFound when the queue
-  // was deleted.
+  // ready or `deadline` (real time) passes (kDeadlineExceeded); without,
+  // returns kUnavailable when none is ready. kFailedPrecondition when the
+  // consumer is cancelled or the queue's broker is closed; kNotFound when the
+  // queue was deleted.
   absl::StatusOr<NodePtr> Take(const ConsumerState* consumer, bool wait,
                                absl::Time deadline);
 
-  // Puts delivered messages back at their original positions.
-  void Requeue(std::vector<NodePtr> nodes);
-
-  // Takes back delivered messages: each is requeued, or dead-lettered with
-  // reason `delivery_limit` when it has used up the queue's deliveries.
-  void Return(std::vector<NodePtr> nodes);
+  // Why delivered messages come back.
+  enum class ReturnKind {
+    kRequeue,       // nack or reject with requeue: retry policy applies
+    kClosed,        // the consumer closed while holding them
+    kLeaseExpired,  // not settled within the ack deadline
+  };
+  // Takes back delivered messages: each is requeued (after the retry
+  // backoff, for kRequeue on a queue with a retry policy), or dead-lettered
+  // with reason `delivery_limit` when it has used up its deliveries, or
+  // `expired` when its time-to-live ran out meanwhile.
+  void Return(std::vector<NodePtr> nodes, ReturnKind kind);
 
   // Registers and unregisters a consumer (for single active consumer and the
   // consumer gauge). Unregistering wakes that consumer's waiters.
@@ -125,6 +156,15 @@ class Queue : public std::enable_shared_from_this<Queue> {
 
   // Removes every ready message; returns how many.
   uint64_t Purge();
+
+  // Copies of up to `max` ready messages in delivery order, without
+  // consuming them.
+  std::vector<Message> Browse(size_t max);
+
+  // Takes up to `max` ready messages out of the queue (for redrive), and
+  // puts back those that could not move, at their original positions.
+  std::vector<NodePtr> TakeForMove(size_t max);
+  void PutBack(std::vector<NodePtr> nodes);
 
   // Ends the queue: deleted (waiters get kNotFound) or its broker closed
   // (kFailedPrecondition). Ready messages are released. Idempotent.
@@ -151,18 +191,12 @@ class Queue : public std::enable_shared_from_this<Queue> {
   void CountSettled(uint64_t n) {
     consumer_side_.unacked.fetch_sub(n, std::memory_order_relaxed);
   }
-  void CountAcked(uint64_t n) {
-    consumer_side_.acked.fetch_add(n, std::memory_order_relaxed);
-  }
-  void CountNacked(uint64_t n) {
-    consumer_side_.nacked.fetch_add(n, std::memory_order_relaxed);
-  }
-  void CountRejected(uint64_t n) {
-    consumer_side_.rejected.fetch_add(n, std::memory_order_relaxed);
-  }
-  void CountDropped(uint64_t n) {
-    consumer_side_.dropped.fetch_add(n, std::memory_order_relaxed);
-  }
+  void CountAcked(uint64_t n) { Add(consumer_side_.acked, n); }
+  void CountNacked(uint64_t n) { Add(consumer_side_.nacked, n); }
+  void CountRejected(uint64_t n) { Add(consumer_side_.rejected, n); }
+  void CountDropped(uint64_t n) { Add(consumer_side_.dropped, n); }
+  void CountDeadLettered(uint64_t n) { Add(consumer_side_.dead_lettered, n); }
+  void CountLeaseExpired(uint64_t n) { Add(consumer_side_.lease_expired, n); }
 
  private:
   struct Waiter {
@@ -173,32 +207,61 @@ class Queue : public std::enable_shared_from_this<Queue> {
   };
   // (priority desc, seq asc): begin() is the next to deliver.
   using ReturnedKey = std::tuple<int, uint64_t>;
+  // An entry of the expiry index: (expires_at, level, seq, in returned_).
+  using ExpiryKey = std::tuple<absl::Time, int, uint64_t, bool>;
 
+  static void Add(std::atomic<uint64_t>& counter, uint64_t n) {
+    counter.fetch_add(n, std::memory_order_relaxed);
+  }
+
+  NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
+  bool IsDuplicate(const Envelope& envelope);
   // Reserves room for one message of `bytes` under the limits; false when
   // full.
   bool TryReserve(uint64_t bytes);
+  void OnTaken(const QueuedMessage& node);
   // Pops the next message without the lock when nothing is returned or
   // spilled; otherwise takes the lock.
   NodePtr TakeAny();
   NodePtr TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Spills `node` (ready, room reserved) behind the lock.
+  void SpillLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts `node` into returned_ (ready again); false when its time-to-live
+  // ran out, in which case it is appended to expired_.
+  bool ReturnLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands ready messages to eligible waiters, longest-waiting first.
   void HandOffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EligibleLocked(const ConsumerState* consumer) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveWaiterLocked(Waiter* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status EndStatusLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnTaken(const QueuedMessage& node);
   // After a lock-free push: wakes a waiter if one may be parked.
   void MaybeHandOff();
   uint64_t DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
+  // Expiry: the index of ready messages with a time-to-live, and one timer
+  // for its earliest entry.
+  void IndexExpiryLocked(const QueuedMessage& node, bool in_returned)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnindexExpiryLocked(const QueuedMessage& node, bool in_returned)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ArmExpiryTimerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireDue();
+  // Dead-letters what expired_ collected; call with mu_ not held.
+  void FlushExpired() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Timers: runs `fn` at `deadline` on the broker's timer service; false
+  // (and `fn` is dropped) when the broker is gone.
+  bool Schedule(absl::Time deadline, absl::AnyInvocable<void()> fn);
+  // Holds `node` until `at`, then makes it ready at its original position.
+  void Delay(NodePtr node, absl::Time at);
+  void OnDelayDone(NodePtr node);
+  absl::Duration RetryDelay(const QueuedMessage& node);
 
   // Constant after construction.
   const std::string name_;
   const QueueOptions options_;
-  const std::shared_ptr<SinkHandle> sink_;
+  const std::shared_ptr<BrokerLink> link_;
   const int levels_;  // priority levels: max_priority + 1
   std::vector<std::unique_ptr<MpmcQueue<NodePtr>>> rings_;
 
@@ -210,11 +273,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
   std::atomic<bool> spilling_{false};
   std::atomic<uint32_t> waiting_{0};
   std::atomic<int> end_{0};  // 0 open, 1 deleted, 2 broker closed
+  std::atomic<uint64_t> delayed_{0};
 
   // Counters written on the publishing side.
   struct alignas(kCacheLineSize) PublisherCounters {
     std::atomic<uint64_t> published{0};
     std::atomic<uint64_t> refused{0};
+    std::atomic<uint64_t> deduplicated{0};
   } publisher_side_;
   // Counters written on the consuming side.
   struct alignas(kCacheLineSize) ConsumerCounters {
@@ -228,15 +293,33 @@ class Queue : public std::enable_shared_from_this<Queue> {
     std::atomic<uint64_t> dropped{0};
     std::atomic<uint64_t> dead_lettered{0};
     std::atomic<uint64_t> purged{0};
+    std::atomic<uint64_t> expired{0};
+    std::atomic<uint64_t> lease_expired{0};
   } consumer_side_;
 
   // State below is protected by mu_.
   mutable Mutex mu_;
   absl::btree_map<ReturnedKey, NodePtr> returned_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::deque<NodePtr>> spill_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::btree_map<uint64_t, NodePtr>> spill_ ABSL_GUARDED_BY(mu_);
+  size_t spilled_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::btree_set<ExpiryKey> expiry_ ABSL_GUARDED_BY(mu_);
+  TimerService::TimerId expiry_timer_ ABSL_GUARDED_BY(mu_) =
+      TimerService::kNoTimer;
+  absl::Time expiry_timer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Expired messages found while taking, to dead-letter after unlocking.
+  std::vector<NodePtr> expired_ ABSL_GUARDED_BY(mu_);
   std::vector<Waiter*> waiters_ ABSL_GUARDED_BY(mu_);
   // Registration order; front is the single active consumer.
   std::vector<const ConsumerState*> consumers_ ABSL_GUARDED_BY(mu_);
+  // Jitter for retry delays.
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+
+  // Deduplication window: message id -> when it stops counting.
+  Mutex dedup_mu_;
+  absl::flat_hash_map<std::string, absl::Time, StringHash, StringEq> dedup_
+      ABSL_GUARDED_BY(dedup_mu_);
+  std::deque<std::pair<absl::Time, std::string>> dedup_order_
+      ABSL_GUARDED_BY(dedup_mu_);
 };
 
 // Effective ring capacity for `options` (see QueueOptions::ring_capacity).

@@ -60,8 +60,11 @@ namespace warren {
 
 // What became of one publish.
 struct PublishOutcome {
-  // Queues that accepted the message.
+  // Queues that accepted the message (duplicates included).
   size_t queues = 0;
+  // Of those, queues that dropped it as a duplicate of a message id seen
+  // within their deduplication window.
+  size_t duplicates = 0;
   // Queues that refused it because they were full (overflow
   // `kRejectPublish`). Other queues of the same publish still took it.
   std::vector<std::string> refused_by;
@@ -70,6 +73,22 @@ struct PublishOutcome {
   std::optional<Message> returned;
 
   bool routed() const { return queues > 0 || !refused_by.empty(); }
+};
+
+// Where Broker::Redrive moves messages.
+struct RedriveOptions {
+  // A queue to move them to (through the default exchange). Default: "" —
+  // each message goes back to the queue it last died in.
+  std::string to_queue;
+  // Or an exchange to publish them to, with `routing_key` (default: the key
+  // each message had when it last died).
+  std::string to_exchange;
+  std::optional<std::string> routing_key;
+  // Most messages to move; 0 means all that are ready. Default: 0.
+  uint64_t max_messages = 0;
+  // With a rate, messages move in the background on the broker's clock, one
+  // every 1/rate seconds, and Redrive returns at once. Default: 0 (all now).
+  double messages_per_second = 0;
 };
 
 // Binding arguments: for a headers exchange, `x-match` (`all`, `any`,
@@ -201,6 +220,25 @@ class Broker {
                                      Consumer&) mutable { return h(d); }),
         options);
   }
+
+  // --- Dead-letter queue tools ----------------------------------------------
+
+  // Copies of up to `max_messages` ready messages of `queue`, in delivery
+  // order, without consuming them (their death history included).
+  //   kNotFound no such queue.
+  virtual absl::StatusOr<std::vector<Message>> Browse(std::string_view queue,
+                                                      size_t max_messages) = 0;
+
+  // Moves messages out of the dead-letter queue `dlq` (one bound to some
+  // queue's dead-letter exchange), keeping their death history: back to the
+  // queue each died in, or to `to_queue`, or to `to_exchange`. Returns how
+  // many moved now (0 with a rate: they move in the background). A message
+  // whose destination no longer exists stays in `dlq`.
+  //   kNotFound         no such queue, target queue or target exchange;
+  //   kFailedPrecondition `dlq` receives no queue's dead letters;
+  //   kInvalidArgument  both targets, a negative rate, or bad names.
+  virtual absl::StatusOr<uint64_t> Redrive(std::string_view dlq,
+                                           const RedriveOptions& options) = 0;
 
   // --- Statistics -----------------------------------------------------------
 

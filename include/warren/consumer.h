@@ -157,6 +157,14 @@ class Consumer {
   absl::Status Nack(const Delivery& delivery, NackOptions options = {});
   absl::Status Reject(const Delivery& delivery, RejectOptions options = {});
 
+  // Renews the lease on a held delivery: it now expires `extension` from now
+  // (SQS ChangeMessageVisibility). Works with or without an ack deadline.
+  //   kInvalidArgument    another consumer's delivery, or a negative or
+  //                       absurd extension;
+  //   kFailedPrecondition unknown or settled, its lease already expired, or
+  //                       the consumer is closed.
+  absl::Status Extend(const Delivery& delivery, absl::Duration extension);
+
   // Stops new deliveries; deliveries already held stay settleable. Returns
   // kFailedPrecondition when already cancelled or closed.
   absl::Status Cancel();

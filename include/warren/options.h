@@ -30,6 +30,8 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "warren/clock.h"
+#include "warren/retry.h"
 
 namespace warren {
 
@@ -56,6 +58,11 @@ struct BrokerOptions {
   // Reserved for the write-ahead log: an empty directory means the broker is
   // purely in memory. Default: "" (in memory).
   std::string wal_dir;
+  // Where TTLs, retry backoff, leases and delays take their time from. Not
+  // owned; must outlive the broker and every consumer made by it. With a
+  // ManualClock, timed work runs on the thread that advances the clock.
+  // Default: nullptr (SystemClock::Default()).
+  Clock* clock = nullptr;
 };
 
 struct ExchangeOptions {
@@ -107,6 +114,23 @@ struct QueueOptions {
   // closed consumer) is dead-lettered with reason `delivery_limit` instead
   // of requeued. 0 means unlimited. Default: 0.
   uint32_t delivery_limit = 0;
+  // Redelivery with backoff after a nack or reject with requeue; attempts
+  // exhausted dead-letter with reason `delivery_limit`. Replaces
+  // delivery_limit. Default: none (requeue at once).
+  std::optional<RetryPolicy> retry;
+  // Time-to-live of every message in the queue, counted from its publish; a
+  // message's own `expiration` applies when lower. An expired message is
+  // never delivered; it is dead-lettered (reason `expired`) promptly, wherever
+  // it is in the queue. Default: none.
+  std::optional<absl::Duration> message_ttl;
+  // Lease on each delivery: one not settled (or extended) within it goes back
+  // to the queue as a failed attempt, and a late settle fails. A consumer's
+  // own ack_deadline overrides it. Default: none.
+  std::optional<absl::Duration> ack_deadline;
+  // Deduplication on `message_id`: a publish whose id was accepted within
+  // this window is accepted and dropped (counted as `deduplicated`).
+  // Default: zero (off).
+  absl::Duration dedup_window = absl::ZeroDuration();
   // Slots in the lock-free ring that holds ready messages; rounded up to a
   // power of two. Ready messages beyond it wait in an overflow list behind the
   // queue's lock. 0 picks min(max_length, 4096), at least 64. Default: 0.
@@ -119,6 +143,9 @@ struct PublishOptions {
   // An unroutable message is handed back in `PublishOutcome::returned`
   // instead of being dropped. Default: false.
   bool mandatory = false;
+  // Consumers see the message only after this delay (per message: a short
+  // delay is never stuck behind a long one). Default: zero.
+  absl::Duration delay = absl::ZeroDuration();
 };
 
 struct ConsumeOptions {
@@ -127,6 +154,9 @@ struct ConsumeOptions {
   uint32_t prefetch = 0;
   // A label shown in statistics and errors. Default: "" (a generated tag).
   std::string tag;
+  // Lease on each delivery (see QueueOptions::ack_deadline); overrides the
+  // queue's. Default: the queue's.
+  std::optional<absl::Duration> ack_deadline;
 };
 
 struct SubscribeOptions {
@@ -138,6 +168,8 @@ struct SubscribeOptions {
   uint32_t prefetch = 0;
   // A label shown in statistics and errors. Default: "" (a generated tag).
   std::string tag;
+  // Lease on each delivery, as ConsumeOptions::ack_deadline.
+  std::optional<absl::Duration> ack_deadline;
 };
 
 struct DeleteQueueOptions {

@@ -29,6 +29,7 @@ struct QueueStats {
   uint64_t ready = 0;        // waiting for a consumer (returned ones included)
   uint64_t ready_bytes = 0;  // body bytes of the ready messages
   uint64_t unacked = 0;      // delivered and not yet settled
+  uint64_t delayed = 0;      // waiting for a retry backoff or a publish delay
   uint64_t consumers = 0;    // registered, not cancelled or closed
   // Age of the oldest ready message (zero when there is none).
   absl::Duration oldest_ready_age = absl::ZeroDuration();
@@ -47,6 +48,9 @@ struct QueueStats {
   uint64_t dropped = 0;
   uint64_t refused = 0;      // publishes refused by the length limit
   uint64_t purged = 0;       // removed by PurgeQueue
+  uint64_t expired = 0;      // removed because their time-to-live ran out
+  uint64_t deduplicated = 0;  // publishes dropped as duplicates
+  uint64_t lease_expired = 0;  // deliveries returned because their lease ran out
 };
 
 struct ExchangeStats {

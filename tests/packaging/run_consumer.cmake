@@ -139,8 +139,12 @@ elseif(MODE STREQUAL "pkg_config")
     endif()
     message(STATUS "pkg-config --cflags --libs warren: ${_flags}")
     separate_arguments(_flags UNIX_COMMAND "${_flags}")
+    # A shared libwarren in a private prefix: let the consumer find it.
+    execute_process(
+      COMMAND "${PKG_CONFIG}" --variable=libdir warren
+      OUTPUT_VARIABLE _libdir OUTPUT_STRIP_TRAILING_WHITESPACE)
     run("${CXX_COMPILER}" -std=c++20 "${CONSUMERS_DIR}/find_package/main.cc"
-        -o "${WORK_DIR}/consumer" ${_flags})
+        -o "${WORK_DIR}/consumer" ${_flags} "-Wl,-rpath,${_libdir}")
     run("${WORK_DIR}/consumer")
   endif()
 
