@@ -1,0 +1,474 @@
+// Retry and backoff, TTL, leases, delays, deduplication and the dead-letter
+// queue tools, all on a manual clock: no test here sleeps (SEMANTICS.md
+// sections 5 and 7).
+
+#include <catch2/catch.hpp>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.h"
+#include "warren/clock.h"
+#include "warren/dead_letter.h"
+#include "warren/warren.h"
+
+namespace warren {
+namespace {
+
+using testing::Drain;
+using testing::Ready;
+using testing::Send;
+
+// A broker on a manual clock, with fanout "dlx" -> queue "dlq".
+struct Env {
+  ManualClock clock;
+  std::unique_ptr<Broker> b;
+  Env() {
+    b = Broker::Open({.clock = &clock}).value();
+    REQUIRE(b->DeclareExchange("dlx", ExchangeType::kFanout).ok());
+    REQUIRE(b->DeclareQueue("dlq").ok());
+    REQUIRE(b->Bind("dlq", "dlx", "").ok());
+  }
+  void Advance(absl::Duration d) { REQUIRE(clock.Advance(d).ok()); }
+  QueueStats Stats(std::string_view q) { return b->GetQueueStats(q).value(); }
+};
+
+QueueOptions WithDlx(QueueOptions o) {
+  o.dead_letter_exchange = "dlx";
+  return o;
+}
+
+TEST_CASE("Retry redelivers after each backoff without blocking the "
+          "messages behind it, then dead-letters") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work", WithDlx({.retry = RetryPolicy{
+                                      .max_attempts = 3,
+                                      .backoff = Backoff::kExponential,
+                                      .initial_delay = absl::Seconds(1),
+                                      .multiplier = 2.0}}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m1").ok());
+  REQUIRE(Send(*e.b, "", "work", "m2").ok());
+  auto c = e.b->Consume("work").value();
+  auto m1 = c->TryReceive().value();
+  REQUIRE(c->Nack(m1).ok());
+  CHECK(e.Stats("work").delayed == 1);
+  // m2 is not held up by m1's backoff.
+  auto m2 = c->TryReceive().value();
+  CHECK(m2.body() == "m2");
+  REQUIRE(c->Ack(m2).ok());
+
+  e.Advance(absl::Milliseconds(999));
+  CHECK(absl::IsUnavailable(c->TryReceive().status()));
+  e.Advance(absl::Milliseconds(1));  // 1 s after the first failure
+  auto again = c->TryReceive().value();
+  CHECK(again.body() == "m1");
+  CHECK(again.attempt() == 2);
+  REQUIRE(c->Nack(again).ok());
+
+  e.Advance(absl::Milliseconds(1999));
+  CHECK(absl::IsUnavailable(c->TryReceive().status()));
+  e.Advance(absl::Milliseconds(1));  // 2 s after the second failure
+  auto third = c->TryReceive().value();
+  CHECK(third.attempt() == 3);
+  REQUIRE(c->Nack(third).ok());  // attempts exhausted
+
+  CHECK(e.Stats("work").delayed == 0);
+  CHECK(e.Stats("work").dead_lettered == 1);
+  auto dc = e.b->Consume("dlq").value();
+  auto dead = dc->TryReceive().value();
+  CHECK(dead.body() == "m1");
+  CHECK(DeathHistory(dead.message())[0].reason == DeathReason::kDeliveryLimit);
+}
+
+TEST_CASE("A retried message comes back at its original position") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work",
+                            {.retry = RetryPolicy{
+                                 .backoff = Backoff::kFixed,
+                                 .initial_delay = absl::Seconds(5)}})
+              .ok());
+  for (const char* m : {"1", "2", "3"}) REQUIRE(Send(*e.b, "", "work", m).ok());
+  {
+    auto c = e.b->Consume("work").value();
+    REQUIRE(c->Nack(c->TryReceive().value()).ok());
+  }
+  e.Advance(absl::Seconds(5));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"1", "2", "3"});
+}
+
+// Returns how long after the nack the message came back, probing in 10 ms
+// steps of the manual clock.
+absl::Duration RedeliveryDelay(const RetryPolicy& policy) {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.retry = policy}).ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Nack(c->TryReceive().value()).ok());
+  for (int step = 0; step <= 1000; ++step) {
+    if (auto d = c->TryReceive(); d.ok()) return absl::Milliseconds(10) * step;
+    e.Advance(absl::Milliseconds(10));
+  }
+  return absl::InfiniteDuration();
+}
+
+TEST_CASE("Jitter keeps delays within their bounds and a seed makes them "
+          "reproducible") {
+  const RetryPolicy base{.backoff = Backoff::kFixed,
+                         .initial_delay = absl::Seconds(4),
+                         .seed = 42};
+  for (uint64_t seed : {1, 2, 3, 4, 5}) {
+    RetryPolicy full = base;
+    full.jitter = Jitter::kFull;
+    full.seed = seed;
+    const absl::Duration d = RedeliveryDelay(full);
+    CHECK(d <= absl::Seconds(4) + absl::Milliseconds(10));
+    CHECK(RedeliveryDelay(full) == d);  // same seed, same delay
+
+    RetryPolicy equal = base;
+    equal.jitter = Jitter::kEqual;
+    equal.seed = seed;
+    const absl::Duration e = RedeliveryDelay(equal);
+    CHECK(e >= absl::Seconds(2));
+    CHECK(e <= absl::Seconds(4) + absl::Milliseconds(10));
+
+    RetryPolicy ratio = base;
+    ratio.jitter = Jitter::kRatio;
+    ratio.jitter_ratio = 0.25;
+    ratio.seed = seed;
+    const absl::Duration r = RedeliveryDelay(ratio);
+    CHECK(r >= absl::Seconds(3));
+    CHECK(r <= absl::Seconds(5) + absl::Milliseconds(10));
+  }
+  RetryPolicy none = base;
+  CHECK(RedeliveryDelay(none) == absl::Seconds(4));
+}
+
+TEST_CASE("Custom backoff and the delay cap decide the delay") {
+  CHECK(RedeliveryDelay({.backoff = Backoff::kCustom,
+                         .custom = [](uint32_t attempt, const Message& m) {
+                           return absl::Milliseconds(100) * attempt +
+                                  absl::Milliseconds(m.body().size());
+                         }}) == absl::Milliseconds(110));
+  CHECK(RedeliveryDelay({.backoff = Backoff::kExponential,
+                         .initial_delay = absl::Seconds(30),
+                         .max_delay = absl::Seconds(2)}) == absl::Seconds(2));
+  CHECK(BaseRetryDelay({.initial_delay = absl::Seconds(1), .multiplier = 2},
+                       4, Message()) == absl::Seconds(8));
+}
+
+TEST_CASE("An expired message is dead-lettered promptly even when it is not "
+          "at the head") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
+  REQUIRE(Send(*e.b, "", "work", "head").ok());
+  Message short_lived("short");
+  short_lived.properties().expiration = absl::Seconds(1);
+  REQUIRE(e.b->Publish("", "work", std::move(short_lived)).ok());
+  REQUIRE(Send(*e.b, "", "work", "tail").ok());
+  e.Advance(absl::Seconds(1));
+  // Nobody consumed: the head is still there, the expired one is gone.
+  auto s = e.Stats("work");
+  CHECK(s.ready == 2);
+  CHECK(s.expired == 1);
+  CHECK(s.dead_lettered == 1);
+  auto dc = e.b->Consume("dlq").value();
+  auto dead = dc->TryReceive().value();
+  CHECK(dead.body() == "short");
+  CHECK(DeathHistory(dead.message())[0].reason == DeathReason::kExpired);
+  CHECK(DeathHistory(dead.message())[0].original_expiration ==
+        absl::Seconds(1));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"head", "tail"});
+}
+
+TEST_CASE("The lower of the queue TTL and the message expiration wins") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.message_ttl = absl::Seconds(10)}).ok());
+  Message longer("longer");
+  longer.properties().expiration = absl::Seconds(60);
+  REQUIRE(e.b->Publish("", "work", std::move(longer)).ok());
+  Message shorter("shorter");
+  shorter.properties().expiration = absl::Seconds(2);
+  REQUIRE(e.b->Publish("", "work", std::move(shorter)).ok());
+  REQUIRE(Send(*e.b, "", "work", "plain").ok());
+  e.Advance(absl::Seconds(2));
+  CHECK(Ready(*e.b, "work") == 2);
+  e.Advance(absl::Seconds(8));
+  CHECK(Ready(*e.b, "work") == 0);
+  CHECK(e.Stats("work").expired == 3);
+  CHECK(e.Stats("work").dropped == 3);  // no dead-letter exchange
+}
+
+TEST_CASE("A held message does not expire; returned after its expiry it is "
+          "dead-lettered as expired") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({.message_ttl = absl::Seconds(5)}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  e.Advance(absl::Seconds(10));
+  CHECK(e.Stats("work").unacked == 1);
+  CHECK(Ready(*e.b, "dlq") == 0);
+  REQUIRE(c->Nack(d).ok());
+  CHECK(Ready(*e.b, "work") == 0);
+  CHECK(Ready(*e.b, "dlq") == 1);
+}
+
+TEST_CASE("A requeued message keeps its original expiry") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.message_ttl = absl::Seconds(10)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  e.Advance(absl::Seconds(3));
+  REQUIRE(c->Nack(d).ok());
+  CHECK(Ready(*e.b, "work") == 1);
+  e.Advance(absl::Seconds(7));
+  CHECK(Ready(*e.b, "work") == 0);
+  CHECK(e.Stats("work").expired == 1);
+}
+
+TEST_CASE("Delayed messages appear after their own delay; a short delay is "
+          "never stuck behind a long one") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  REQUIRE(Send(*e.b, "", "work", "long", {.delay = absl::Hours(24)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "short", {.delay = absl::Seconds(1)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "now").ok());
+  CHECK(e.Stats("work").delayed == 2);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"now"});
+  e.Advance(absl::Seconds(1));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"short"});
+  e.Advance(absl::Hours(24));  // no cap on the delay
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"long"});
+  CHECK(e.Stats("work").delayed == 0);
+}
+
+TEST_CASE("A waiting consumer receives a delayed message when it is due") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  auto c = e.b->Consume("work").value();
+  REQUIRE(Send(*e.b, "", "work", "later", {.delay = absl::Minutes(5)}).ok());
+  std::string got;
+  std::thread t([&] {
+    auto d = c->Receive(absl::Hours(1));  // real-time bound, never reached
+    if (d.ok()) got = std::string(d->body());
+  });
+  e.Advance(absl::Minutes(5));
+  t.join();
+  CHECK(got == "later");
+}
+
+TEST_CASE("An unsettled delivery goes back when its lease expires, and a "
+          "late settle fails") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.ack_deadline = absl::Seconds(30)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  e.Advance(absl::Seconds(29));
+  CHECK(e.Stats("work").unacked == 1);
+  e.Advance(absl::Seconds(1));
+  auto s = e.Stats("work");
+  CHECK(s.unacked == 0);
+  CHECK(s.ready == 1);
+  CHECK(s.lease_expired == 1);
+  CHECK(absl::IsFailedPrecondition(c->Ack(d)));
+  auto again = c->TryReceive().value();
+  CHECK(again.attempt() == 2);
+  REQUIRE(c->Ack(again).ok());
+}
+
+TEST_CASE("Extend renews a lease while work goes on") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work", {.ack_deadline = absl::Seconds(30)}).value();
+  auto d = c->TryReceive().value();
+  e.Advance(absl::Seconds(20));
+  REQUIRE(c->Extend(d, absl::Seconds(30)).ok());
+  e.Advance(absl::Seconds(20));  // 40 s in: the first lease would have ended
+  CHECK(e.Stats("work").unacked == 1);
+  e.Advance(absl::Seconds(10));
+  CHECK(e.Stats("work").unacked == 0);
+  CHECK(absl::IsFailedPrecondition(c->Extend(d, absl::Seconds(30))));
+}
+
+TEST_CASE("Extending a settled or foreign delivery, or by a bad amount, is "
+          "refused") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto other = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  CHECK(absl::IsInvalidArgument(c->Extend(d, absl::Seconds(-1))));
+  CHECK(absl::IsInvalidArgument(c->Extend(d, absl::Hours(24 * 365 * 11))));
+  CHECK(absl::IsInvalidArgument(other->Extend(d, absl::Seconds(1))));
+  REQUIRE(c->Ack(d).ok());
+  CHECK(absl::IsFailedPrecondition(c->Extend(d, absl::Seconds(1))));
+}
+
+TEST_CASE("Expired leases count toward the retry policy's attempts") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work", WithDlx({.retry = RetryPolicy{.max_attempts = 2},
+                                  .ack_deadline = absl::Seconds(10)}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  (void)c->TryReceive().value();
+  e.Advance(absl::Seconds(10));  // back at once: a lease is not a nack
+  (void)c->TryReceive().value();
+  e.Advance(absl::Seconds(10));  // second attempt used up
+  CHECK(Ready(*e.b, "work") == 0);
+  CHECK(Ready(*e.b, "dlq") == 1);
+}
+
+TEST_CASE("Deduplication drops a repeated message id within the window") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.dedup_window = absl::Minutes(1)}).ok());
+  auto with_id = [](std::string id) {
+    Message m("x");
+    m.properties().message_id = std::move(id);
+    return m;
+  };
+  REQUIRE(e.b->Publish("", "work", with_id("a")).ok());
+  auto dup = e.b->Publish("", "work", with_id("a"));
+  REQUIRE(dup.ok());
+  CHECK(dup->queues == 1);
+  CHECK(dup->duplicates == 1);
+  REQUIRE(e.b->Publish("", "work", with_id("b")).ok());
+  REQUIRE(e.b->Publish("", "work", Message("no id")).ok());
+  REQUIRE(e.b->Publish("", "work", Message("no id")).ok());
+  CHECK(Ready(*e.b, "work") == 4);
+  CHECK(e.Stats("work").deduplicated == 1);
+  e.Advance(absl::Minutes(1));
+  REQUIRE(e.b->Publish("", "work", with_id("a")).ok());
+  CHECK(Ready(*e.b, "work") == 5);
+}
+
+// "work" dead-letters into "dlq"; two rejected messages wait there.
+void TwoDeadLetters(Env& e) {
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
+  REQUIRE(Send(*e.b, "", "work", "d1").ok());
+  REQUIRE(Send(*e.b, "", "work", "d2").ok());
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+}
+
+TEST_CASE("Browse shows ready messages without consuming them") {
+  Env e;
+  TwoDeadLetters(e);
+  auto seen = e.b->Browse("dlq", 10).value();
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].body() == "d1");
+  CHECK(DeathHistory(seen[1])[0].queue == "work");
+  CHECK(e.b->Browse("dlq", 1).value().size() == 1);
+  auto s = e.Stats("dlq");
+  CHECK(s.ready == 2);
+  CHECK(s.delivered == 0);
+  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"d1", "d2"});
+}
+
+TEST_CASE("Redrive moves dead letters back to the queue they died in, "
+          "keeping their history") {
+  Env e;
+  TwoDeadLetters(e);
+  CHECK(e.b->Redrive("dlq", {}).value() == 2);
+  CHECK(Ready(*e.b, "dlq") == 0);
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  CHECK(d.body() == "d1");
+  CHECK(DeathHistory(d.message()).size() == 1);
+  // Rejected again, it dies a second time in the same queue.
+  REQUIRE(c->Reject(d, {.requeue = false}).ok());
+  auto dead = e.b->Browse("dlq", 1).value();
+  CHECK(DeathHistory(dead[0])[0].count == 2);
+}
+
+TEST_CASE("Redrive to a named queue or exchange, bounded in count") {
+  Env e;
+  TwoDeadLetters(e);
+  REQUIRE(e.b->DeclareQueue("inspect").ok());
+  CHECK(e.b->Redrive("dlq", {.to_queue = "inspect", .max_messages = 1})
+            .value() == 1);
+  CHECK(Ready(*e.b, "inspect") == 1);
+  REQUIRE(e.b->DeclareExchange("retry", ExchangeType::kDirect).ok());
+  REQUIRE(e.b->Bind("inspect", "retry", "again").ok());
+  CHECK(e.b->Redrive("dlq", {.to_exchange = "retry", .routing_key = "again"})
+            .value() == 1);
+  CHECK(Drain(*e.b, "inspect") == std::vector<std::string>{"d1", "d2"});
+}
+
+TEST_CASE("Redrive at a rate moves messages on the broker clock") {
+  Env e;
+  TwoDeadLetters(e);
+  REQUIRE(Send(*e.b, "", "dlq", "d3").ok());
+  CHECK(e.b->Redrive("dlq", {.to_queue = "work", .messages_per_second = 2})
+            .value() == 0);
+  e.Advance(absl::ZeroDuration());
+  CHECK(Ready(*e.b, "work") == 1);
+  e.Advance(absl::Milliseconds(499));
+  CHECK(Ready(*e.b, "work") == 1);
+  e.Advance(absl::Milliseconds(1));
+  CHECK(Ready(*e.b, "work") == 2);
+  e.Advance(absl::Seconds(10));
+  CHECK(Ready(*e.b, "work") == 3);
+  CHECK(Ready(*e.b, "dlq") == 0);
+}
+
+TEST_CASE("Bad failure-handling input is refused and changes nothing") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("plain").ok());
+  auto bad = [&](QueueOptions o) {
+    return absl::IsInvalidArgument(e.b->DeclareQueue("bad", o));
+  };
+  CHECK(bad({.retry = RetryPolicy{.max_attempts = 0}}));
+  CHECK(bad({.retry = RetryPolicy{.initial_delay = absl::Seconds(-1)}}));
+  CHECK(bad({.retry = RetryPolicy{.max_delay = absl::InfiniteDuration()}}));
+  CHECK(bad({.retry = RetryPolicy{.multiplier = 0.5}}));
+  CHECK(bad({.retry = RetryPolicy{.jitter = Jitter::kRatio,
+                                  .jitter_ratio = 1.5}}));
+  CHECK(bad({.retry = RetryPolicy{.backoff = Backoff::kCustom}}));
+  CHECK(bad({.message_ttl = absl::Seconds(-1)}));
+  CHECK(bad({.message_ttl = absl::Hours(24 * 365 * 11)}));
+  CHECK(bad({.ack_deadline = absl::InfiniteDuration()}));
+  CHECK(bad({.dedup_window = absl::Seconds(-5)}));
+  CHECK(absl::IsInvalidArgument(e.b->DeclareQueue(
+      "self", {.dead_letter_exchange = "",
+               .dead_letter_routing_key = "self",
+               .retry = RetryPolicy{}})));
+  CHECK(absl::IsNotFound(e.b->GetQueueStats("bad").status()));
+  CHECK(absl::IsNotFound(e.b->GetQueueStats("self").status()));
+
+  CHECK(absl::IsInvalidArgument(
+      Send(*e.b, "", "plain", "x", {.delay = absl::Seconds(-1)}).status()));
+  Message forever("x");
+  forever.properties().expiration = absl::Hours(24 * 365 * 11);
+  CHECK(absl::IsInvalidArgument(
+      e.b->Publish("", "plain", std::move(forever)).status()));
+  CHECK(absl::IsInvalidArgument(
+      e.b->Consume("plain", {.ack_deadline = absl::Seconds(-1)}).status()));
+  CHECK(Ready(*e.b, "plain") == 0);
+
+  TwoDeadLetters(e);
+  CHECK(absl::IsFailedPrecondition(e.b->Redrive("plain", {}).status()));
+  CHECK(absl::IsNotFound(e.b->Redrive("nope", {}).status()));
+  CHECK(absl::IsNotFound(e.b->Redrive("dlq", {.to_queue = "nope"}).status()));
+  CHECK(absl::IsNotFound(
+      e.b->Redrive("dlq", {.to_exchange = "nope"}).status()));
+  CHECK(absl::IsInvalidArgument(
+      e.b->Redrive("dlq", {.to_queue = "work", .to_exchange = "dlx"})
+          .status()));
+  CHECK(absl::IsInvalidArgument(
+      e.b->Redrive("dlq", {.messages_per_second = -1}).status()));
+  CHECK(Ready(*e.b, "dlq") == 2);
+}
+
+}  // namespace
+}  // namespace warren
