@@ -182,13 +182,15 @@ absl::StatusOr<std::vector<NodePtr>> ConsumerState::Remove(const Delivery& d,
     held_.erase(first, last);
   }
   ReleaseSlots(static_cast<uint32_t>(nodes.size()));
-  queue_->CountSettled(nodes.size());
+  // The caller counts them settled once they are where they go next, so the
+  // statistics never show a message in no state at all.
   return nodes;
 }
 
 absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
   WARREN_ASSIGN_OR_RETURN(std::vector<NodePtr> nodes, Remove(d, multiple));
   queue_->CountAcked(nodes.size());
+  queue_->CountSettled(nodes.size());
   return absl::OkStatus();
 }
 
@@ -200,11 +202,13 @@ absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
   } else {
     queue_->CountRejected(nodes.size());
   }
+  const size_t n = nodes.size();
   if (requeue) {
     queue_->Return(std::move(nodes), Queue::ReturnKind::kRequeue);
   } else {
     queue_->DeadLetter(std::move(nodes), DeathReason::kRejected);
   }
+  queue_->CountSettled(n);
   return absl::OkStatus();
 }
 
@@ -241,8 +245,9 @@ void ConsumerState::Close() {
   }
   window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
                          std::memory_order_relaxed);
-  queue_->CountSettled(nodes.size());
+  const size_t n = nodes.size();
   queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
+  queue_->CountSettled(n);
 }
 
 void ConsumerState::ArmLease(uint64_t tag, Held& held, absl::Time at) {
@@ -278,9 +283,9 @@ void ConsumerState::OnLeaseExpired(uint64_t tag, uint64_t generation) {
     held_.erase(it);
   }
   ReleaseSlots(1);
-  queue_->CountSettled(1);
   queue_->CountLeaseExpired(1);
   queue_->Return(std::move(nodes), Queue::ReturnKind::kLeaseExpired);
+  queue_->CountSettled(1);
 }
 
 absl::Status ConsumerState::Extend(const Delivery& d,

@@ -223,6 +223,8 @@ class FaultInjectionEnv::MemFileLock final : public FileLock {
       : env_(env), path_(std::move(path)), generation_(generation) {}
   ~MemFileLock() override { Release(); }
 
+  const std::string& path() const { return path_; }
+
   void Release() {
     if (released_) return;
     released_ = true;
@@ -265,9 +267,8 @@ absl::Status FaultInjectionEnv::CheckParentDir(std::string_view operation,
 
 absl::Status FaultInjectionEnv::StaleHandle(std::string_view operation,
                                             std::string_view path) const {
-  return absl::FailedPreconditionError(
-      StrCat(operation, " ", path,
-             ": stale handle, opened before a simulated crash"));
+  return absl::FailedPreconditionError(StrCat(
+      operation, " ", path, ": stale handle, opened before a simulated crash"));
 }
 
 void FaultInjectionEnv::ReleaseLock(const std::string& path,
@@ -407,14 +408,15 @@ absl::StatusOr<std::unique_ptr<FileLock>> FaultInjectionEnv::LockFile(
 }
 
 absl::Status FaultInjectionEnv::UnlockFile(std::unique_ptr<FileLock> lock) {
+  // Precondition: `lock` came from this Env's LockFile.
+  auto* mem_lock = static_cast<MemFileLock*>(lock.get());
   absl::Status s;
   {
     MutexLock l(&mu_);
-    s = CountCall("unlock", "");
+    s = CountCall("unlock", mem_lock->path());
   }
-  // Precondition: `lock` came from this Env's LockFile. As with close(2), the
-  // lock is released even when the call fails.
-  static_cast<MemFileLock*>(lock.get())->Release();
+  // As with close(2), the lock is released even when the call fails.
+  mem_lock->Release();
   return s;
 }
 

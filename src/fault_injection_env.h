@@ -50,10 +50,15 @@
 //   Flush   the first half of the buffered bytes reach the file; the rest is
 //           dropped;
 //   Sync    the buffered bytes reach the file but nothing becomes durable, and
-//           the handle's later Append, Flush and Sync fail (a failed fsync is
-//           sticky, as the WritableFile contract says);
+//           the handle's later Append, Flush, Sync and Close fail with the
+//           same status (a failed fsync is sticky, as the WritableFile
+//           contract says);
 //   Close   as Flush, and the handle is closed;
 //   others  nothing happens.
+//
+// Destroying a WritableFile that was not closed flushes its buffer, as the
+// POSIX one does, without counting a call; under a persistent fault, or after
+// a failed Sync, the buffer is dropped instead.
 //
 // Thread-safe. Handles must not outlive their FaultInjectionEnv.
 
@@ -152,8 +157,7 @@ class FaultInjectionEnv final : public Env {
   class MemWritableFile;
   class MemSequentialFile;
   class MemFileLock;
-  using Namespace =
-      std::map<std::string, std::shared_ptr<Inode>, std::less<>>;
+  using Namespace = std::map<std::string, std::shared_ptr<Inode>, std::less<>>;
 
   // Counts a call; returns the injected error for it, if any.
   absl::Status CountCall(std::string_view operation, std::string_view path)

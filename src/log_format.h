@@ -42,9 +42,9 @@
 // any run of invalid bytes (a bad checksum, an impossible length, a zeroed or
 // unknown header) after which the file holds no valid record, is a torn tail:
 // the crash case, a clean end of the log. Invalid bytes followed by any valid
-// record, and valid records in an impossible order (a MIDDLE or LAST without
-// its FIRST, a FIRST not followed by its LAST), are corruption and reported
-// with their byte range.
+// record, valid records in an impossible order (a MIDDLE or LAST without its
+// FIRST, a FIRST followed by a FULL or another FIRST) and records of unknown
+// type are corruption, reported with their byte range.
 
 #ifndef WARREN_SRC_LOG_FORMAT_H_
 #define WARREN_SRC_LOG_FORMAT_H_

@@ -189,7 +189,7 @@ bool Reader::ReportDamage(uint64_t end) {
   dropped_bytes_ += range.size();
   const absl::Status reason = absl::DataLossError(
       StrCat("corrupt log: bytes [", range.begin, ", ", range.end, ") (",
-             range.size(), " bytes) dropped: ", damage_reason_));
+             range.size(), " bytes) damaged: ", damage_reason_));
   if (reporter_ != nullptr) {
     reporter_->Corruption(static_cast<size_t>(range.size()), reason, range);
   }

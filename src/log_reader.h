@@ -31,9 +31,17 @@
 //     and status() is kDataLoss naming the range; with OnCorruption::kSkip it
 //     goes on with the next record.
 //
-// Limitation: damage to the last record of the file (a bit flip in a synced
+// The scan for a valid record after invalid bytes tries every offset up to
+// the next valid record (ruling most out by their type byte, eight at a
+// time), so it costs time linear in the damaged span, plus a checksum per
+// plausible header.
+//
+// Limitations: damage to the last record of the file (a bit flip in a synced
 // record with nothing after it) is indistinguishable from a torn write and is
-// read as a torn tail.
+// read as a torn tail. Conversely, a power loss that persisted unsynced pages
+// out of order (a hole of zeroes followed by later, unsynced records) reads
+// as damage in the middle and is reported, although only records that were
+// never synced are affected (FaultInjectionEnv does not model such holes).
 //
 // I/O errors from the file are not corruption: ReadRecord returns false and
 // status() is the file's error; nothing is reported.
@@ -72,7 +80,7 @@ class Reader {
     // Bytes `range` of the file are damaged and were dropped; `bytes` is
     // range.size(). `reason` is kDataLoss and its message names the range and
     // the first cause, e.g. "corrupt log: bytes [32768, 65536) (32768 bytes)
-    // dropped: checksum mismatch".
+    // damaged: checksum mismatch".
     virtual void Corruption(size_t bytes, const absl::Status& reason,
                             ByteRange range) = 0;
   };
@@ -111,7 +119,8 @@ class Reader {
   const absl::Status& status() const { return status_; }
 
   // Once ReadRecord has returned false with status() OK: the bytes ignored as
-  // a torn tail (empty when the log ended cleanly), and why.
+  // a torn tail (empty when the log ended cleanly), and why. A writer must not
+  // append behind a torn tail (see log_writer.h): start a new file.
   ByteRange torn_tail() const { return torn_tail_; }
   const std::string& torn_tail_reason() const { return torn_tail_reason_; }
 

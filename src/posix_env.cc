@@ -170,7 +170,8 @@ class PosixSequentialFile final : public SequentialFile {
   }
 
   absl::Status Skip(uint64_t n) override {
-    if (::lseek(fd_, static_cast<off_t>(n), SEEK_CUR) == static_cast<off_t>(-1)) {
+    if (::lseek(fd_, static_cast<off_t>(n), SEEK_CUR) ==
+        static_cast<off_t>(-1)) {
       return ErrnoToStatus(errno, "skip in", path_);
     }
     return absl::OkStatus();
@@ -338,8 +339,8 @@ class PosixEnv final : public Env {
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenWritable(
       std::string_view path, int mode_flag, std::string_view operation) {
     std::string p = CPath(path);
-    const int fd =
-        ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode_flag, kFileMode);
+    const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode_flag,
+                          kFileMode);
     if (fd < 0) return ErrnoToStatus(errno, operation, p);
     return std::make_unique<PosixWritableFile>(std::move(p), fd);
   }

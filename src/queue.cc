@@ -228,11 +228,14 @@ void Queue::Delay(NodePtr node, absl::Time at) {
 }
 
 void Queue::OnDelayDone(NodePtr node) {
-  delayed_.fetch_sub(1, std::memory_order_relaxed);
   {
     MutexLock lock(&mu_);
-    if (end_.load(std::memory_order_acquire) != kOpen) return;
-    if (ReturnLocked(std::move(node))) HandOffLocked();
+    // Ready first, then no longer delayed: never counted nowhere.
+    if (end_.load(std::memory_order_acquire) == kOpen &&
+        ReturnLocked(std::move(node))) {
+      HandOffLocked();
+    }
+    delayed_.fetch_sub(1, std::memory_order_relaxed);
   }
   FlushExpired();
 }

@@ -1,4 +1,5 @@
-// TimerService: a binary heap of (deadline, id) with lazy deletion.
+// TimerService: a binary heap of (deadline, id) with lazy deletion, a hash
+// map from pending id to slot, and a slab of callbacks.
 
 #include "timer_service.h"
 
@@ -16,6 +17,12 @@
 #include "warren/clock.h"
 
 namespace warren::internal {
+namespace {
+
+// The longest the timer thread sleeps in one wait.
+constexpr absl::Duration kMaxSleep = absl::Hours(1);
+
+}  // namespace
 
 TimerService::TimerService(Clock* clock)
     : clock_(clock), manual_(clock->manual()) {
@@ -163,10 +170,12 @@ void TimerService::ThreadLoop() {
           continue;
         }
         // The clock need not be absl::Now(): sleep for the clock's distance
-        // to the deadline, measured in real time.
+        // to the deadline, measured in real time. Capped, so that a deadline
+        // centuries away does not overflow std::chrono inside the wait; the
+        // thread then wakes once in a while for nothing.
         const absl::Duration wait = heap_.front().deadline - clock_->Now();
         if (wait <= absl::ZeroDuration()) break;
-        wake_.WaitWithDeadline(&mu_, absl::Now() + wait);
+        wake_.WaitWithDeadline(&mu_, absl::Now() + std::min(wait, kMaxSleep));
       }
     }
     RunDue();

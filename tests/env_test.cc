@@ -1,5 +1,7 @@
 // Env::Posix(): the file-system seam over the real file system (env.h).
 
+#include "env.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,7 +16,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "env.h"
 #include "log_reader.h"
 #include "log_writer.h"
 
@@ -26,9 +27,9 @@ class TempDir {
  public:
   TempDir() {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp
-                                                                     : "/tmp") +
-                          "/warren_env_test.XXXXXX";
+    std::string pattern =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+        "/warren_env_test.XXXXXX";
     REQUIRE(::mkdtemp(pattern.data()) != nullptr);
     path_ = pattern;
   }
@@ -277,8 +278,8 @@ TEST_CASE("EnvTest.PosixLogRoundTrip", "[env]") {
   Env* env = Env::Posix();
   TempDir dir;
   const std::string path = dir.Child("000001.log");
-  const std::vector<std::string> records = {"first", "", std::string(70000, 'b'),
-                                            "last"};
+  const std::vector<std::string> records = {"first", "",
+                                            std::string(70000, 'b'), "last"};
   {
     auto file = env->NewWritableFile(path);
     REQUIRE(file.ok());

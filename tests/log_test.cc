@@ -22,7 +22,8 @@
 namespace Catch {
 template <>
 struct StringMaker<warren::internal::log::Reader::ByteRange> {
-  static std::string convert(const warren::internal::log::Reader::ByteRange& r) {
+  static std::string convert(
+      const warren::internal::log::Reader::ByteRange& r) {
     return "[" + std::to_string(r.begin) + ", " + std::to_string(r.end) + ")";
   }
 };
@@ -63,22 +64,20 @@ class StringDest final : public WritableFile {
   std::string contents;
 };
 
+// Reads `contents`, which must outlive it, returning views into it (as the
+// SequentialFile contract allows).
 class StringSource final : public SequentialFile {
  public:
-  explicit StringSource(const std::string* contents) : contents_(contents) {}
+  explicit StringSource(std::string_view contents) : contents_(contents) {}
 
-  absl::Status Read(size_t n, std::string* scratch,
+  absl::Status Read(size_t n, std::string* /*scratch*/,
                     std::string_view* result) override {
     if (force_error) {
       *result = {};
       return absl::InternalError("read: injected error");
     }
-    const size_t available =
-        pos_ < contents_->size() ? contents_->size() - pos_ : 0;
-    const size_t k = n < available ? n : available;
-    scratch->assign(*contents_, pos_ < contents_->size() ? pos_ : 0, k);
-    pos_ += k;
-    *result = *scratch;
+    *result = pos_ < contents_.size() ? contents_.substr(pos_, n) : "";
+    pos_ += result->size();
     return absl::OkStatus();
   }
 
@@ -90,7 +89,7 @@ class StringSource final : public SequentialFile {
   bool force_error = false;
 
  private:
-  const std::string* const contents_;
+  const std::string_view contents_;
   uint64_t pos_ = 0;
 };
 
@@ -129,11 +128,11 @@ class LogTest {
   // Reads the next record with the settings below, or "EOF".
   std::string Read() {
     if (reader_ == nullptr) {
-      source_ = std::make_unique<StringSource>(&dest_.contents);
+      source_ = std::make_unique<StringSource>(dest_.contents);
       source_->force_error = force_error_;
-      reader_ = std::make_unique<Reader>(source_.get(), &report_,
-                                         /*checksum=*/true, initial_offset_,
-                                         mode_);
+      reader_ =
+          std::make_unique<Reader>(source_.get(), &report_,
+                                   /*checksum=*/true, initial_offset_, mode_);
     }
     std::string scratch;
     std::string_view record;
@@ -165,8 +164,9 @@ class LogTest {
   // Recomputes the checksum of the record at `header_offset`, whose payload
   // is `length` bytes, after its type or payload was changed.
   void FixChecksum(size_t header_offset, size_t length) {
-    const std::string_view payload = std::string_view(contents()).substr(
-        header_offset + kHeaderSize, length);
+    const std::string_view payload =
+        std::string_view(contents())
+            .substr(header_offset + kHeaderSize, length);
     const auto type = static_cast<uint8_t>(contents()[header_offset + 6]);
     EncodeFixed32(&contents()[header_offset],
                   RecordChecksum(header_offset, type, payload));
@@ -350,7 +350,9 @@ TEST_CASE_METHOD(LogTest, "LogTest.RandomRead", "[log]") {
   std::mt19937 write_rnd(301);
   for (int i = 0; i < n; ++i) Write(RandomSkewedString(i, write_rnd));
   std::mt19937 read_rnd(301);
-  for (int i = 0; i < n; ++i) REQUIRE(Read() == RandomSkewedString(i, read_rnd));
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(Read() == RandomSkewedString(i, read_rnd));
+  }
   CHECK(Read() == "EOF");
   CHECK(DroppedBytes() == 0);
 }
@@ -401,9 +403,7 @@ TEST_CASE_METHOD(LogTest, "LogTest.BadLengthAtEndIsIgnored", "[log]") {
   SECTION("the length exceeds the data left in the file") {
     IncrementByte(5, 1);  // 259 bytes: fits in the block, not in the file.
   }
-  SECTION("the length exceeds the block") {
-    IncrementByte(5, 0x80);
-  }
+  SECTION("the length exceeds the block") { IncrementByte(5, 0x80); }
   CHECK(Read() == "EOF");
   CHECK(reader().status().ok());
   CHECK(DroppedBytes() == 0);
@@ -678,8 +678,9 @@ TEST_CASE("LogTest.InitialOffset", "[log]") {
   // The reader returns exactly the records that start at or after the
   // initial offset, for offsets at, around and between record starts, in
   // trailers, at block boundaries, at and past the end of the file.
-  const std::vector<size_t> sizes = {10000, 10000, 2 * kBlockSize - 1000, 1,
-                                     kBlockSize - 2 * kHeaderSize - 3, 5};
+  const std::vector<size_t> sizes = {
+      10000, 10000, 2 * kBlockSize - 1000, 1, kBlockSize - 2 * kHeaderSize - 3,
+      5};
   LogTest writer;
   std::vector<uint64_t> starts;
   std::vector<std::string> records;
@@ -705,8 +706,7 @@ TEST_CASE("LogTest.InitialOffset", "[log]") {
   offsets.push_back(contents.size() + 1);
   for (uint64_t offset : offsets) {
     CAPTURE(offset);
-    std::string copy = contents;
-    StringSource source(&copy);
+    StringSource source(contents);
     ReportCollector report;
     Reader reader(&source, &report, /*checksum=*/true, offset);
     std::string scratch;
@@ -740,8 +740,8 @@ struct SmallLog {
 
 SmallLog MakeSmallLog() {
   SmallLog log;
-  const std::vector<size_t> sizes = {5, 0, 200, 1, 1000, 30000, 2500, 7, 300,
-                                     40};
+  const std::vector<size_t> sizes = {5,     0,    200, 1,   1000,
+                                     30000, 2500, 7,   300, 40};
   StringDest dest;
   Writer writer(&dest);
   for (size_t i = 0; i < sizes.size(); ++i) {
@@ -773,8 +773,8 @@ struct ReadResult {
   Reader::ByteRange torn_tail;
 };
 
-ReadResult ReadLog(const std::string& contents, OnCorruption mode) {
-  StringSource source(&contents);
+ReadResult ReadLog(std::string_view contents, OnCorruption mode) {
+  StringSource source(contents);
   ReportCollector report;
   Reader reader(&source, &report, /*checksum=*/true, 0, mode);
   ReadResult result;
@@ -796,8 +796,8 @@ TEST_CASE(
   const SmallLog log = MakeSmallLog();
   for (size_t length = 0; length <= log.contents.size(); ++length) {
     CAPTURE(length);
-    const ReadResult r =
-        ReadLog(log.contents.substr(0, length), OnCorruption::kStop);
+    const ReadResult r = ReadLog(
+        std::string_view(log.contents).substr(0, length), OnCorruption::kStop);
     std::vector<std::string> expected;
     uint64_t last_end = 0;
     for (size_t i = 0; i < log.records.size() && log.ends[i] <= length; ++i) {

@@ -443,7 +443,9 @@ TEST_CASE(
     "On the system clock, an earlier timer wakes the sleeping timer "
     "thread") {
   TimerService timers(SystemClock::Default());
-  timers.ScheduleAfter(absl::Hours(1), [] {});  // the thread sleeps for this
+  // The thread sleeps for this one, a thousand years away (beyond what
+  // std::chrono::nanoseconds can count).
+  timers.ScheduleAfter(absl::Hours(24 * 365 * 1000), [] {});
   std::mutex mu;
   std::condition_variable cv;
   bool ran = false;
