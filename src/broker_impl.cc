@@ -140,16 +140,18 @@ struct BrokerImpl::RouteState {
 BrokerImpl::BrokerImpl(const BrokerOptions& options)
     : clock_(options.clock != nullptr ? options.clock : SystemClock::Default()),
       link_(std::make_shared<BrokerLink>(clock_)) {
-  WriterLock lock(&topo_mu_);
-  timers_ = std::make_unique<TimerService>(clock_);
+  // Lock order: the link's locks before the topology lock.
+  auto timers = std::make_unique<TimerService>(clock_);
   {
     WriterLock sink_lock(&link_->mu);
     link_->sink = this;
   }
   {
     MutexLock timers_lock(&link_->timers_mu);
-    link_->timers = timers_.get();
+    link_->timers = timers.get();
   }
+  WriterLock lock(&topo_mu_);
+  timers_ = std::move(timers);
   exchanges_.emplace("", std::make_unique<Exchange>("", ExchangeType::kDirect,
                                                     ExchangeOptions{}));
 }
