@@ -75,7 +75,8 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
   }
   if (o.overflow != Overflow::kRejectPublish &&
       o.overflow != Overflow::kDropHead &&
-      o.overflow != Overflow::kRejectPublishDlx) {
+      o.overflow != Overflow::kRejectPublishDlx &&
+      o.overflow != Overflow::kBlock) {
     return absl::InvalidArgumentError("unknown overflow policy");
   }
   if (o.dead_letter_exchange.has_value() && !o.dead_letter_exchange->empty()) {
@@ -86,7 +87,8 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
     WARREN_RETURN_IF_ERROR(ValidateRetryPolicy(*o.retry));
   }
   for (auto [what, d] : {std::pair{"message_ttl", o.message_ttl},
-                         std::pair{"ack_deadline", o.ack_deadline}}) {
+                         std::pair{"ack_deadline", o.ack_deadline},
+                         std::pair{"expires", o.expires}}) {
     if (d.has_value()) WARREN_RETURN_IF_ERROR(ValidateDuration(what, *d));
   }
   WARREN_RETURN_IF_ERROR(ValidateDuration("dedup_window", o.dedup_window));
@@ -144,7 +146,7 @@ BrokerImpl::BrokerImpl(const BrokerOptions& options)
   auto timers = std::make_unique<TimerService>(clock_);
   {
     WriterLock sink_lock(&link_->mu);
-    link_->sink = this;
+    link_->owner = this;
   }
   {
     MutexLock timers_lock(&link_->timers_mu);
@@ -258,13 +260,15 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
     if (!(it->second->options() == options)) {
       return absl::FailedPreconditionError(
           StrCat("queue '", name,
-                       "' exists with other options; delete it first to "
-                       "change them"));
+                 "' exists with other options; delete it first to change "
+                 "them"));
     }
+    if (options.expires.has_value()) it->second->Touch();  // a use
     return absl::OkStatus();
   }
-  queues_.emplace(name, std::make_shared<Queue>(std::string(name), options,
-                                                link_));
+  auto queue = std::make_shared<Queue>(std::string(name), options, link_);
+  queue->StartExpiry();
+  queues_.emplace(name, std::move(queue));
   return absl::OkStatus();
 }
 
@@ -440,17 +444,46 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
   }
   std::vector<DeadBatch> dead;
-  absl::StatusOr<PublishOutcome> outcome = PublishLocked(
-      exchange, routing_key, std::move(message), options, dead);
+  std::vector<std::shared_ptr<Queue>> blocked;
+  std::shared_ptr<const Envelope> envelope;
+  absl::StatusOr<PublishOutcome> outcome =
+      PublishLocked(exchange, routing_key, std::move(message), options, dead,
+                    blocked, envelope);
   for (auto& [q, nodes] : dead) {
     q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
+  }
+  if (blocked.empty() || !outcome.ok()) return outcome;
+  // Full queues with overflow kBlock: wait for room with no broker lock held.
+  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : absl::Now() + options.timeout;
+  for (const std::shared_ptr<Queue>& q : blocked) {
+    switch (q->EnqueueBlocking(envelope, deadline)) {
+      case Queue::EnqueueResult::kAccepted:
+        ++outcome->queues;
+        break;
+      case Queue::EnqueueResult::kDuplicate:
+        ++outcome->queues;
+        ++outcome->duplicates;
+        break;
+      default:
+        outcome->refused_by.push_back(q->name());
+        break;
+    }
+  }
+  if (outcome->queues == 0) {
+    return absl::DeadlineExceededError(
+        StrCat("no room in ", JoinNames(outcome->refused_by),
+               " before the publish timeout"));
   }
   return outcome;
 }
 
 absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
     std::string_view exchange, std::string_view routing_key, Message message,
-    const PublishOptions& options, std::vector<DeadBatch>& dead) {
+    const PublishOptions& options, std::vector<DeadBatch>& dead,
+    std::vector<std::shared_ptr<Queue>>& blocked,
+    std::shared_ptr<const Envelope>& envelope) {
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
@@ -475,12 +508,15 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
   }
   target->CountRouted();
 
-  auto envelope = std::make_shared<const Envelope>(
+  envelope = std::make_shared<const Envelope>(
       std::move(message), std::string(exchange), std::string(routing_key),
       Now());
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
     switch (q->Enqueue(envelope, options.delay, &maxlen_dead)) {
+      case Queue::EnqueueResult::kFull:
+        blocked.push_back(q->shared_from_this());
+        break;
       case Queue::EnqueueResult::kAccepted:
         ++outcome.queues;
         break;
@@ -499,12 +535,27 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
       maxlen_dead.clear();
     }
   }
-  if (outcome.queues == 0 && !outcome.refused_by.empty()) {
+  if (outcome.queues == 0 && blocked.empty() && !outcome.refused_by.empty()) {
     return absl::ResourceExhaustedError(
         StrCat("every queue the message routed to is full: ",
                JoinNames(outcome.refused_by)));
   }
   return outcome;
+}
+
+void BrokerImpl::DeleteIdleQueue(Queue& queue) {
+  WriterLock lock(&topo_mu_);
+  if (closed_) return;
+  auto it = queues_.find(queue.name());
+  if (it == queues_.end() || it->second.get() != &queue) return;
+  if (queue.consumer_count() > 0) return;
+  const Destination as_destination{&queue, nullptr};
+  for (auto& [exchange_name, exchange] : exchanges_) {
+    exchange->RemoveBindingsTo(as_destination);
+  }
+  std::shared_ptr<Queue> keep = std::move(it->second);
+  queues_.erase(it);
+  keep->End(Queue::EndReason::kDeleted);
 }
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
@@ -837,7 +888,7 @@ void BrokerImpl::Close() {
     // Waits for dead-lettering in progress; queues that outlive the broker
     // drop what they give up on from now on, and schedule nothing.
     WriterLock lock(&link_->mu);
-    link_->sink = nullptr;
+    link_->owner = nullptr;
   }
   {
     MutexLock lock(&link_->timers_mu);

@@ -30,7 +30,7 @@
 
 namespace warren::internal {
 
-class BrokerImpl final : public Broker, private DeadLetterSink {
+class BrokerImpl final : public Broker, private QueueOwner {
  public:
   explicit BrokerImpl(const BrokerOptions& options);
   ~BrokerImpl() override;
@@ -83,9 +83,10 @@ class BrokerImpl final : public Broker, private DeadLetterSink {
   // topology lock is released.
   using DeadBatch = std::pair<std::shared_ptr<Queue>, std::vector<NodePtr>>;
 
-  // DeadLetterSink: republishes `nodes` to `from`'s dead-letter exchange.
+  // QueueOwner: republishes `nodes` to `from`'s dead-letter exchange.
   void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                   DeathReason reason) override;
+  void DeleteIdleQueue(Queue& queue) override;
   // Routes through `exchange` and, when nothing matched, its chain of
   // alternate exchanges.
   void ResolveTargetsLocked(const Exchange& exchange,
@@ -95,11 +96,12 @@ class BrokerImpl final : public Broker, private DeadLetterSink {
   absl::Time Now() const;
   // Publish under the topology lock; `dead` receives what overflow policies
   // gave up on.
-  absl::StatusOr<PublishOutcome> PublishLocked(std::string_view exchange,
-                                               std::string_view routing_key,
-                                               Message message,
-                                               const PublishOptions& options,
-                                               std::vector<DeadBatch>& dead);
+  absl::StatusOr<PublishOutcome> PublishLocked(
+      std::string_view exchange, std::string_view routing_key,
+      Message message, const PublishOptions& options,
+      std::vector<DeadBatch>& dead,
+      std::vector<std::shared_ptr<Queue>>& blocked,
+      std::shared_ptr<const Envelope>& envelope);
 
   absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const

@@ -74,6 +74,14 @@ bool Queue::TryReserve(uint64_t bytes) {
 void Queue::OnTaken(const QueuedMessage& node) {
   ready_count_.fetch_sub(1, std::memory_order_relaxed);
   ready_bytes_.fetch_sub(node.body_size(), std::memory_order_relaxed);
+  if (options_.overflow == Overflow::kBlock) {
+    // Dekker handshake with EnqueueBlocking.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (room_waiters_.load(std::memory_order_relaxed) > 0) {
+      MutexLock lock(&room_mu_);
+      room_cv_.SignalAll();
+    }
+  }
 }
 
 NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
@@ -113,13 +121,23 @@ bool Queue::IsDuplicate(const Envelope& envelope) {
   return false;
 }
 
+void Queue::Unreserve(uint64_t bytes) {
+  ready_count_.fetch_sub(1, std::memory_order_relaxed);
+  ready_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
 Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
                                     absl::Duration delay,
                                     std::vector<NodePtr>* maxlen_dead) {
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
   }
-  if (options_.dedup_window > absl::ZeroDuration() && IsDuplicate(*envelope)) {
+  // A blocking publish records its id only once it has room, so a publish
+  // that times out can be retried.
+  const bool dedup = options_.dedup_window > absl::ZeroDuration();
+  if (dedup && (delay > absl::ZeroDuration() ||
+                options_.overflow != Overflow::kBlock) &&
+      IsDuplicate(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
@@ -140,6 +158,7 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
         continue;
       }
     }
+    if (options_.overflow == Overflow::kBlock) return EnqueueResult::kFull;
     // Full, and nothing could be dropped to make room.
     Add(publisher_side_.refused, 1);
     if (options_.overflow == Overflow::kRejectPublishDlx) {
@@ -148,7 +167,48 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     FlushExpired();
     return EnqueueResult::kRefused;
   }
+  return EnqueueReserved(std::move(envelope));
+}
 
+Queue::EnqueueResult Queue::EnqueueBlocking(
+    std::shared_ptr<const Envelope> envelope, absl::Time deadline) {
+  const uint64_t bytes = envelope->message.body().size();
+  {
+    MutexLock lock(&room_mu_);
+    room_waiters_.fetch_add(1, std::memory_order_relaxed);
+    // Dekker handshake with OnTaken: either we see the room it made, or it
+    // sees us waiting and signals.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool reserved = false;
+    for (;;) {
+      if (end_.load(std::memory_order_acquire) != kOpen) break;
+      if ((reserved = TryReserve(bytes))) break;
+      if (room_cv_.WaitWithDeadline(&room_mu_, deadline)) {
+        reserved = TryReserve(bytes);
+        break;
+      }
+    }
+    room_waiters_.fetch_sub(1, std::memory_order_relaxed);
+    if (!reserved) {
+      if (end_.load(std::memory_order_acquire) != kOpen) {
+        return EnqueueResult::kClosed;
+      }
+      Add(publisher_side_.refused, 1);
+      return EnqueueResult::kRefused;
+    }
+  }
+  return EnqueueReserved(std::move(envelope));
+}
+
+Queue::EnqueueResult Queue::EnqueueReserved(
+    std::shared_ptr<const Envelope> envelope) {
+  if (options_.overflow == Overflow::kBlock &&
+      options_.dedup_window > absl::ZeroDuration() &&
+      IsDuplicate(*envelope)) {
+    Unreserve(envelope->message.body().size());
+    Add(publisher_side_.deduplicated, 1);
+    return EnqueueResult::kDuplicate;
+  }
   NodePtr node = MakeNode(std::move(envelope));
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
   Add(publisher_side_.published, 1);
@@ -197,8 +257,8 @@ void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
   if (nodes.empty()) return;
   if (options_.dead_letter_exchange.has_value()) {
     ReaderLock lock(&link_->mu);
-    if (link_->sink != nullptr) {
-      link_->sink->DeadLetter(*this, std::move(nodes), reason);
+    if (link_->owner != nullptr) {
+      link_->owner->DeadLetter(*this, std::move(nodes), reason);
       return;
     }
   }
@@ -427,6 +487,7 @@ void Queue::RemoveWaiterLocked(Waiter* w) {
 absl::StatusOr<NodePtr> Queue::Take(const ConsumerState* consumer, bool wait,
                                     absl::Time deadline) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  if (options_.expires.has_value()) Touch();
   if (consumer->cancelled()) {
     return absl::FailedPreconditionError("the consumer is cancelled");
   }
@@ -550,11 +611,43 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
 }
 
 void Queue::AddConsumer(const ConsumerState* consumer) {
+  if (options_.expires.has_value()) Touch();
   MutexLock lock(&mu_);
   consumers_.push_back(consumer);
 }
 
+void Queue::Touch() {
+  last_used_us_.store(absl::ToUnixMicros(Now()), std::memory_order_relaxed);
+}
+
+void Queue::StartExpiry() {
+  if (!options_.expires.has_value()) return;
+  Touch();
+  Schedule(Now() + *options_.expires, [weak = weak_from_this()] {
+    if (auto q = weak.lock()) q->CheckIdle();
+  });
+}
+
+void Queue::CheckIdle() {
+  if (end_.load(std::memory_order_acquire) != kOpen) return;
+  const absl::Time last =
+      absl::FromUnixMicros(last_used_us_.load(std::memory_order_relaxed));
+  const absl::Time now = Now();
+  if (consumer_count() == 0 && now - last >= *options_.expires) {
+    ReaderLock lock(&link_->mu);
+    if (link_->owner != nullptr) link_->owner->DeleteIdleQueue(*this);
+    return;
+  }
+  // Used since, or in use: look again when it could next be idle long enough.
+  const absl::Time next =
+      consumer_count() == 0 ? last + *options_.expires : now + *options_.expires;
+  Schedule(next, [weak = weak_from_this()] {
+    if (auto q = weak.lock()) q->CheckIdle();
+  });
+}
+
 void Queue::RemoveConsumer(const ConsumerState* consumer) {
+  if (options_.expires.has_value()) Touch();
   {
     MutexLock lock(&mu_);
     auto it = std::find(consumers_.begin(), consumers_.end(), consumer);
@@ -642,10 +735,15 @@ uint64_t Queue::End(EndReason reason) {
           std::memory_order_acq_rel)) {
     return 0;
   }
-  MutexLock lock(&mu_);
-  const uint64_t n = DrainLocked();
-  expired_.clear();  // they go with the queue
-  WakeAllLocked();
+  uint64_t n;
+  {
+    MutexLock lock(&mu_);
+    n = DrainLocked();
+    expired_.clear();  // they go with the queue
+    WakeAllLocked();
+  }
+  MutexLock lock(&room_mu_);  // blocked publishers give up
+  room_cv_.SignalAll();
   return n;
 }
 
@@ -660,13 +758,40 @@ absl::Status Queue::CheckUsable() const {
   }
 }
 
-QueueStats Queue::Stats() const {
+QueueStats Queue::Stats() {
   QueueStats s;
   s.name = name_;
+  {
+    MutexLock lock(&mu_);
+    s.consumers = consumers_.size();
+    // The oldest ready message is in the returned set, at a spill's head or
+    // at a ring's head; a ring cannot be peeked, so its head moves to the
+    // returned set, where it is served first anyway (it is the ring's
+    // oldest).
+    for (int level = 0; level < levels_; ++level) {
+      NodePtr head;
+      if (rings_[level]->try_pop(head)) {
+        const ReturnedKey key{-static_cast<int>(head->priority), head->seq};
+        returned_.emplace(key, std::move(head));
+        returned_count_.fetch_add(1, std::memory_order_release);
+      }
+    }
+    absl::Time oldest = absl::InfiniteFuture();
+    for (const auto& [key, node] : returned_) {
+      oldest = std::min(oldest, node->envelope->published_at);
+    }
+    for (const auto& spill : spill_) {
+      if (!spill.empty()) {
+        oldest = std::min(oldest, spill.begin()->second->envelope->published_at);
+      }
+    }
+    if (oldest != absl::InfiniteFuture()) {
+      s.oldest_ready_age = std::max(absl::ZeroDuration(), Now() - oldest);
+    }
+  }
   s.ready = ready_count_.load(std::memory_order_relaxed);
   s.ready_bytes = ready_bytes_.load(std::memory_order_relaxed);
   s.delayed = delayed_.load(std::memory_order_relaxed);
-  s.consumers = consumer_count();
   const auto& p = publisher_side_;
   s.published = p.published.load(std::memory_order_relaxed);
   s.refused = p.refused.load(std::memory_order_relaxed);

@@ -64,20 +64,22 @@ namespace warren::internal {
 class ConsumerState;
 class Queue;
 
-// Where a queue's dead messages go: the broker, which republishes them to
-// the queue's dead-letter exchange. Called with no queue or broker lock held.
-class DeadLetterSink {
+// What a queue asks of its broker, with no queue or broker lock held.
+class QueueOwner {
  public:
+  // Republishes `nodes` to `from`'s dead-letter exchange.
   virtual void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                           DeathReason reason) = 0;
+  // Deletes `queue`, which has been unused for its `expires` time.
+  virtual void DeleteIdleQueue(Queue& queue) = 0;
 
  protected:
-  ~DeadLetterSink() = default;
+  ~QueueOwner() = default;
 };
 
 // What a queue needs from its broker. Shared by the broker and its queues,
 // which may outlive it (a consumer handle keeps its queue): the broker clears
-// `sink` and `timers` when it closes, so whoever holds the matching lock can
+// `owner` and `timers` when it closes, so whoever holds the matching lock can
 // use them.
 //
 // Lock order: a queue's lock, then `timers_mu`, then the timer service's own
@@ -88,7 +90,7 @@ struct BrokerLink {
   // Constant: outlives the broker and its consumers (BrokerOptions::clock).
   Clock* const clock;
   SharedMutex mu;
-  DeadLetterSink* sink ABSL_GUARDED_BY(mu) = nullptr;
+  QueueOwner* owner ABSL_GUARDED_BY(mu) = nullptr;
   Mutex timers_mu;
   TimerService* timers ABSL_GUARDED_BY(timers_mu) = nullptr;
 };
@@ -109,7 +111,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
 
   // --- Publishing -----------------------------------------------------------
 
-  enum class EnqueueResult { kAccepted, kDuplicate, kRefused, kClosed };
+  // kFull: the queue is full and its overflow is kBlock; the caller may wait
+  // with EnqueueBlocking once it holds no broker lock.
+  enum class EnqueueResult { kAccepted, kDuplicate, kRefused, kFull, kClosed };
 
   // Adds a published message, applying deduplication, the length limits and
   // the overflow policy; with a `delay`, the message becomes ready only
@@ -120,6 +124,11 @@ class Queue : public std::enable_shared_from_this<Queue> {
   EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope,
                         absl::Duration delay,
                         std::vector<NodePtr>* maxlen_dead);
+
+  // Enqueues into a full kBlock queue, waiting for room until `deadline`
+  // (real time): kAccepted, kDuplicate, kClosed, or kRefused at the deadline.
+  EnqueueResult EnqueueBlocking(std::shared_ptr<const Envelope> envelope,
+                                absl::Time deadline);
 
   // Gives up on `nodes`: republishes them to the dead-letter exchange, or
   // drops (and counts) them when the queue has none. Call with no lock held.
@@ -178,7 +187,14 @@ class Queue : public std::enable_shared_from_this<Queue> {
     return ready_count_.load(std::memory_order_relaxed);
   }
   uint64_t consumer_count() const;
-  QueueStats Stats() const;
+  // Not const: to find the oldest ready message it moves the rings' heads
+  // into the returned set (their delivery order is unchanged).
+  QueueStats Stats();
+
+  // Queue expiry: marks the queue used now, and arms its idle check.
+  void Touch();
+  // Starts the idle check for a queue with `expires` (once it is shared).
+  void StartExpiry();
 
   // Counters kept by consumers as they settle.
   void CountDelivered(bool redelivered) {
@@ -216,6 +232,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
 
   NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
   bool IsDuplicate(const Envelope& envelope);
+  void Unreserve(uint64_t bytes);
+  // Enqueues a message whose room is reserved.
+  EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope);
+  void CheckIdle();
   // Reserves room for one message of `bytes` under the limits; false when
   // full.
   bool TryReserve(uint64_t bytes);
@@ -274,6 +294,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
   std::atomic<uint32_t> waiting_{0};
   std::atomic<int> end_{0};  // 0 open, 1 deleted, 2 broker closed
   std::atomic<uint64_t> delayed_{0};
+  // Queue expiry: when the queue was last used, in the clock's
+  // microseconds since the Unix epoch.
+  std::atomic<int64_t> last_used_us_{0};
+  // Publishers waiting for room (overflow kBlock).
+  std::atomic<uint32_t> room_waiters_{0};
+  Mutex room_mu_;
+  CondVar room_cv_;
 
   // Counters written on the publishing side.
   struct alignas(kCacheLineSize) PublisherCounters {

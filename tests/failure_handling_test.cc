@@ -422,6 +422,77 @@ TEST_CASE("Redrive at a rate moves messages on the broker clock") {
   CHECK(Ready(*e.b, "dlq") == 0);
 }
 
+TEST_CASE("Overflow block makes the publisher wait for room, then "
+          "DeadlineExceeded") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.max_length = 1,
+                                     .overflow = Overflow::kBlock})
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "first").ok());
+  CHECK(absl::IsDeadlineExceeded(
+      Send(*e.b, "", "work", "late", {.timeout = absl::Milliseconds(5)})
+          .status()));
+  CHECK(e.Stats("work").refused == 1);
+  CHECK(Ready(*e.b, "work") == 1);
+
+  absl::StatusOr<PublishOutcome> waited;
+  std::thread publisher([&] { waited = Send(*e.b, "", "work", "second"); });
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Ack(c->Receive(absl::Seconds(30)).value()).ok());  // makes room
+  publisher.join();
+  REQUIRE(waited.ok());
+  CHECK(waited->queues == 1);
+  auto d = c->Receive(absl::Seconds(30)).value();
+  CHECK(d.body() == "second");
+}
+
+TEST_CASE("A queue unused for its expiry time is deleted") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("idle", {.expires = absl::Seconds(10)}).ok());
+  REQUIRE(e.b->DeclareExchange("x", ExchangeType::kFanout).ok());
+  REQUIRE(e.b->Bind("idle", "x", "").ok());
+  e.Advance(absl::Seconds(9));
+  { auto c = e.b->Consume("idle").value(); }  // a use, at 9 s
+  e.Advance(absl::Seconds(9));                // 18 s: idle for 9 s only
+  CHECK(e.b->GetQueueStats("idle").ok());
+  e.Advance(absl::Seconds(1));                // idle for 10 s
+  CHECK(absl::IsNotFound(e.b->GetQueueStats("idle").status()));
+  auto out = Send(*e.b, "x", "", "m");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 0);  // its bindings went with it
+}
+
+TEST_CASE("A queue with a consumer does not expire") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("busy", {.expires = absl::Seconds(10)}).ok());
+  auto c = e.b->Consume("busy").value();
+  e.Advance(absl::Minutes(10));
+  CHECK(e.b->GetQueueStats("busy").ok());
+  c.reset();
+  e.Advance(absl::Seconds(10));
+  CHECK(absl::IsNotFound(e.b->GetQueueStats("busy").status()));
+}
+
+TEST_CASE("Statistics report how long the oldest ready message has waited") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  CHECK(e.Stats("work").oldest_ready_age == absl::ZeroDuration());
+  REQUIRE(Send(*e.b, "", "work", "old").ok());
+  e.Advance(absl::Seconds(5));
+  REQUIRE(Send(*e.b, "", "work", "new").ok());
+  e.Advance(absl::Seconds(1));
+  CHECK(e.Stats("work").oldest_ready_age == absl::Seconds(6));
+  // Taking a look changed nothing: the queue still reads in order.
+  CHECK(e.Stats("work").oldest_ready_age == absl::Seconds(6));
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  CHECK(d.body() == "old");
+  CHECK(e.Stats("work").oldest_ready_age == absl::Seconds(1));
+  REQUIRE(c->Nack(d).ok());  // back, and the oldest again
+  CHECK(e.Stats("work").oldest_ready_age == absl::Seconds(6));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"old", "new"});
+}
+
 TEST_CASE("Bad failure-handling input is refused and changes nothing") {
   Env e;
   REQUIRE(e.b->DeclareQueue("plain").ok());

@@ -52,6 +52,9 @@ enum class Overflow {
   kDropHead,
   // The new message is refused and dead-lettered (reason `maxlen`).
   kRejectPublishDlx,
+  // The publisher waits for room (backpressure) up to its
+  // PublishOptions::timeout, then gets kDeadlineExceeded.
+  kBlock,
 };
 
 struct BrokerOptions {
@@ -131,6 +134,9 @@ struct QueueOptions {
   // this window is accepted and dropped (counted as `deduplicated`).
   // Default: zero (off).
   absl::Duration dedup_window = absl::ZeroDuration();
+  // Queue expiry: the queue is deleted once it has had no consumer, no
+  // receive and no redeclare for this long. Default: none.
+  std::optional<absl::Duration> expires;
   // Slots in the lock-free ring that holds ready messages; rounded up to a
   // power of two. Ready messages beyond it wait in an overflow list behind the
   // queue's lock. 0 picks min(max_length, 4096), at least 64. Default: 0.
@@ -146,6 +152,9 @@ struct PublishOptions {
   // Consumers see the message only after this delay (per message: a short
   // delay is never stuck behind a long one). Default: zero.
   absl::Duration delay = absl::ZeroDuration();
+  // How long the publisher may wait for room in a full queue whose overflow
+  // is kBlock, in real time. Default: infinite.
+  absl::Duration timeout = absl::InfiniteDuration();
 };
 
 struct ConsumeOptions {

@@ -31,7 +31,8 @@ struct QueueStats {
   uint64_t unacked = 0;      // delivered and not yet settled
   uint64_t delayed = 0;      // waiting for a retry backoff or a publish delay
   uint64_t consumers = 0;    // registered, not cancelled or closed
-  // Age of the oldest ready message (zero when there is none).
+  // How long the oldest ready message has waited since it was published (on
+  // the broker's clock); zero when there is none.
   absl::Duration oldest_ready_age = absl::ZeroDuration();
   // Counters.
   uint64_t published = 0;    // messages accepted into the queue
