@@ -132,8 +132,7 @@ void BM_PublishReceiveAck_1P1C(benchmark::State& state) {
     g_cross = new CrossThread;
     g_cross->broker = warren::Broker::Open({}).value();
     g_cross->broker->DeclareQueue("q").IgnoreError();
-    g_cross->consumer =
-        g_cross->broker->Consume("q", Prefetch(256)).value();
+    g_cross->consumer = g_cross->broker->Consume("q", Prefetch(256)).value();
   }
   const bool producer = state.thread_index() == 0;
   uint64_t count = 0;
@@ -190,8 +189,9 @@ const warren_bench::TopicWorkload& Workload(size_t bindings) {
   static std::map<size_t, warren_bench::TopicWorkload> cache;
   auto it = cache.find(bindings);
   if (it == cache.end()) {
-    it = cache.emplace(bindings, warren_bench::MakeTopicWorkload(bindings, 4096))
-             .first;
+    it =
+        cache.emplace(bindings, warren_bench::MakeTopicWorkload(bindings, 4096))
+            .first;
   }
   return it->second;
 }
@@ -200,8 +200,7 @@ void BM_PublishTopic(benchmark::State& state) {
   const warren_bench::TopicWorkload& w =
       Workload(static_cast<size_t>(state.range(0)));
   auto broker = warren::Broker::Open({}).value();
-  broker->DeclareExchange("topic", warren::ExchangeType::kTopic)
-      .IgnoreError();
+  broker->DeclareExchange("topic", warren::ExchangeType::kTopic).IgnoreError();
   const size_t queues = std::min<size_t>(w.patterns.size(), 100);
   std::vector<std::string> names;
   for (size_t q = 0; q < queues; ++q) {
@@ -214,8 +213,7 @@ void BM_PublishTopic(benchmark::State& state) {
   size_t k = 0;
   int64_t count = 0;
   for (auto _ : state) {
-    auto outcome =
-        broker->Publish("topic", w.keys[k], warren::Message(Body()));
+    auto outcome = broker->Publish("topic", w.keys[k], warren::Message(Body()));
     benchmark::DoNotOptimize(outcome);
     if (++k == w.keys.size()) k = 0;
     MaybePurge(state, *broker, names, count);

@@ -120,7 +120,8 @@ pid_t Spawn(const std::vector<std::string>& argv,
   posix_spawnattr_setpgroup(&attr, 0);
 
   std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : argv)
+    args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   std::vector<char*> envp;
   for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
@@ -211,10 +212,11 @@ int PrivateRabbitMq::RunCtl(const std::vector<std::string>& args,
   return rc;
 }
 
-std::unique_ptr<PrivateRabbitMq> PrivateRabbitMq::Start(
-    absl::Duration timeout, std::string* error) {
+std::unique_ptr<PrivateRabbitMq> PrivateRabbitMq::Start(absl::Duration timeout,
+                                                        std::string* error) {
   if (!IsExecutable(kServer) || !IsExecutable(kCtl)) {
-    *error = "rabbitmq-server is not installed (apt-get install rabbitmq-server)";
+    *error =
+        "rabbitmq-server is not installed (apt-get install rabbitmq-server)";
     return nullptr;
   }
   const std::string epmd = FindEpmd();
@@ -287,9 +289,9 @@ std::unique_ptr<PrivateRabbitMq> PrivateRabbitMq::Start(
   }
 
   // Our own epmd, in the foreground (no -daemon), stopped by its PID.
-  rmq->epmd_pid_ = Spawn({epmd, "-address", "127.0.0.1", "-port",
-                          std::to_string(rmq->epmd_port_)},
-                         rmq->Environment(), dir + "/epmd.log");
+  rmq->epmd_pid_ = Spawn(
+      {epmd, "-address", "127.0.0.1", "-port", std::to_string(rmq->epmd_port_)},
+      rmq->Environment(), dir + "/epmd.log");
   if (rmq->epmd_pid_ < 0) {
     *error = "could not start epmd";
     return nullptr;
@@ -308,8 +310,7 @@ std::unique_ptr<PrivateRabbitMq> PrivateRabbitMq::Start(
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
-  rmq->server_pid_ =
-      Spawn({kServer}, rmq->Environment(), dir + "/server.log");
+  rmq->server_pid_ = Spawn({kServer}, rmq->Environment(), dir + "/server.log");
   if (rmq->server_pid_ < 0) {
     *error = "could not start rabbitmq-server";
     return nullptr;
@@ -334,7 +335,8 @@ std::unique_ptr<PrivateRabbitMq> PrivateRabbitMq::Start(
       return nullptr;
     }
     ctl_output.clear();
-    const int secs = std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(left)));
+    const int secs =
+        std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(left)));
     if (rmq->RunCtl({"await_startup", "--timeout", std::to_string(secs)},
                     left + absl::Seconds(5), &ctl_output) == 0) {
       break;

@@ -7,9 +7,9 @@
 //
 // Example:
 //
-//   const warren_bench::TopicWorkload w = warren_bench::MakeTopicWorkload(2000, 4096);
-//   for (const std::string& p : w.patterns) broker->Bind(queue, "topic", p);
-//   broker->Publish("topic", w.keys[i % w.keys.size()], message);
+//   const warren_bench::TopicWorkload w = warren_bench::MakeTopicWorkload(2000,
+//   4096); for (const std::string& p : w.patterns) broker->Bind(queue, "topic",
+//   p); broker->Publish("topic", w.keys[i % w.keys.size()], message);
 
 #ifndef WARREN_BENCHMARKS_TOPIC_WORKLOAD_H_
 #define WARREN_BENCHMARKS_TOPIC_WORKLOAD_H_

@@ -5,8 +5,9 @@
 #
 # applies, according to the cache options set in the top-level CMakeLists.txt:
 #
-#   * warnings (-Wall -Wextra -Wpedantic) when warren is the top-level project,
-#     plus -Werror with WARREN_WERROR;
+#   * warnings (-Wall -Wextra -Wpedantic; with GCC, without
+#     -Wmissing-field-initializers) when warren is the top-level project, plus
+#     -Werror with WARREN_WERROR;
 #   * -fsanitize=<WARREN_SANITIZE> -fno-omit-frame-pointer -g (compile and
 #     link), with -fno-sanitize-recover=all so that UBSan findings fail tests;
 #   * with THREAD_SAFETY and WARREN_THREAD_SAFETY_ANALYSIS (clang only):
@@ -46,6 +47,13 @@ function(warren_apply_options target)
 
   if(PROJECT_IS_TOP_LEVEL)
     target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      # GCC 12's -Wextra flags every designated initialiser that leaves a
+      # field to its default (`{.prefetch = 10}`), which is how warren's
+      # option structs are meant to be used. Clang keeps the warning, which
+      # it only gives for positional initialisers.
+      target_compile_options(${target} PRIVATE -Wno-missing-field-initializers)
+    endif()
     if(WARREN_WERROR)
       target_compile_options(${target} PRIVATE -Werror)
     endif()

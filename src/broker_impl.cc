@@ -508,7 +508,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
   }
   target->CountRouted();
 
-  envelope = std::make_shared<const Envelope>(
+  envelope = MakeEnvelope(
       std::move(message), std::string(exchange), std::string(routing_key),
       Now());
   std::vector<NodePtr> maxlen_dead;
@@ -571,7 +571,7 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                                     }),
                      state.queues.end());
   if (state.queues.empty()) return 0;
-  auto envelope = std::make_shared<const Envelope>(
+  auto envelope = MakeEnvelope(
       std::move(message), exchange.name(), std::string(key), Now());
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
@@ -758,7 +758,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
         stay.push_back(std::move(node));
         continue;
       }
-      auto envelope = std::make_shared<const Envelope>(
+      auto envelope = MakeEnvelope(
           m, exchange->name(), key, Now());
       std::vector<NodePtr> maxlen_dead;
       for (Queue* q : state.queues) {

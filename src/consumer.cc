@@ -103,14 +103,14 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       QueuedMessage& n = **node;
       ++n.deliveries;
       d.envelope_ = n.envelope;
-      d.delivery_tag_ = ++next_tag_;
+      d.delivery_tag_ = held_.next_tag();
       d.consumer_id_ = id_;
       d.attempt_ = n.deliveries;
       Held held{std::move(*node)};
       if (ack_deadline_) {
         ArmLease(d.delivery_tag_, held, queue_->Now() + *ack_deadline_);
       }
-      held_.emplace(d.delivery_tag_, std::move(held));
+      held_.Add(std::move(held));
     }
   }
   if (*node) {
@@ -152,57 +152,54 @@ absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<NodePtr>> ConsumerState::Remove(const Delivery& d,
-                                                           bool multiple) {
+absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(
+    const Delivery& d, bool multiple) {
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
   if (absl::Status s = queue_->CheckUsable();
       absl::IsFailedPrecondition(s)) {
     return s;  // the broker is closed
   }
-  std::vector<NodePtr> nodes;
-  {
-    MutexLock lock(&mu_);
-    if (closed_) {
-      return absl::FailedPreconditionError(StrCat(
-          "consumer '", tag_,
-          "' is closed; the deliveries it held were returned to the queue"));
-    }
-    auto it = held_.find(d.delivery_tag_);
-    if (it == held_.end()) {
-      return absl::FailedPreconditionError(
-          StrCat("unknown or already settled delivery tag ",
-                       d.delivery_tag_, " on consumer '", tag_, "'"));
-    }
-    auto first = multiple ? held_.begin() : it;
-    auto last = std::next(it);
-    for (auto i = first; i != last; ++i) {
-      CancelLease(i->second.lease);
-      nodes.push_back(std::move(i->second.node));
-    }
-    held_.erase(first, last);
+  HeldList removed;
+  MutexLock lock(&mu_);
+  if (closed_) {
+    return absl::FailedPreconditionError(StrCat(
+        "consumer '", tag_,
+        "' is closed; the deliveries it held were returned to the queue"));
   }
-  ReleaseSlots(static_cast<uint32_t>(nodes.size()));
+  if (held_.Find(d.delivery_tag_) == nullptr) {
+    return absl::FailedPreconditionError(
+        StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
+               " on consumer '", tag_, "'"));
+  }
+  held_.Remove(d.delivery_tag_, multiple, removed);
+  for (Held& h : removed) CancelLease(h.lease);
+  window_used_.fetch_sub(static_cast<uint32_t>(removed.size()),
+                         std::memory_order_relaxed);
+  window_cv_.SignalAll();
   // The caller counts them settled once they are where they go next, so the
   // statistics never show a message in no state at all.
-  return nodes;
+  return removed;
 }
 
 absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
-  WARREN_ASSIGN_OR_RETURN(std::vector<NodePtr> nodes, Remove(d, multiple));
-  queue_->CountAcked(nodes.size());
-  queue_->CountSettled(nodes.size());
+  WARREN_ASSIGN_OR_RETURN(HeldList removed, Remove(d, multiple));
+  queue_->CountAcked(removed.size());
+  queue_->CountSettled(removed.size());
   return absl::OkStatus();
 }
 
 absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
                                            bool requeue, bool multiple) {
-  WARREN_ASSIGN_OR_RETURN(std::vector<NodePtr> nodes, Remove(d, multiple));
+  WARREN_ASSIGN_OR_RETURN(HeldList removed, Remove(d, multiple));
+  const size_t n = removed.size();
   if (kind == Negative::kNack) {
-    queue_->CountNacked(nodes.size());
+    queue_->CountNacked(n);
   } else {
-    queue_->CountRejected(nodes.size());
+    queue_->CountRejected(n);
   }
-  const size_t n = nodes.size();
+  std::vector<NodePtr> nodes;
+  nodes.reserve(n);
+  for (Held& h : removed) nodes.push_back(std::move(h.node));
   if (requeue) {
     queue_->Return(std::move(nodes), Queue::ReturnKind::kRequeue);
   } else {
@@ -235,12 +232,13 @@ void ConsumerState::Close() {
     MutexLock lock(&mu_);
     if (closed_) return;
     closed_ = true;
-    nodes.reserve(held_.size());
-    for (auto& [tag, held] : held_) {
+    HeldList removed;
+    held_.RemoveAll(removed);
+    nodes.reserve(removed.size());
+    for (Held& held : removed) {
       CancelLease(held.lease);
       nodes.push_back(std::move(held.node));
     }
-    held_.clear();
     window_cv_.SignalAll();
   }
   window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
@@ -275,12 +273,13 @@ void ConsumerState::OnLeaseExpired(uint64_t tag, uint64_t generation) {
   std::vector<NodePtr> nodes;
   {
     MutexLock lock(&mu_);
-    auto it = held_.find(tag);
-    if (it == held_.end() || it->second.lease_generation != generation) {
+    Held* held = held_.Find(tag);
+    if (held == nullptr || held->lease_generation != generation) {
       return;  // settled, or the lease was renewed
     }
-    nodes.push_back(std::move(it->second.node));
-    held_.erase(it);
+    HeldList removed;
+    held_.Remove(tag, /*multiple=*/false, removed);
+    nodes.push_back(std::move(removed[0].node));
   }
   ReleaseSlots(1);
   queue_->CountLeaseExpired(1);
@@ -301,14 +300,14 @@ absl::Status ConsumerState::Extend(const Delivery& d,
     return absl::FailedPreconditionError(
         StrCat("consumer '", tag_, "' is closed"));
   }
-  auto it = held_.find(d.delivery_tag_);
-  if (it == held_.end()) {
+  Held* held = held_.Find(d.delivery_tag_);
+  if (held == nullptr) {
     return absl::FailedPreconditionError(
         StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
                " on consumer '", tag_, "' (or its lease expired)"));
   }
-  CancelLease(it->second.lease);
-  ArmLease(d.delivery_tag_, it->second, queue_->Now() + extension);
+  CancelLease(held->lease);
+  ArmLease(d.delivery_tag_, *held, queue_->Now() + extension);
   return absl::OkStatus();
 }
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/btree_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -21,6 +21,73 @@
 #include "warren/consumer.h"
 
 namespace warren::internal {
+
+// The deliveries a consumer holds, by delivery tag. Tags are handed out in
+// order and most settles come in order, so a ring of slots from the oldest
+// held tag on makes every operation O(1) (a multiple settle is linear in the
+// tags it covers) and allocates only to grow. Thread-compatible.
+template <typename Held>
+class HeldWindow {
+ public:
+  // The tag the next Add gets; tags start at 1.
+  uint64_t next_tag() const { return base_ + span_; }
+  size_t size() const { return count_; }
+
+  void Add(Held held) {
+    if (span_ == slots_.size()) Grow();
+    slots_[(head_ + span_) & (slots_.size() - 1)] = std::move(held);
+    ++span_;
+    ++count_;
+  }
+
+  // The delivery with `tag`, or nullptr when it is not held.
+  Held* Find(uint64_t tag) {
+    if (tag < base_ || tag >= base_ + span_) return nullptr;
+    Held& h = slots_[(head_ + (tag - base_)) & (slots_.size() - 1)];
+    return h.node ? &h : nullptr;
+  }
+
+  // Moves the held delivery `tag` (which must be held), and with `multiple`
+  // every held one before it, into `out` in tag order.
+  template <typename Out>
+  void Remove(uint64_t tag, bool multiple, Out& out) {
+    const uint64_t first = multiple ? base_ : tag;
+    for (uint64_t t = first; t <= tag; ++t) {
+      Held* h = Find(t);
+      if (h == nullptr) continue;
+      out.push_back(std::move(*h));
+      h->node = nullptr;
+      --count_;
+    }
+    // Invariant: the slot at head_ is held, unless the window is empty.
+    while (span_ > 0 && !slots_[head_].node) {
+      head_ = (head_ + 1) & (slots_.size() - 1);
+      ++base_;
+      --span_;
+    }
+  }
+
+  template <typename Out>
+  void RemoveAll(Out& out) {
+    if (span_ > 0) Remove(base_ + span_ - 1, /*multiple=*/true, out);
+  }
+
+ private:
+  void Grow() {
+    std::vector<Held> bigger(slots_.empty() ? 16 : slots_.size() * 2);
+    for (size_t i = 0; i < span_; ++i) {
+      bigger[i] = std::move(slots_[(head_ + i) & (slots_.size() - 1)]);
+    }
+    slots_ = std::move(bigger);
+    head_ = 0;
+  }
+
+  std::vector<Held> slots_;  // power-of-two size
+  uint64_t base_ = 1;        // tag of the slot at head_
+  size_t head_ = 0;
+  size_t span_ = 0;   // tags from base_ that are held or settled out of order
+  size_t count_ = 0;  // held
+};
 
 // One consumer of one queue. Deliveries it holds live in its own table until
 // settled, so settling needs no lock shared with other consumers.
@@ -66,9 +133,12 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   // Reserves a window slot; false when the window is full.
   bool TryReserveSlot();
   void ReleaseSlots(uint32_t n);
-  // Moves the settled deliveries (one, or all up to it) out of held_.
-  absl::StatusOr<std::vector<NodePtr>> Remove(const Delivery& d,
-                                              bool multiple);
+  struct Held;
+  // One settle's deliveries: usually one, so no allocation.
+  using HeldList = absl::InlinedVector<Held, 1>;
+  // Moves the settled deliveries (one, or all up to it) out of held_ and
+  // frees their window slots.
+  absl::StatusOr<HeldList> Remove(const Delivery& d, bool multiple);
   absl::Status CheckOwner(const Delivery& d) const;
   struct Held {
     NodePtr node;
@@ -94,8 +164,7 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
 
   mutable Mutex mu_;
   CondVar window_cv_;  // signalled when a slot is released or on cancel
-  absl::btree_map<uint64_t, Held> held_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_tag_ ABSL_GUARDED_BY(mu_) = 0;
+  HeldWindow<Held> held_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

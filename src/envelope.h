@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "pool.h"
 #include "warren/message.h"
 
 namespace warren::internal {
@@ -48,7 +49,22 @@ struct QueuedMessage {
   uint64_t body_size() const { return envelope->message.body().size(); }
 };
 
-using NodePtr = std::unique_ptr<QueuedMessage>;
+// Nodes come from a pool: no heap allocation per message in steady state.
+using NodePtr = std::unique_ptr<QueuedMessage, PoolDelete<QueuedMessage>>;
+
+inline NodePtr MakeNode() { return MakePooled<QueuedMessage>(); }
+
+// Makes the shared envelope of a publish from a pooled block (the body and
+// names longer than std::string's inline capacity are the only other
+// allocations).
+inline std::shared_ptr<const Envelope> MakeEnvelope(Message m,
+                                                    std::string exchange,
+                                                    std::string routing_key,
+                                                    absl::Time at) {
+  return std::allocate_shared<Envelope>(PoolAllocator<Envelope>(),
+                                        std::move(m), std::move(exchange),
+                                        std::move(routing_key), at);
+}
 
 }  // namespace warren::internal
 

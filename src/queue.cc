@@ -85,7 +85,7 @@ void Queue::OnTaken(const QueuedMessage& node) {
 }
 
 NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
-  auto node = std::make_unique<QueuedMessage>();
+  NodePtr node = internal::MakeNode();
   const Properties& props = envelope->message.properties();
   node->priority = options_.max_priority == 0
                        ? 0
