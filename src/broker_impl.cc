@@ -480,7 +480,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
 }
 
 absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
-    std::string_view exchange, std::string_view routing_key, Message message,
+    std::string_view exchange, std::string_view routing_key, Message&& message,
     const PublishOptions& options, std::vector<DeadBatch>& dead,
     std::vector<std::shared_ptr<Queue>>& blocked,
     std::shared_ptr<const Envelope>& envelope) {
@@ -559,7 +559,7 @@ void BrokerImpl::DeleteIdleQueue(Queue& queue) {
 }
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
-                                   std::string_view key, Message message,
+                                   std::string_view key, Message&& message,
                                    std::vector<DeadBatch>& dead) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, message.headers(), state);
@@ -572,7 +572,8 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                      state.queues.end());
   if (state.queues.empty()) return 0;
   auto envelope = MakeEnvelope(
-      std::move(message), exchange.name(), std::string(key), Now());
+      std::move(message), std::string(exchange.name()), std::string(key),
+      Now());
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
@@ -758,8 +759,8 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
         stay.push_back(std::move(node));
         continue;
       }
-      auto envelope = MakeEnvelope(
-          m, exchange->name(), key, Now());
+      auto envelope = MakeEnvelope(Message(m), std::string(exchange->name()),
+                                   std::string(key), Now());
       std::vector<NodePtr> maxlen_dead;
       for (Queue* q : state.queues) {
         (void)q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);

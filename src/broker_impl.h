@@ -98,7 +98,7 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // gave up on.
   absl::StatusOr<PublishOutcome> PublishLocked(
       std::string_view exchange, std::string_view routing_key,
-      Message message, const PublishOptions& options,
+      Message&& message, const PublishOptions& options,
       std::vector<DeadBatch>& dead,
       std::vector<std::shared_ptr<Queue>>& blocked,
       std::shared_ptr<const Envelope>& envelope);
@@ -131,7 +131,7 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Publishes an envelope's message to `exchange` under the topology lock,
   // as dead-lettering and redrive do: no validation, no outcome.
   size_t RepublishLocked(const Exchange& exchange, std::string_view key,
-                         Message message, std::vector<DeadBatch>& dead)
+                         Message&& message, std::vector<DeadBatch>& dead)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
   std::atomic<uint64_t> next_consumer_id_{1};

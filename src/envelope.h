@@ -17,7 +17,7 @@ namespace warren::internal {
 // with. Immutable once made; one instance is shared (by std::shared_ptr) by
 // every queue the publish reached, so the body is never copied per queue.
 struct Envelope {
-  Envelope(Message m, std::string ex, std::string key, absl::Time at)
+  Envelope(Message&& m, std::string&& ex, std::string&& key, absl::Time at)
       : message(std::move(m)),
         exchange(std::move(ex)),
         routing_key(std::move(key)),
@@ -57,9 +57,9 @@ inline NodePtr MakeNode() { return MakePooled<QueuedMessage>(); }
 // Makes the shared envelope of a publish from a pooled block (the body and
 // names longer than std::string's inline capacity are the only other
 // allocations).
-inline std::shared_ptr<const Envelope> MakeEnvelope(Message m,
-                                                    std::string exchange,
-                                                    std::string routing_key,
+inline std::shared_ptr<const Envelope> MakeEnvelope(Message&& m,
+                                                    std::string&& exchange,
+                                                    std::string&& routing_key,
                                                     absl::Time at) {
   return std::allocate_shared<Envelope>(PoolAllocator<Envelope>(),
                                         std::move(m), std::move(exchange),
