@@ -432,9 +432,10 @@ void BrokerImpl::ResolveTargetsLocked(const Exchange& exchange,
 
 absl::Time BrokerImpl::Now() const { return clock_->Now(); }
 
-absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
-    std::string_view exchange, std::string_view routing_key, Message message,
-    const PublishOptions& options) {
+absl::Status BrokerImpl::ValidatePublish(std::string_view exchange,
+                                         std::string_view routing_key,
+                                         const Message& message,
+                                         const PublishOptions& options) {
   if (!exchange.empty()) {
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
   }
@@ -443,48 +444,11 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   if (const auto& e = message.properties().expiration; e.has_value()) {
     WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
   }
-  std::vector<DeadBatch> dead;
-  std::vector<std::shared_ptr<Queue>> blocked;
-  std::shared_ptr<const Envelope> envelope;
-  absl::StatusOr<PublishOutcome> outcome =
-      PublishLocked(exchange, routing_key, std::move(message), options, dead,
-                    blocked, envelope);
-  for (auto& [q, nodes] : dead) {
-    q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
-  }
-  if (blocked.empty() || !outcome.ok()) return outcome;
-  // Full queues with overflow kBlock: wait for room with no broker lock held.
-  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
-                                  ? absl::InfiniteFuture()
-                                  : absl::Now() + options.timeout;
-  for (const std::shared_ptr<Queue>& q : blocked) {
-    switch (q->EnqueueBlocking(envelope, deadline)) {
-      case Queue::EnqueueResult::kAccepted:
-        ++outcome->queues;
-        break;
-      case Queue::EnqueueResult::kDuplicate:
-        ++outcome->queues;
-        ++outcome->duplicates;
-        break;
-      default:
-        outcome->refused_by.push_back(q->name());
-        break;
-    }
-  }
-  if (outcome->queues == 0) {
-    return absl::DeadlineExceededError(
-        StrCat("no room in ", JoinNames(outcome->refused_by),
-               " before the publish timeout"));
-  }
-  return outcome;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
-    std::string_view exchange, std::string_view routing_key, Message&& message,
-    const PublishOptions& options, std::vector<DeadBatch>& dead,
-    std::vector<std::shared_ptr<Queue>>& blocked,
-    std::shared_ptr<const Envelope>& envelope) {
-  ReaderLock lock(&topo_mu_);
+absl::StatusOr<Exchange*> BrokerImpl::PublishTargetLocked(
+    std::string_view exchange) const {
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
   if (target->options().internal) {
@@ -492,30 +456,111 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
         "exchange '", exchange,
         "' is internal: it takes messages only from other exchanges"));
   }
+  return target;
+}
 
+absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
+    std::string_view exchange, std::string_view routing_key, Message message,
+    const PublishOptions& options) {
+  WARREN_RETURN_IF_ERROR(
+      ValidatePublish(exchange, routing_key, message, options));
+  PendingPublish pending;
+  {
+    ReaderLock lock(&topo_mu_);
+    WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
+    PublishLocked(*target, routing_key, std::move(message), options, pending);
+  }
+  return FinishPublish(pending, options);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
+BrokerImpl::PublishBatch(std::string_view exchange,
+                         std::vector<OutgoingMessage> messages,
+                         const PublishOptions& options) {
+  for (const OutgoingMessage& m : messages) {
+    WARREN_RETURN_IF_ERROR(
+        ValidatePublish(exchange, m.routing_key, m.message, options));
+  }
+  std::vector<PendingPublish> pending(messages.size());
+  {
+    ReaderLock lock(&topo_mu_);
+    WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
+    for (size_t i = 0; i < messages.size(); ++i) {
+      PublishLocked(*target, messages[i].routing_key,
+                    std::move(messages[i].message), options, pending[i]);
+    }
+  }
+  std::vector<absl::StatusOr<PublishOutcome>> outcomes;
+  outcomes.reserve(pending.size());
+  for (PendingPublish& p : pending) outcomes.push_back(FinishPublish(p, options));
+  return outcomes;
+}
+
+absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
+    PendingPublish& p, const PublishOptions& options) {
+  for (auto& [q, nodes] : p.dead) {
+    q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
+  }
+  PublishOutcome& outcome = p.outcome;
+  if (!p.blocked.empty()) {
+    // Full queues with overflow kBlock: wait for room with no broker lock.
+    const absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                                    ? absl::InfiniteFuture()
+                                    : absl::Now() + options.timeout;
+    for (const std::shared_ptr<Queue>& q : p.blocked) {
+      switch (q->EnqueueBlocking(p.envelope, deadline)) {
+        case Queue::EnqueueResult::kAccepted:
+          ++outcome.queues;
+          break;
+        case Queue::EnqueueResult::kDuplicate:
+          ++outcome.queues;
+          ++outcome.duplicates;
+          break;
+        default:
+          outcome.refused_by.push_back(q->name());
+          break;
+      }
+    }
+    if (outcome.queues == 0) {
+      return absl::DeadlineExceededError(
+          StrCat("no room in ", JoinNames(outcome.refused_by),
+                 " before the publish timeout"));
+    }
+  }
+  if (outcome.queues == 0 && !outcome.refused_by.empty()) {
+    return absl::ResourceExhaustedError(
+        StrCat("every queue the message routed to is full: ",
+               JoinNames(outcome.refused_by)));
+  }
+  return std::move(outcome);
+}
+
+void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
+                               Message&& message,
+                               const PublishOptions& options,
+                               PendingPublish& p) {
   RouteState state;
-  ResolveTargetsLocked(*target, routing_key, message.headers(), state);
+  ResolveTargetsLocked(target, routing_key, message.headers(), state);
 
-  target->CountPublished();
-  PublishOutcome outcome;
+  target.CountPublished();
+  PublishOutcome& outcome = p.outcome;
   if (state.queues.empty()) {
-    target->CountUnroutable();
+    target.CountUnroutable();
     if (options.mandatory) {
-      target->CountReturned();
+      target.CountReturned();
       outcome.returned = std::move(message);
     }
-    return outcome;
+    return;
   }
-  target->CountRouted();
+  target.CountRouted();
 
-  envelope = MakeEnvelope(
-      std::move(message), std::string(exchange), std::string(routing_key),
-      Now());
+  p.envelope = MakeEnvelope(std::move(message), std::string(target.name()),
+                            std::string(routing_key), Now());
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    switch (q->Enqueue(envelope, options.delay, &maxlen_dead)) {
+    switch (q->Enqueue(p.envelope, options.delay, &maxlen_dead)) {
       case Queue::EnqueueResult::kFull:
-        blocked.push_back(q->shared_from_this());
+        p.blocked.push_back(q->shared_from_this());
         break;
       case Queue::EnqueueResult::kAccepted:
         ++outcome.queues;
@@ -531,16 +576,10 @@ absl::StatusOr<PublishOutcome> BrokerImpl::PublishLocked(
         break;
     }
     if (!maxlen_dead.empty()) {
-      dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
+      p.dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
       maxlen_dead.clear();
     }
   }
-  if (outcome.queues == 0 && blocked.empty() && !outcome.refused_by.empty()) {
-    return absl::ResourceExhaustedError(
-        StrCat("every queue the message routed to is full: ",
-               JoinNames(outcome.refused_by)));
-  }
-  return outcome;
 }
 
 void BrokerImpl::DeleteIdleQueue(Queue& queue) {

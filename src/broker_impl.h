@@ -61,6 +61,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
   absl::StatusOr<PublishOutcome> Publish(
       std::string_view exchange, std::string_view routing_key, Message message,
       const PublishOptions& options) override;
+  absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>> PublishBatch(
+      std::string_view exchange, std::vector<OutgoingMessage> messages,
+      const PublishOptions& options) override;
   absl::StatusOr<std::unique_ptr<Consumer>> Consume(
       std::string_view queue, const ConsumeOptions& options) override;
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
@@ -94,14 +97,30 @@ class BrokerImpl final : public Broker, private QueueOwner {
                             const Headers& headers, RouteState& state) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::Time Now() const;
-  // Publish under the topology lock; `dead` receives what overflow policies
-  // gave up on.
-  absl::StatusOr<PublishOutcome> PublishLocked(
-      std::string_view exchange, std::string_view routing_key,
-      Message&& message, const PublishOptions& options,
-      std::vector<DeadBatch>& dead,
-      std::vector<std::shared_ptr<Queue>>& blocked,
-      std::shared_ptr<const Envelope>& envelope);
+  // A publish in progress: what the locked part leaves for the unlocked one.
+  struct PendingPublish {
+    PublishOutcome outcome;
+    std::shared_ptr<const Envelope> envelope;
+    // What overflow policies gave up on, to dead-letter.
+    std::vector<DeadBatch> dead;
+    // Full kBlock queues, to wait for.
+    std::vector<std::shared_ptr<Queue>> blocked;
+  };
+  static absl::Status ValidatePublish(std::string_view exchange,
+                                      std::string_view routing_key,
+                                      const Message& message,
+                                      const PublishOptions& options);
+  absl::StatusOr<Exchange*> PublishTargetLocked(std::string_view exchange) const
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Routes and enqueues under the topology lock.
+  void PublishLocked(Exchange& target, std::string_view routing_key,
+                     Message&& message, const PublishOptions& options,
+                     PendingPublish& pending)
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Dead-letters, waits for blocked queues, and makes the result; with no
+  // lock held.
+  absl::StatusOr<PublishOutcome> FinishPublish(PendingPublish& pending,
+                                               const PublishOptions& options);
 
   absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const

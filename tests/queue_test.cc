@@ -241,3 +241,41 @@ TEST_CASE("Statistics count what happened to each message") {
 
 }  // namespace
 }  // namespace warren
+
+namespace warren {
+namespace {
+
+TEST_CASE("PublishBatch publishes in order with one outcome per message") {
+  auto b = testing::NewBroker();
+  REQUIRE(b->DeclareQueue("q", {.max_length = 2}).ok());
+  std::vector<OutgoingMessage> batch;
+  for (const char* key : {"q", "nowhere", "q", "q"}) {
+    batch.push_back({key, Message(std::string("to-") + key)});
+  }
+  auto outcomes = b->PublishBatch("", std::move(batch));
+  REQUIRE(outcomes.ok());
+  REQUIRE(outcomes->size() == 4);
+  CHECK((*outcomes)[0]->queues == 1);
+  CHECK((*outcomes)[1]->queues == 0);  // unroutable
+  CHECK((*outcomes)[2]->queues == 1);
+  CHECK(absl::IsResourceExhausted((*outcomes)[3].status()));  // full
+  CHECK(testing::Drain(*b, "q") == std::vector<std::string>{"to-q", "to-q"});
+}
+
+TEST_CASE("PublishBatch validates everything first and publishes nothing on "
+          "bad input") {
+  auto b = testing::NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  std::vector<OutgoingMessage> batch;
+  batch.push_back({"q", Message("fine")});
+  batch.push_back({std::string(256, 'k'), Message("bad key")});
+  CHECK(absl::IsInvalidArgument(b->PublishBatch("", std::move(batch)).status()));
+  CHECK(testing::Ready(*b, "q") == 0);
+  std::vector<OutgoingMessage> more;
+  more.push_back({"q", Message("x")});
+  CHECK(absl::IsNotFound(b->PublishBatch("nope", std::move(more)).status()));
+  CHECK(testing::Ready(*b, "q") == 0);
+}
+
+}  // namespace
+}  // namespace warren

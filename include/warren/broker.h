@@ -75,6 +75,12 @@ struct PublishOutcome {
   bool routed() const { return queues > 0 || !refused_by.empty(); }
 };
 
+// One message of Broker::PublishBatch.
+struct OutgoingMessage {
+  std::string routing_key;
+  Message message;
+};
+
 // Where Broker::Redrive moves messages.
 struct RedriveOptions {
   // A queue to move them to (through the default exchange). Default: "" —
@@ -190,6 +196,17 @@ class Broker {
   virtual absl::StatusOr<PublishOutcome> Publish(
       std::string_view exchange, std::string_view routing_key,
       Message message, const PublishOptions& options = {}) = 0;
+
+  // Publishes several messages to one exchange, taking the broker's locks
+  // once for the batch (the fast path for throughput). Every message is
+  // validated first: any bad name, key or option fails the whole batch with
+  // that status and publishes nothing. Then each message gets its own outcome
+  // or status, as Publish would return it, in order.
+  //   kNotFound           no such exchange; kFailedPrecondition when closed.
+  virtual absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
+  PublishBatch(std::string_view exchange,
+               std::vector<OutgoingMessage> messages,
+               const PublishOptions& options = {}) = 0;
 
   // --- Consuming ------------------------------------------------------------
 
