@@ -352,6 +352,17 @@ std::string Nanos(double ns) {
   return fmt::format("{:.0f} ns", ns);
 }
 
+// 10000000 -> "10,000,000".
+std::string Count(uint64_t n) {
+  std::string digits = std::to_string(n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 std::string Times(double ratio) {
   if (ratio >= 100) return fmt::format("{:.0f}×", ratio);
   if (ratio >= 10) return fmt::format("{:.1f}×", ratio);
@@ -1431,7 +1442,7 @@ void RunP4() {
           "messages, basic.qos prefetch 256, manual ack of each message, "
           "producer and consumer on separate connections; {} messages per "
           "run, {} runs after a warm-up run.",
-          rmq->version(), rmq->amqp_port(), rn, rabbit.samples.size()));
+          rmq->version(), rmq->amqp_port(), Count(rn), rabbit.samples.size()));
       rmq->Stop();
       Progress("[P4] RabbitMQ stopped");
     }
@@ -2155,7 +2166,7 @@ void RunP8() {
   AddRow(Row{"P8",
              fmt::format("memory per queued 64 B message beyond the body, "
                          "{} messages{}",
-                         n, size_note),
+                         Count(n), size_note),
              fmt::format("{:.0f} B (operator new, {:.1f} allocs/msg)",
                          r.new_bytes_per_msg, r.news_per_msg),
              "RSS growth − 64 B body", fmt::format("{:.0f} B", beyond_rss), "—",

@@ -1,6 +1,7 @@
 #include "exchange.h"
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 namespace warren::internal {
@@ -8,13 +9,6 @@ namespace warren::internal {
 Exchange::Exchange(std::string name, ExchangeType type,
                    ExchangeOptions options)
     : name_(std::move(name)), type_(type), options_(std::move(options)) {}
-
-bool Exchange::HasOtherBinding(const Destination& d,
-                               std::string_view key) const {
-  return std::any_of(bindings_.begin(), bindings_.end(), [&](const Binding& b) {
-    return b.destination == d && b.key == key;
-  });
-}
 
 void Exchange::Index(const Destination& d, std::string_view key) {
   if (type_ == ExchangeType::kDirect) {
@@ -38,42 +32,49 @@ void Exchange::Unindex(const Destination& d, std::string_view key) {
 
 bool Exchange::AddBinding(const Destination& d, std::string_view key,
                           const BindingArguments& args) {
-  for (const Binding& b : bindings_) {
-    if (b.destination == d && b.key == key && b.arguments == args) {
-      return false;
-    }
-  }
+  std::vector<BindingArguments>& sets = arguments_[BindingKey(d, key)];
+  if (std::find(sets.begin(), sets.end(), args) != sets.end()) return false;
   // Direct and topic ignore arguments: (d, key) is indexed once however many
   // argument sets it is bound with.
-  if (!IsIndexedByKey() || !HasOtherBinding(d, key)) Index(d, key);
+  if (sets.empty() || !IsIndexedByKey()) Index(d, key);
+  sets.push_back(args);
   bindings_.push_back(Binding{d, std::string(key), args});
   return true;
 }
 
 bool Exchange::RemoveBinding(const Destination& d, std::string_view key,
                              const BindingArguments& args) {
-  auto it = std::find_if(bindings_.begin(), bindings_.end(),
-                         [&](const Binding& b) {
-                           return b.destination == d && b.key == key &&
-                                  b.arguments == args;
-                         });
-  if (it == bindings_.end()) return false;
-  bindings_.erase(it);
-  if (!IsIndexedByKey() || !HasOtherBinding(d, key)) Unindex(d, key);
+  auto sets = arguments_.find(BindingKey(d, key));
+  if (sets == arguments_.end()) return false;
+  auto set = std::find(sets->second.begin(), sets->second.end(), args);
+  if (set == sets->second.end()) return false;
+  sets->second.erase(set);
+  if (sets->second.empty()) arguments_.erase(sets);
+  bindings_.erase(std::find_if(bindings_.begin(), bindings_.end(),
+                               [&](const Binding& b) {
+                                 return b.destination == d && b.key == key &&
+                                        b.arguments == args;
+                               }));
+  if (!IsIndexedByKey() || !arguments_.contains(BindingKey(d, key))) {
+    Unindex(d, key);
+  }
   return true;
 }
 
 size_t Exchange::RemoveBindingsTo(const Destination& d) {
-  size_t removed = 0;
-  for (size_t i = bindings_.size(); i-- > 0;) {
-    if (bindings_[i].destination == d) {
-      const std::string key = std::move(bindings_[i].key);
-      bindings_.erase(bindings_.begin() + static_cast<std::ptrdiff_t>(i));
-      if (!IsIndexedByKey() || !HasOtherBinding(d, key)) Unindex(d, key);
-      ++removed;
-    }
+  std::vector<Binding> removed;
+  auto keep = std::stable_partition(
+      bindings_.begin(), bindings_.end(),
+      [&](const Binding& b) { return !(b.destination == d); });
+  std::move(keep, bindings_.end(), std::back_inserter(removed));
+  bindings_.erase(keep, bindings_.end());
+  for (const Binding& b : removed) {
+    auto sets = arguments_.find(BindingKey(d, b.key));
+    if (sets == arguments_.end()) continue;  // (d, key) already unindexed
+    arguments_.erase(sets);
+    Unindex(d, b.key);
   }
-  return removed;
+  return removed.size();
 }
 
 ExchangeStats Exchange::Stats() const {

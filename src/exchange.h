@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -84,14 +85,16 @@ class Exchange {
   }
   void Index(const Destination& d, std::string_view key);
   void Unindex(const Destination& d, std::string_view key);
-  // The other bindings with (d, key) but other arguments.
-  bool HasOtherBinding(const Destination& d, std::string_view key) const;
+  using BindingKey = std::pair<Destination, std::string>;
 
   const std::string name_;
   const ExchangeType type_;
   const ExchangeOptions options_;
 
   std::vector<Binding> bindings_;
+  // The argument sets bound for each (destination, key): finds a duplicate
+  // binding without scanning every binding.
+  absl::flat_hash_map<BindingKey, std::vector<BindingArguments>> arguments_;
   // Direct: key -> destinations.
   absl::flat_hash_map<std::string, std::vector<Destination>, StringHash,
                       StringEq>

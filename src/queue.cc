@@ -13,6 +13,8 @@ namespace {
 constexpr int kOpen = 0;
 constexpr int kDeleted = 1;
 constexpr int kBrokerClosed = 2;
+// Polls of the queue before a receiver parks.
+constexpr int kSpinsBeforeWait = 256;
 }  // namespace
 
 uint32_t RingCapacityFor(const QueueOptions& options) {
@@ -493,6 +495,12 @@ absl::StatusOr<NodePtr> Queue::Take(const ConsumerState* consumer, bool wait,
   }
   if (!options_.single_active_consumer) {
     NodePtr node = TakeAny();
+    // Before parking, spin briefly: a message that arrives within a few
+    // microseconds is taken without the lock and the futex round trip.
+    for (int i = 0; !node && wait && i < kSpinsBeforeWait; ++i) {
+      warren::internal::CpuRelax();
+      node = TakeAny();
+    }
     FlushExpired();
     if (node) return node;
     if (!wait) return absl::UnavailableError("no message is ready");
