@@ -3,11 +3,11 @@
 // about 7 seconds. tests/email_retry_example_test.cc runs the same scenario
 // on a manual clock in milliseconds.
 
+#include "email_retry.h"
+
 #include <chrono>
 #include <cstdio>
 #include <thread>
-
-#include "email_retry.h"
 
 int main() {
   auto broker = warren::Broker::Open({}).value();
@@ -17,8 +17,9 @@ int main() {
         std::this_thread::sleep_for(absl::ToChronoMilliseconds(d));
       },
       stdout);
-  const bool ok = r.delivered_first_pass + r.delivered_after_redrive ==
-                  r.emails && r.dead_lettered == r.emails / 10;
+  const bool ok =
+      r.delivered_first_pass + r.delivered_after_redrive == r.emails &&
+      r.dead_lettered == r.emails / 10;
   std::printf(ok ? "every email was delivered\n" : "emails were lost\n");
   return ok ? 0 : 1;
 }

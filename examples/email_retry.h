@@ -65,14 +65,14 @@ inline Result Run(warren::Broker& broker,
   (void)broker.DeclareQueue("email.dead");
   (void)broker.Bind("email.dead", "email.dlx", "");
   (void)broker.DeclareQueue(
-      "email", {.dead_letter_exchange = "email.dlx",
-                .retry = warren::RetryPolicy{
-                    .max_attempts = 4,
-                    .backoff = warren::Backoff::kExponential,
-                    .initial_delay = absl::Seconds(1),
-                    .multiplier = 2.0,
-                    .jitter = warren::Jitter::kEqual,
-                    .seed = 7}});
+      "email",
+      {.dead_letter_exchange = "email.dlx",
+       .retry = warren::RetryPolicy{.max_attempts = 4,
+                                    .backoff = warren::Backoff::kExponential,
+                                    .initial_delay = absl::Seconds(1),
+                                    .multiplier = 2.0,
+                                    .jitter = warren::Jitter::kEqual,
+                                    .seed = 7}});
 
   std::atomic<bool> server_fixed{false};
   std::atomic<int> delivered{0};
@@ -80,23 +80,22 @@ inline Result Run(warren::Broker& broker,
   Progress progress;
   auto sub =
       broker
-          .Subscribe(
-              "email",
-              warren::HandlerWithConsumer(
-                  [&](const warren::Delivery& d, warren::Consumer& c) {
-                    ++attempts;
-                    const int recipient = std::stoi(std::string(d.body()));
-                    const bool fails = recipient % 10 == 0 && !server_fixed;
-                    if (fails) {
-                      (void)c.Nack(d, {.requeue = true});  // retry later
-                    } else {
-                      (void)c.Ack(d);
-                      ++delivered;
-                    }
-                    progress.Note();
-                    return warren::HandlerResult::kSettled;
-                  }),
-              {.workers = 2})
+          .Subscribe("email",
+                     warren::HandlerWithConsumer([&](const warren::Delivery& d,
+                                                     warren::Consumer& c) {
+                       ++attempts;
+                       const int recipient = std::stoi(std::string(d.body()));
+                       const bool fails = recipient % 10 == 0 && !server_fixed;
+                       if (fails) {
+                         (void)c.Nack(d, {.requeue = true});  // retry later
+                       } else {
+                         (void)c.Ack(d);
+                         ++delivered;
+                       }
+                       progress.Note();
+                       return warren::HandlerResult::kSettled;
+                     }),
+                     {.workers = 2})
           .value();
 
   for (int i = 0; i < kEmails; ++i) {
@@ -132,7 +131,8 @@ inline Result Run(warren::Broker& broker,
                r.dead_lettered, attempts.load());
 
   // Inspect the dead letters without consuming them.
-  const std::vector<warren::Message> dead = broker.Browse("email.dead", 3).value();
+  const std::vector<warren::Message> dead =
+      broker.Browse("email.dead", 3).value();
   for (const warren::Message& m : dead) {
     for (const warren::DeathRecord& death : warren::DeathHistory(m)) {
       std::fprintf(log, "  email %s died in '%s': %s x%lld\n",
@@ -147,8 +147,8 @@ inline Result Run(warren::Broker& broker,
   server_fixed = true;
   const uint64_t moved = broker.Redrive("email.dead", {}).value();
   progress.WaitUntil([&] {
-    return settled() && delivered.load() >= r.delivered_first_pass +
-                                                static_cast<int>(moved);
+    return settled() &&
+           delivered.load() >= r.delivered_first_pass + static_cast<int>(moved);
   });
   r.delivered_after_redrive = delivered - r.delivered_first_pass;
   r.attempts = attempts;

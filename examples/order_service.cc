@@ -67,35 +67,34 @@ int main() {
   }
 
   Tally email, sms, inventory;
-  auto email_sub =
-      broker
-          ->Subscribe("email",
-                      [&](const warren::Delivery& d) { return Count(email, d); },
-                      {.workers = 2, .prefetch = 16})
-          .value();
+  auto email_sub = broker
+                       ->Subscribe("email",
+                                   [&](const warren::Delivery& d) {
+                                     return Count(email, d);
+                                   },
+                                   {.workers = 2, .prefetch = 16})
+                       .value();
   auto sms_sub =
       broker
-          ->Subscribe(
-              "sms",
-              [&](const warren::Delivery& d) {
-                // The SMS gateway rejects one first attempt in ten.
-                if (d.properties().message_id.back() == '7' &&
-                    d.attempt() == 1) {
-                  ++sms.retried;
-                  return warren::HandlerResult::kRequeue;
-                }
-                return Count(sms, d);
-              },
-              {.workers = 2, .prefetch = 16})
-          .value();
-  auto inventory_sub =
-      broker
-          ->Subscribe("inventory",
+          ->Subscribe("sms",
                       [&](const warren::Delivery& d) {
-                        return Count(inventory, d);
+                        // The SMS gateway rejects one first attempt in ten.
+                        if (d.properties().message_id.back() == '7' &&
+                            d.attempt() == 1) {
+                          ++sms.retried;
+                          return warren::HandlerResult::kRequeue;
+                        }
+                        return Count(sms, d);
                       },
-                      {.workers = 1, .prefetch = 32})
+                      {.workers = 2, .prefetch = 16})
           .value();
+  auto inventory_sub = broker
+                           ->Subscribe("inventory",
+                                       [&](const warren::Delivery& d) {
+                                         return Count(inventory, d);
+                                       },
+                                       {.workers = 1, .prefetch = 32})
+                           .value();
 
   // The order service: every fifth order is cancelled after it was created.
   int created = 0, cancelled = 0;
@@ -137,9 +136,8 @@ int main() {
   for (auto [name, tally] : std::vector<std::pair<const char*, Tally*>>{
            {"email", &email}, {"sms", &sms}, {"inventory", &inventory}}) {
     auto s = broker->GetQueueStats(name).value();
-    std::printf("%-10s %8d %10d %8d %8llu %8llu\n", name,
-                tally->created.load(), tally->cancelled.load(),
-                tally->retried.load(),
+    std::printf("%-10s %8d %10d %8d %8llu %8llu\n", name, tally->created.load(),
+                tally->cancelled.load(), tally->retried.load(),
                 static_cast<unsigned long long>(s.acked),
                 static_cast<unsigned long long>(s.ready));
   }

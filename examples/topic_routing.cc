@@ -28,7 +28,8 @@ int main() {
     auto consumer = broker->Consume(queue).value();
     std::printf("%-8s (%-9s):", queue.c_str(), pattern.c_str());
     for (auto d = consumer->TryReceive(); d.ok(); d = consumer->TryReceive()) {
-      std::printf(" %.*s", static_cast<int>(d->body().size()), d->body().data());
+      std::printf(" %.*s", static_cast<int>(d->body().size()),
+                  d->body().data());
       (void)consumer->Ack(*d);
     }
     std::printf("\n");

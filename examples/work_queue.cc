@@ -17,7 +17,8 @@ int main() {
 
   constexpr int kTasks = 40;
   for (int i = 0; i < kTasks; ++i) {
-    (void)broker->Publish("", "tasks", warren::Message("task-" + std::to_string(i)));
+    (void)broker->Publish("", "tasks",
+                          warren::Message("task-" + std::to_string(i)));
   }
 
   std::atomic<int> done{0};

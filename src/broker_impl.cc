@@ -6,14 +6,14 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/inlined_vector.h"
-#include "str_util.h"
 #include "consumer_state.h"
 #include "death_history.h"
-#include "warren/dead_letter.h"
 #include "headers_match.h"
 #include "names.h"
 #include "status_macros.h"
+#include "str_util.h"
 #include "subscription_state.h"
+#include "warren/dead_letter.h"
 
 namespace warren {
 
@@ -64,14 +64,14 @@ absl::Status ValidateDuration(std::string_view what, absl::Duration d) {
 
 absl::Status ValidateQueueOptions(const QueueOptions& o) {
   if (o.max_priority > kMaxPriority) {
-    return absl::InvalidArgumentError(
-        StrCat("max_priority is ", o.max_priority,
-                     "; the largest supported is ", kMaxPriority));
+    return absl::InvalidArgumentError(StrCat("max_priority is ", o.max_priority,
+                                             "; the largest supported is ",
+                                             kMaxPriority));
   }
   if (o.ring_capacity > kMaxRingCapacity) {
     return absl::InvalidArgumentError(
         StrCat("ring_capacity is ", o.ring_capacity,
-                     "; the largest supported is ", kMaxRingCapacity));
+               "; the largest supported is ", kMaxRingCapacity));
   }
   if (o.overflow != Overflow::kRejectPublish &&
       o.overflow != Overflow::kDropHead &&
@@ -183,7 +183,8 @@ absl::StatusOr<std::shared_ptr<Queue>> BrokerImpl::FindQueueLocked(
   return it->second;
 }
 
-// --- Exchanges -----------------------------------------------------------------
+// --- Exchanges
+// -----------------------------------------------------------------
 
 absl::Status BrokerImpl::DeclareExchange(std::string_view name,
                                          ExchangeType type,
@@ -206,15 +207,14 @@ absl::Status BrokerImpl::DeclareExchange(std::string_view name,
   if (auto it = exchanges_.find(name); it != exchanges_.end()) {
     const Exchange& existing = *it->second;
     if (existing.type() != type || !(existing.options() == options)) {
-      return absl::FailedPreconditionError(StrCat(
-          "exchange '", name, "' exists as ", TypeName(existing.type()),
-          " with other options; delete it first to change it"));
+      return absl::FailedPreconditionError(
+          StrCat("exchange '", name, "' exists as ", TypeName(existing.type()),
+                 " with other options; delete it first to change it"));
     }
     return absl::OkStatus();
   }
-  exchanges_.emplace(name,
-                     std::make_unique<Exchange>(std::string(name), type,
-                                                options));
+  exchanges_.emplace(
+      name, std::make_unique<Exchange>(std::string(name), type, options));
   return absl::OkStatus();
 }
 
@@ -229,9 +229,9 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * exchange, FindExchangeLocked(name));
   if (options.if_unused && !exchange->bindings().empty()) {
-    return absl::FailedPreconditionError(
-        StrCat("exchange '", name, "' has ",
-                     exchange->bindings().size(), " bindings"));
+    return absl::FailedPreconditionError(StrCat("exchange '", name, "' has ",
+                                                exchange->bindings().size(),
+                                                " bindings"));
   }
   const Destination as_destination{nullptr, exchange};
   for (auto& [other_name, other] : exchanges_) {
@@ -241,7 +241,8 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
   return absl::OkStatus();
 }
 
-// --- Queues --------------------------------------------------------------------
+// --- Queues
+// --------------------------------------------------------------------
 
 absl::Status BrokerImpl::DeclareQueue(std::string_view name,
                                       const QueueOptions& options) {
@@ -283,8 +284,8 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
         "queue '", name, "' has ", queue->consumer_count(), " consumers"));
   }
   if (options.if_empty && queue->ready() > 0) {
-    return absl::FailedPreconditionError(StrCat(
-        "queue '", name, "' has ", queue->ready(), " ready messages"));
+    return absl::FailedPreconditionError(
+        StrCat("queue '", name, "' has ", queue->ready(), " ready messages"));
   }
   const Destination as_destination{queue.get(), nullptr};
   for (auto& [exchange_name, exchange] : exchanges_) {
@@ -302,14 +303,15 @@ absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
   return queue->Purge();
 }
 
-// --- Bindings ------------------------------------------------------------------
+// --- Bindings
+// ------------------------------------------------------------------
 
 absl::StatusOr<Exchange*> BrokerImpl::BindableExchangeLocked(
     std::string_view name, std::string_view role) const {
   if (name.empty()) {
-    return absl::InvalidArgumentError(StrCat(
-        "the default exchange cannot be bound (as ", role,
-        "): every queue is bound to it by its name"));
+    return absl::InvalidArgumentError(
+        StrCat("the default exchange cannot be bound (as ", role,
+               "): every queue is bound to it by its name"));
   }
   WARREN_RETURN_IF_ERROR(ValidateName(name, "exchange"));
   return FindExchangeLocked(name);
@@ -325,8 +327,7 @@ absl::Status BrokerImpl::ValidateBindingArguments(
   return absl::OkStatus();
 }
 
-absl::Status BrokerImpl::Bind(std::string_view queue,
-                              std::string_view exchange,
+absl::Status BrokerImpl::Bind(std::string_view queue, std::string_view exchange,
                               std::string_view binding_key,
                               const BindingArguments& arguments) {
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
@@ -387,7 +388,8 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
   return absl::OkStatus();
 }
 
-// --- Publishing ----------------------------------------------------------------
+// --- Publishing
+// ----------------------------------------------------------------
 
 void BrokerImpl::RouteLocked(const Exchange& exchange,
                              std::string_view routing_key,
@@ -452,9 +454,9 @@ absl::StatusOr<Exchange*> BrokerImpl::PublishTargetLocked(
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
   if (target->options().internal) {
-    return absl::InvalidArgumentError(StrCat(
-        "exchange '", exchange,
-        "' is internal: it takes messages only from other exchanges"));
+    return absl::InvalidArgumentError(
+        StrCat("exchange '", exchange,
+               "' is internal: it takes messages only from other exchanges"));
   }
   return target;
 }
@@ -492,7 +494,8 @@ BrokerImpl::PublishBatch(std::string_view exchange,
   }
   std::vector<absl::StatusOr<PublishOutcome>> outcomes;
   outcomes.reserve(pending.size());
-  for (PendingPublish& p : pending) outcomes.push_back(FinishPublish(p, options));
+  for (PendingPublish& p : pending)
+    outcomes.push_back(FinishPublish(p, options));
   return outcomes;
 }
 
@@ -522,9 +525,9 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
       }
     }
     if (outcome.queues == 0) {
-      return absl::DeadlineExceededError(
-          StrCat("no room in ", JoinNames(outcome.refused_by),
-                 " before the publish timeout"));
+      return absl::DeadlineExceededError(StrCat("no room in ",
+                                                JoinNames(outcome.refused_by),
+                                                " before the publish timeout"));
     }
   }
   if (outcome.queues == 0 && !outcome.refused_by.empty()) {
@@ -536,8 +539,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
 }
 
 void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
-                               Message&& message,
-                               const PublishOptions& options,
+                               Message&& message, const PublishOptions& options,
                                PendingPublish& p) {
   RouteState state;
   ResolveTargetsLocked(target, routing_key, message.headers(), state);
@@ -603,20 +605,19 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
   RouteState state;
   ResolveTargetsLocked(exchange, key, message.headers(), state);
   // Drop the targets that would close a dead-letter cycle.
-  state.queues.erase(std::remove_if(state.queues.begin(), state.queues.end(),
-                                    [&](Queue* q) {
-                                      return IsDeadLetterCycle(message,
-                                                               q->name());
-                                    }),
-                     state.queues.end());
+  state.queues.erase(
+      std::remove_if(
+          state.queues.begin(), state.queues.end(),
+          [&](Queue* q) { return IsDeadLetterCycle(message, q->name()); }),
+      state.queues.end());
   if (state.queues.empty()) return 0;
-  auto envelope = MakeEnvelope(
-      std::move(message), std::string(exchange.name()), std::string(key),
-      Now());
+  auto envelope = MakeEnvelope(std::move(message), std::string(exchange.name()),
+                               std::string(key), Now());
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    const auto result = q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
+    const auto result =
+        q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
     accepted += result == Queue::EnqueueResult::kAccepted ||
                 result == Queue::EnqueueResult::kDuplicate;
     if (!maxlen_dead.empty()) {
@@ -657,8 +658,8 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
         }
         const Envelope& env = *node->envelope;
         Message m = env.message;  // a dead-lettered message is a new message
-        RecordDeath(m, w.from->name(), w.reason, env.exchange,
-                    env.routing_key, now);
+        RecordDeath(m, w.from->name(), w.reason, env.exchange, env.routing_key,
+                    now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
         if (RepublishLocked(*dlx, key, std::move(m), dead) == 0) {
@@ -674,7 +675,8 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
   }
 }
 
-// --- Consuming -----------------------------------------------------------------
+// --- Consuming
+// -----------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
     std::string_view queue, uint32_t prefetch, std::string_view tag,
@@ -687,13 +689,11 @@ absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  const uint64_t id =
-      next_consumer_id_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t id = next_consumer_id_.fetch_add(1, std::memory_order_relaxed);
   std::string name = tag.empty() ? StrCat("ctag-", id) : std::string(tag);
   if (!ack_deadline.has_value()) ack_deadline = q->options().ack_deadline;
-  auto state = std::make_shared<ConsumerState>(id, std::move(name),
-                                               std::move(q), prefetch,
-                                               ack_deadline);
+  auto state = std::make_shared<ConsumerState>(
+      id, std::move(name), std::move(q), prefetch, ack_deadline);
   state->queue()->AddConsumer(state.get());
   return std::unique_ptr<Consumer>(new Consumer(std::move(state)));
 }
@@ -714,15 +714,16 @@ absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
   }
   const uint32_t prefetch =
       options.prefetch == 0 ? options.workers : options.prefetch;
-  WARREN_ASSIGN_OR_RETURN(std::unique_ptr<Consumer> consumer,
-                          MakeConsumer(queue, prefetch, options.tag,
-                                       options.ack_deadline));
+  WARREN_ASSIGN_OR_RETURN(
+      std::unique_ptr<Consumer> consumer,
+      MakeConsumer(queue, prefetch, options.tag, options.ack_deadline));
   auto state = std::make_unique<SubscriptionState>(
       std::move(consumer), std::move(handler), options.workers);
   return std::unique_ptr<Subscription>(new Subscription(std::move(state)));
 }
 
-// --- Dead-letter queue tools ----------------------------------------------------
+// --- Dead-letter queue tools
+// ----------------------------------------------------
 
 absl::StatusOr<std::vector<Message>> BrokerImpl::Browse(std::string_view queue,
                                                         size_t max_messages) {
@@ -754,8 +755,7 @@ bool BrokerImpl::IsDeadLetterTargetLocked(const Queue& target) const {
 }
 
 uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
-                                 const RedriveOptions& options,
-                                 uint64_t max) {
+                                 const RedriveOptions& options, uint64_t max) {
   std::vector<NodePtr> nodes = dlq->TakeForMove(max);
   std::vector<NodePtr> stay;
   std::vector<DeadBatch> dead;
@@ -853,8 +853,8 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
           "with Browse and Publish instead"));
     }
   }
-  const uint64_t max = options.max_messages == 0 ? ~uint64_t{0}
-                                                 : options.max_messages;
+  const uint64_t max =
+      options.max_messages == 0 ? ~uint64_t{0} : options.max_messages;
   if (options.messages_per_second == 0) return RedriveSome(q, options, max);
 
   // Paced: one message per tick on the broker's clock, until `max` moved or
@@ -866,9 +866,8 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
     uint64_t remaining;
     absl::Duration interval;
   };
-  auto job = std::make_shared<Job>(
-      Job{this, q, options, max,
-          absl::Seconds(1.0 / options.messages_per_second)});
+  auto job = std::make_shared<Job>(Job{
+      this, q, options, max, absl::Seconds(1.0 / options.messages_per_second)});
   struct Tick {
     static void Run(std::shared_ptr<Job> job) {
       BrokerImpl* b = job->broker;
@@ -876,8 +875,7 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
       if (--job->remaining == 0) return;
       MutexLock lock(&b->link_->timers_mu);
       if (b->link_->timers == nullptr) return;
-      b->link_->timers->Schedule(b->Now() + job->interval,
-                                 [job] { Run(job); });
+      b->link_->timers->Schedule(b->Now() + job->interval, [job] { Run(job); });
     }
   };
   MutexLock lock(&link_->timers_mu);
@@ -888,7 +886,8 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
   return uint64_t{0};
 }
 
-// --- Statistics ----------------------------------------------------------------
+// --- Statistics
+// ----------------------------------------------------------------
 
 absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
     std::string_view queue) const {
@@ -921,7 +920,8 @@ BrokerStats BrokerImpl::Stats() const {
   return stats;
 }
 
-// --- Lifetime ------------------------------------------------------------------
+// --- Lifetime
+// ------------------------------------------------------------------
 
 void BrokerImpl::Close() {
   {

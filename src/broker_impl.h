@@ -21,9 +21,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "str_util.h"
 #include "exchange.h"
 #include "queue.h"
+#include "str_util.h"
 #include "sync.h"
 #include "timer_service.h"
 #include "warren/broker.h"
@@ -163,12 +163,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // "" is the default exchange.
   absl::flat_hash_map<std::string, std::unique_ptr<Exchange>, StringHash,
                       StringEq>
-      exchanges_
-      ABSL_GUARDED_BY(topo_mu_);
-  absl::flat_hash_map<std::string, std::shared_ptr<Queue>, StringHash,
-                      StringEq>
-      queues_
-      ABSL_GUARDED_BY(topo_mu_);
+      exchanges_ ABSL_GUARDED_BY(topo_mu_);
+  absl::flat_hash_map<std::string, std::shared_ptr<Queue>, StringHash, StringEq>
+      queues_ ABSL_GUARDED_BY(topo_mu_);
   // Runs timed work (TTL, backoff, leases, delays, paced redrive); destroyed
   // at Close.
   std::unique_ptr<TimerService> timers_ ABSL_GUARDED_BY(topo_mu_);

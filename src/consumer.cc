@@ -1,9 +1,10 @@
+#include "warren/consumer.h"
+
 #include <utility>
 
-#include "str_util.h"
 #include "consumer_state.h"
 #include "status_macros.h"
-#include "warren/consumer.h"
+#include "str_util.h"
 
 namespace warren {
 
@@ -73,9 +74,9 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
   WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
   if (!TryReserveSlot()) {
     if (!wait_for_window) {
-      return absl::ResourceExhaustedError(StrCat(
-          "consumer '", tag_, "' holds its prefetch of ", prefetch_,
-          " unsettled deliveries; settle some first"));
+      return absl::ResourceExhaustedError(
+          StrCat("consumer '", tag_, "' holds its prefetch of ", prefetch_,
+                 " unsettled deliveries; settle some first"));
     }
     MutexLock lock(&mu_);
     while (!TryReserveSlot()) {
@@ -152,11 +153,10 @@ absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(
-    const Delivery& d, bool multiple) {
+absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(const Delivery& d,
+                                                              bool multiple) {
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
-  if (absl::Status s = queue_->CheckUsable();
-      absl::IsFailedPrecondition(s)) {
+  if (absl::Status s = queue_->CheckUsable(); absl::IsFailedPrecondition(s)) {
     return s;  // the broker is closed
   }
   HeldList removed;
@@ -213,9 +213,9 @@ absl::Status ConsumerState::Cancel() {
   int expected = kActive;
   if (!state_.compare_exchange_strong(expected, kCancelled,
                                       std::memory_order_acq_rel)) {
-    return absl::FailedPreconditionError(StrCat(
-        "consumer '", tag_, "' is already ",
-        expected == kCancelled ? "cancelled" : "closed"));
+    return absl::FailedPreconditionError(
+        StrCat("consumer '", tag_, "' is already ",
+               expected == kCancelled ? "cancelled" : "closed"));
   }
   queue_->RemoveConsumer(this);
   MutexLock lock(&mu_);
@@ -355,8 +355,7 @@ absl::Status Consumer::Nack(const Delivery& delivery, NackOptions options) {
                                 options.requeue, options.multiple);
 }
 
-absl::Status Consumer::Reject(const Delivery& delivery,
-                              RejectOptions options) {
+absl::Status Consumer::Reject(const Delivery& delivery, RejectOptions options) {
   return state_->NegativeSettle(delivery,
                                 internal::ConsumerState::Negative::kReject,
                                 options.requeue, /*multiple=*/false);

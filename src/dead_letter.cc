@@ -1,9 +1,10 @@
+#include "warren/dead_letter.h"
+
 #include <algorithm>
 #include <string>
 #include <utility>
 
 #include "death_history.h"
-#include "warren/dead_letter.h"
 
 namespace warren {
 
@@ -39,7 +40,8 @@ std::optional<DeathSite> Site(const Message& m, std::string_view prefix) {
   if (!reason || queue == nullptr || queue->as_string() == nullptr) {
     return std::nullopt;
   }
-  return DeathSite{*queue->as_string(), *reason, StringField(h, p + "-exchange")};
+  return DeathSite{*queue->as_string(), *reason,
+                   StringField(h, p + "-exchange")};
 }
 
 }  // namespace

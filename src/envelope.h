@@ -61,8 +61,8 @@ inline std::shared_ptr<const Envelope> MakeEnvelope(Message&& m,
                                                     std::string&& exchange,
                                                     std::string&& routing_key,
                                                     absl::Time at) {
-  return std::allocate_shared<Envelope>(PoolAllocator<Envelope>(),
-                                        std::move(m), std::move(exchange),
+  return std::allocate_shared<Envelope>(PoolAllocator<Envelope>(), std::move(m),
+                                        std::move(exchange),
                                         std::move(routing_key), at);
 }
 

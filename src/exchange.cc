@@ -6,8 +6,7 @@
 
 namespace warren::internal {
 
-Exchange::Exchange(std::string name, ExchangeType type,
-                   ExchangeOptions options)
+Exchange::Exchange(std::string name, ExchangeType type, ExchangeOptions options)
     : name_(std::move(name)), type_(type), options_(std::move(options)) {}
 
 void Exchange::Index(const Destination& d, std::string_view key) {
@@ -50,11 +49,10 @@ bool Exchange::RemoveBinding(const Destination& d, std::string_view key,
   if (set == sets->second.end()) return false;
   sets->second.erase(set);
   if (sets->second.empty()) arguments_.erase(sets);
-  bindings_.erase(std::find_if(bindings_.begin(), bindings_.end(),
-                               [&](const Binding& b) {
-                                 return b.destination == d && b.key == key &&
-                                        b.arguments == args;
-                               }));
+  bindings_.erase(
+      std::find_if(bindings_.begin(), bindings_.end(), [&](const Binding& b) {
+        return b.destination == d && b.key == key && b.arguments == args;
+      }));
   if (!IsIndexedByKey() || !arguments_.contains(BindingKey(d, key))) {
     Unindex(d, key);
   }

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "str_util.h"
 #include "absl/hash/hash.h"
 #include "headers_match.h"
+#include "str_util.h"
 #include "topic_trie.h"
 #include "warren/broker.h"
 #include "warren/options.h"

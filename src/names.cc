@@ -8,13 +8,13 @@ namespace warren::internal {
 
 absl::Status ValidateName(std::string_view name, std::string_view what) {
   if (name.empty()) {
-    return absl::InvalidArgumentError(StrCat(
-        std::string(what), " name must not be empty"));
+    return absl::InvalidArgumentError(
+        StrCat(std::string(what), " name must not be empty"));
   }
   if (name.size() > kMaxNameLength) {
     return absl::InvalidArgumentError(
         StrCat(std::string(what), " name is ", name.size(),
-                     " bytes; the limit is ", kMaxNameLength));
+               " bytes; the limit is ", kMaxNameLength));
   }
   if (name.find('\0') != std::string_view::npos) {
     return absl::InvalidArgumentError(
@@ -26,8 +26,8 @@ absl::Status ValidateName(std::string_view name, std::string_view what) {
 absl::Status ValidateKey(std::string_view key, std::string_view what) {
   if (key.size() > kMaxNameLength) {
     return absl::InvalidArgumentError(
-        StrCat(std::string(what), " is ", key.size(),
-                     " bytes; the limit is ", kMaxNameLength));
+        StrCat(std::string(what), " is ", key.size(), " bytes; the limit is ",
+               kMaxNameLength));
   }
   return absl::OkStatus();
 }

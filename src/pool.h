@@ -35,12 +35,12 @@ class BlockPool {
   void* Allocate() {
     void* block;
     if (free_.try_pop(block)) return block;
-    return ::operator new(Size, std::align_val_t{Align});
+    return ::operator new (Size, std::align_val_t{Align});
   }
 
   void Free(void* block) {
     if (!free_.try_push(block)) {
-      ::operator delete(block, std::align_val_t{Align});
+      ::operator delete (block, std::align_val_t{Align});
     }
   }
 
@@ -56,11 +56,13 @@ struct PoolAllocator {
   using value_type = T;
   PoolAllocator() = default;
   template <typename U>
-  PoolAllocator(const PoolAllocator<U>&) {}  // NOLINT(google-explicit-constructor)
+  PoolAllocator(const PoolAllocator<U>&) {
+  }  // NOLINT(google-explicit-constructor)
 
   T* allocate(size_t n) {
     if (n == 1) {
-      return static_cast<T*>(BlockPool<sizeof(T), alignof(T)>::Get().Allocate());
+      return static_cast<T*>(
+          BlockPool<sizeof(T), alignof(T)>::Get().Allocate());
     }
     return std::allocator<T>().allocate(n);
   }
@@ -89,8 +91,8 @@ struct PoolDelete {
 template <typename T, typename... Args>
 std::unique_ptr<T, PoolDelete<T>> MakePooled(Args&&... args) {
   void* block = BlockPool<sizeof(T), alignof(T)>::Get().Allocate();
-  return std::unique_ptr<T, PoolDelete<T>>(
-      new (block) T(std::forward<Args>(args)...));
+  return std::unique_ptr<T, PoolDelete<T>>(new (block)
+                                               T(std::forward<Args>(args)...));
 }
 
 }  // namespace warren::internal

@@ -98,7 +98,8 @@ NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
     ttl = ttl ? std::min(*ttl, *props.expiration) : *props.expiration;
   }
   if (ttl.has_value()) {
-    node->expires_at = envelope->published_at + std::max(*ttl, absl::ZeroDuration());
+    node->expires_at =
+        envelope->published_at + std::max(*ttl, absl::ZeroDuration());
   }
   node->envelope = std::move(envelope);
   return node;
@@ -137,8 +138,8 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   // A blocking publish records its id only once it has room, so a publish
   // that times out can be retried.
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
-  if (dedup && (delay > absl::ZeroDuration() ||
-                options_.overflow != Overflow::kBlock) &&
+  if (dedup &&
+      (delay > absl::ZeroDuration() || options_.overflow != Overflow::kBlock) &&
       IsDuplicate(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
@@ -205,8 +206,7 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
 Queue::EnqueueResult Queue::EnqueueReserved(
     std::shared_ptr<const Envelope> envelope) {
   if (options_.overflow == Overflow::kBlock &&
-      options_.dedup_window > absl::ZeroDuration() &&
-      IsDuplicate(*envelope)) {
+      options_.dedup_window > absl::ZeroDuration() && IsDuplicate(*envelope)) {
     Unreserve(envelope->message.body().size());
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
@@ -334,8 +334,8 @@ void Queue::IndexExpiryLocked(const QueuedMessage& node, bool in_returned) {
 }
 
 void Queue::UnindexExpiryLocked(const QueuedMessage& node, bool in_returned) {
-  expiry_.erase(ExpiryKey{node.expires_at, node.priority, node.seq,
-                          in_returned});
+  expiry_.erase(
+      ExpiryKey{node.expires_at, node.priority, node.seq, in_returned});
 }
 
 void Queue::ArmExpiryTimerLocked() {
@@ -554,8 +554,8 @@ absl::StatusOr<NodePtr> Queue::Take(const ConsumerState* consumer, bool wait,
             result = std::move(w.node);
           } else {
             RemoveWaiterLocked(&w);
-            result = absl::DeadlineExceededError(
-                "no message became ready in time");
+            result =
+                absl::DeadlineExceededError("no message became ready in time");
           }
           break;
         }
@@ -647,8 +647,8 @@ void Queue::CheckIdle() {
     return;
   }
   // Used since, or in use: look again when it could next be idle long enough.
-  const absl::Time next =
-      consumer_count() == 0 ? last + *options_.expires : now + *options_.expires;
+  const absl::Time next = consumer_count() == 0 ? last + *options_.expires
+                                                : now + *options_.expires;
   Schedule(next, [weak = weak_from_this()] {
     if (auto q = weak.lock()) q->CheckIdle();
   });
@@ -790,7 +790,8 @@ QueueStats Queue::Stats() {
     }
     for (const auto& spill : spill_) {
       if (!spill.empty()) {
-        oldest = std::min(oldest, spill.begin()->second->envelope->published_at);
+        oldest =
+            std::min(oldest, spill.begin()->second->envelope->published_at);
       }
     }
     if (oldest != absl::InfiniteFuture()) {

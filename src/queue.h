@@ -218,7 +218,7 @@ class Queue : public std::enable_shared_from_this<Queue> {
   struct Waiter {
     const ConsumerState* consumer;
     CondVar cv;
-    NodePtr node;        // set when a message was handed over
+    NodePtr node;         // set when a message was handed over
     bool queued = false;  // in waiters_
   };
   // (priority desc, seq asc): begin() is the next to deliver.

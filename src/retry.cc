@@ -1,8 +1,9 @@
+#include "warren/retry.h"
+
 #include <algorithm>
 #include <cmath>
 
 #include "str_util.h"
-#include "warren/retry.h"
 
 namespace warren {
 
@@ -54,9 +55,8 @@ absl::Duration BaseRetryDelay(const RetryPolicy& p, uint32_t attempt,
       d = p.initial_delay;
       break;
     case Backoff::kExponential: {
-      const double factor =
-          std::pow(p.multiplier, static_cast<double>(attempt > 0 ? attempt - 1
-                                                                 : 0));
+      const double factor = std::pow(
+          p.multiplier, static_cast<double>(attempt > 0 ? attempt - 1 : 0));
       // Saturate instead of overflowing for large attempts.
       const double secs = absl::ToDoubleSeconds(p.initial_delay) * factor;
       d = std::isfinite(secs) && secs < absl::ToDoubleSeconds(p.max_delay)

@@ -7,12 +7,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define WARREN_RETURN_IF_ERROR(expr)              \
-  do {                                            \
-    if (absl::Status warren_status_ = (expr);     \
-        !warren_status_.ok()) {                   \
-      return warren_status_;                      \
-    }                                             \
+#define WARREN_RETURN_IF_ERROR(expr)                                  \
+  do {                                                                \
+    if (absl::Status warren_status_ = (expr); !warren_status_.ok()) { \
+      return warren_status_;                                          \
+    }                                                                 \
   } while (false)
 
 #define WARREN_STATUS_CONCAT_INNER_(a, b) a##b

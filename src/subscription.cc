@@ -1,8 +1,7 @@
-#include "subscription_state.h"
-
 #include <utility>
 
 #include "str_util.h"
+#include "subscription_state.h"
 
 namespace warren {
 namespace internal {
@@ -118,7 +117,8 @@ void SubscriptionState::Join() {
 
 }  // namespace internal
 
-// --- Subscription --------------------------------------------------------------
+// --- Subscription
+// --------------------------------------------------------------
 
 Subscription::Subscription(std::unique_ptr<internal::SubscriptionState> state)
     : state_(std::move(state)) {}

@@ -30,9 +30,7 @@ class SubscriptionState {
 
   absl::Status Stop(absl::Duration grace);
   Consumer& consumer() { return *consumer_; }
-  uint64_t handled() const {
-    return handled_.load(std::memory_order_relaxed);
-  }
+  uint64_t handled() const { return handled_.load(std::memory_order_relaxed); }
   uint64_t failed() const { return failed_.load(std::memory_order_relaxed); }
 
  private:

@@ -29,7 +29,9 @@ class ABSL_LOCKABLE Mutex {
 
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
-  bool TryLock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) { return mu_.try_lock(); }
+  bool TryLock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return mu_.try_lock();
+  }
   void AssertHeld() ABSL_ASSERT_EXCLUSIVE_LOCK() {}
 
  private:
@@ -88,8 +90,7 @@ class ABSL_SCOPED_LOCKABLE WriterLock {
 // Scoped shared lock on a SharedMutex.
 class ABSL_SCOPED_LOCKABLE ReaderLock {
  public:
-  explicit ReaderLock(SharedMutex* mu) ABSL_SHARED_LOCK_FUNCTION(mu)
-      : mu_(mu) {
+  explicit ReaderLock(SharedMutex* mu) ABSL_SHARED_LOCK_FUNCTION(mu) : mu_(mu) {
     mu_->ReaderLock();
   }
   ~ReaderLock() ABSL_UNLOCK_FUNCTION() { mu_->ReaderUnlock(); }
@@ -126,7 +127,8 @@ class CondVar {
     std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);
     const auto until = std::chrono::system_clock::now() +
                        absl::ToChronoNanoseconds(deadline - absl::Now());
-    const bool timed_out = cv_.wait_until(lock, until) == std::cv_status::timeout;
+    const bool timed_out =
+        cv_.wait_until(lock, until) == std::cv_status::timeout;
     lock.release();
     return timed_out;
   }

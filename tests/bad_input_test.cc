@@ -52,8 +52,7 @@ TEST_CASE("Bad names and keys are InvalidArgument and change nothing") {
       f.b->DeclareExchange(long_name, ExchangeType::kFanout)));
   CHECK(absl::IsInvalidArgument(
       f.b->DeclareExchange(with_nul, ExchangeType::kFanout)));
-  CHECK(absl::IsInvalidArgument(
-      f.b->Bind("q", "ex", std::string(256, 'k'))));
+  CHECK(absl::IsInvalidArgument(f.b->Bind("q", "ex", std::string(256, 'k'))));
   CHECK(absl::IsInvalidArgument(
       Send(*f.b, "ex", std::string(256, 'k'), "x").status()));
   CHECK(absl::IsInvalidArgument(f.b->Consume("").status()));
@@ -79,16 +78,17 @@ TEST_CASE("Unknown exchanges and queues are NotFound and change nothing") {
   CHECK(absl::IsNotFound(f.b->DeleteExchange("nope")));
   CHECK(absl::IsNotFound(f.b->Consume("nope").status()));
   CHECK(absl::IsNotFound(
-      f.b->Subscribe("nope", [](const Delivery&) {
-           return HandlerResult::kAck;
-         }).status()));
+      f.b->Subscribe("nope",
+                     [](const Delivery&) { return HandlerResult::kAck; })
+          .status()));
   CHECK(absl::IsNotFound(f.b->GetQueueStats("nope").status()));
   CHECK(absl::IsNotFound(f.b->GetExchangeStats("nope").status()));
   CHECK(f.Fingerprint() == before);
 }
 
-TEST_CASE("Redeclaring with other options is FailedPrecondition and keeps the "
-          "original") {
+TEST_CASE(
+    "Redeclaring with other options is FailedPrecondition and keeps the "
+    "original") {
   Fixture f;
   CHECK(f.b->DeclareQueue("q", {.max_length = 5}).ok());  // identical: fine
   CHECK(f.b->DeclareExchange("ex", ExchangeType::kDirect).ok());
@@ -108,8 +108,8 @@ TEST_CASE("Redeclaring with other options is FailedPrecondition and keeps the "
 TEST_CASE("The default exchange cannot be declared, bound or deleted") {
   Fixture f;
   const std::string before = f.Fingerprint();
-  CHECK(absl::IsInvalidArgument(
-      f.b->DeclareExchange("", ExchangeType::kDirect)));
+  CHECK(
+      absl::IsInvalidArgument(f.b->DeclareExchange("", ExchangeType::kDirect)));
   CHECK(absl::IsInvalidArgument(f.b->DeleteExchange("")));
   CHECK(absl::IsInvalidArgument(f.b->Bind("q", "", "q")));
   CHECK(absl::IsInvalidArgument(f.b->Unbind("q", "", "q")));
@@ -128,8 +128,8 @@ TEST_CASE("Invalid options are InvalidArgument and create nothing") {
       f.b->DeclareQueue("p", {.overflow = static_cast<Overflow>(42)})));
   CHECK(absl::IsInvalidArgument(
       f.b->DeclareExchange("e", static_cast<ExchangeType>(42))));
-  CHECK(absl::IsInvalidArgument(f.b->Bind("q", "hx", "",
-                                          {{"x-match", "some"}})));
+  CHECK(
+      absl::IsInvalidArgument(f.b->Bind("q", "hx", "", {{"x-match", "some"}})));
   CHECK(absl::IsInvalidArgument(f.b->Bind("q", "hx", "", {{"x-match", 1}})));
   auto handler = [](const Delivery&) { return HandlerResult::kAck; };
   CHECK(absl::IsInvalidArgument(

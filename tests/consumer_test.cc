@@ -150,8 +150,9 @@ TEST_CASE("ReceiveBatch returns up to the requested number at once") {
   CHECK(b->GetQueueStats("q")->acked == 4);
 }
 
-TEST_CASE("Ack multiple settles every earlier delivery; nack multiple "
-          "requeues them in order") {
+TEST_CASE(
+    "Ack multiple settles every earlier delivery; nack multiple "
+    "requeues them in order") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   for (int i = 0; i < 6; ++i) {
@@ -187,8 +188,9 @@ TEST_CASE("Settling twice is FailedPrecondition and never double-settles") {
   CHECK(stats.ready == 0);
 }
 
-TEST_CASE("Settling on the wrong consumer is InvalidArgument and changes "
-          "nothing") {
+TEST_CASE(
+    "Settling on the wrong consumer is InvalidArgument and changes "
+    "nothing") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   REQUIRE(Send(*b, "", "q", "x").ok());
@@ -227,8 +229,9 @@ TEST_CASE("Cancel wakes a receiver that is waiting") {
   CHECK(absl::IsFailedPrecondition(status));
 }
 
-TEST_CASE("Closing or destroying a consumer requeues what it holds in "
-          "order") {
+TEST_CASE(
+    "Closing or destroying a consumer requeues what it holds in "
+    "order") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   for (const char* m : {"1", "2", "3", "4"}) REQUIRE(Send(*b, "", "q", m).ok());
@@ -239,13 +242,13 @@ TEST_CASE("Closing or destroying a consumer requeues what it holds in "
     REQUIRE(c->Ack(d1).ok());
     c->Close();
     CHECK(absl::IsFailedPrecondition(c->Ack(d2)));  // already requeued
-    c->Close();  // idempotent
+    c->Close();                                     // idempotent
   }
   {
     auto c = b->Consume("q").value();
     (void)c->TryReceive().value();  // "2", redelivered
     (void)c->TryReceive().value();  // "3"
-  }  // destroyed while holding both
+  }                                 // destroyed while holding both
   auto c = b->Consume("q").value();
   std::vector<std::pair<std::string, uint32_t>> got;
   for (auto d = c->TryReceive(); d.ok(); d = c->TryReceive()) {
@@ -277,8 +280,9 @@ TEST_CASE("Closing the broker wakes waiting receivers") {
   CHECK(absl::IsFailedPrecondition(status));
 }
 
-TEST_CASE("Single active consumer: only the first receives, the next takes "
-          "over on cancel") {
+TEST_CASE(
+    "Single active consumer: only the first receives, the next takes "
+    "over on cancel") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q", {.single_active_consumer = true}).ok());
   for (const char* m : {"1", "2", "3"}) REQUIRE(Send(*b, "", "q", m).ok());
@@ -297,8 +301,9 @@ TEST_CASE("Single active consumer: only the first receives, the next takes "
   CHECK(again.redelivered());
 }
 
-TEST_CASE("A waiting inactive consumer becomes active when the active one "
-          "leaves") {
+TEST_CASE(
+    "A waiting inactive consumer becomes active when the active one "
+    "leaves") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q", {.single_active_consumer = true}).ok());
   auto first = b->Consume("q").value();
@@ -322,22 +327,22 @@ TEST_CASE("Subscription handler results settle deliveries") {
   Counter seen;
   std::mutex mu;
   std::vector<std::pair<std::string, uint32_t>> log;
-  auto sub = b->Subscribe(
-                  "q",
-                  [&](const Delivery& d) {
-                    {
-                      std::lock_guard<std::mutex> l(mu);
-                      log.emplace_back(std::string(d.body()), d.attempt());
-                    }
-                    seen.Add();
-                    if (d.body() == "retry" && d.attempt() == 1) {
-                      return HandlerResult::kRequeue;
-                    }
-                    if (d.body() == "bad") return HandlerResult::kReject;
-                    return HandlerResult::kAck;
-                  },
-                  {.workers = 1})
-                 .value();
+  auto sub =
+      b->Subscribe("q",
+                   [&](const Delivery& d) {
+                     {
+                       std::lock_guard<std::mutex> l(mu);
+                       log.emplace_back(std::string(d.body()), d.attempt());
+                     }
+                     seen.Add();
+                     if (d.body() == "retry" && d.attempt() == 1) {
+                       return HandlerResult::kRequeue;
+                     }
+                     if (d.body() == "bad") return HandlerResult::kReject;
+                     return HandlerResult::kAck;
+                   },
+                   {.workers = 1})
+          .value();
   for (const char* m : {"ok", "retry", "bad"}) {
     REQUIRE(Send(*b, "", "q", m).ok());
   }
@@ -360,8 +365,7 @@ TEST_CASE("A subscription handler can settle through its consumer") {
   REQUIRE(b->DeclareQueue("q").ok());
   Counter acked;
   auto sub = b->Subscribe(
-                  "q",
-                  HandlerWithConsumer([&](const Delivery& d, Consumer& c) {
+                  "q", HandlerWithConsumer([&](const Delivery& d, Consumer& c) {
                     if (c.Ack(d).ok()) acked.Add();
                     return HandlerResult::kSettled;
                   }),
@@ -377,13 +381,11 @@ TEST_CASE("Stop waits for running handlers, then returns OK") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   Event started, release;
-  auto sub = b->Subscribe("q",
-                          [&](const Delivery&) {
-                            started.Set();
-                            release.Wait();
-                            return HandlerResult::kAck;
-                          })
-                 .value();
+  auto sub = b->Subscribe("q", [&](const Delivery&) {
+                started.Set();
+                release.Wait();
+                return HandlerResult::kAck;
+              }).value();
   REQUIRE(Send(*b, "", "q", "m").ok());
   started.Wait();
   std::thread releaser([&] { release.Set(); });
@@ -399,8 +401,7 @@ TEST_CASE("Stop past its grace period requeues what running handlers hold") {
   Event started, release;
   std::atomic<bool> late_ack_failed{false};
   auto sub = b->Subscribe(
-                  "q",
-                  HandlerWithConsumer([&](const Delivery& d, Consumer& c) {
+                  "q", HandlerWithConsumer([&](const Delivery& d, Consumer& c) {
                     started.Set();
                     release.Wait();
                     late_ack_failed = absl::IsFailedPrecondition(c.Ack(d));
@@ -424,15 +425,13 @@ TEST_CASE("A handler that throws has its delivery requeued") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   Counter calls;
-  auto sub = b->Subscribe("q",
-                          [&](const Delivery& d) {
-                            calls.Add();
-                            if (d.attempt() == 1) {
-                              throw std::runtime_error("boom");
-                            }
-                            return HandlerResult::kAck;
-                          })
-                 .value();
+  auto sub = b->Subscribe("q", [&](const Delivery& d) {
+                calls.Add();
+                if (d.attempt() == 1) {
+                  throw std::runtime_error("boom");
+                }
+                return HandlerResult::kAck;
+              }).value();
   REQUIRE(Send(*b, "", "q", "m").ok());
   calls.WaitFor(2);
   REQUIRE(sub->Stop(absl::Seconds(30)).ok());
@@ -446,16 +445,15 @@ TEST_CASE("Destroying a running subscription returns what it holds") {
   Counter received;
   std::vector<Delivery> kept;
   std::mutex mu;
-  auto sub = b->Subscribe(
-                  "q",
-                  HandlerWithConsumer([&](const Delivery& d, Consumer&) {
-                    std::lock_guard<std::mutex> l(mu);
-                    kept.push_back(d);  // settle later, never
-                    received.Add();
-                    return HandlerResult::kSettled;
-                  }),
-                  {.workers = 2, .prefetch = 3})
-                 .value();
+  auto sub =
+      b->Subscribe("q", HandlerWithConsumer([&](const Delivery& d, Consumer&) {
+                     std::lock_guard<std::mutex> l(mu);
+                     kept.push_back(d);  // settle later, never
+                     received.Add();
+                     return HandlerResult::kSettled;
+                   }),
+                   {.workers = 2, .prefetch = 3})
+          .value();
   for (int i = 0; i < 5; ++i) REQUIRE(Send(*b, "", "q", "m").ok());
   received.WaitFor(3);  // the window is full at 3
   sub.reset();

@@ -1,11 +1,12 @@
 // Dead-lettering and death history (SEMANTICS.md section 5).
 
+#include "warren/dead_letter.h"
+
 #include <catch2/catch.hpp>
 #include <string>
 #include <vector>
 
 #include "test_util.h"
-#include "warren/dead_letter.h"
 #include "warren/warren.h"
 
 namespace warren {
@@ -37,8 +38,9 @@ Delivery TakeOne(Broker& b, std::string_view queue,
   return *d;
 }
 
-TEST_CASE("Nack and reject without requeue dead-letter with reason "
-          "rejected and a death history") {
+TEST_CASE(
+    "Nack and reject without requeue dead-letter with reason "
+    "rejected and a death history") {
   auto b = WithDlq();
   REQUIRE(Send(*b, "jobs", "job.email", "a").ok());
   REQUIRE(Send(*b, "jobs", "job.email", "b").ok());
@@ -77,8 +79,9 @@ TEST_CASE("Nack and reject without requeue dead-letter with reason "
   CHECK(*d.headers().at("x-first-death-queue").as_string() == "work");
 }
 
-TEST_CASE("Dying again in the same queue for the same reason increments the "
-          "count and moves the entry to the front") {
+TEST_CASE(
+    "Dying again in the same queue for the same reason increments the "
+    "count and moves the entry to the front") {
   // a <-> b dead-letter to each other through the default exchange; each
   // death is a rejection, so the cycle is allowed.
   auto b = NewBroker();
@@ -227,8 +230,8 @@ TEST_CASE("Bad dead-letter options are InvalidArgument") {
   auto b = NewBroker();
   CHECK(absl::IsInvalidArgument(
       b->DeclareQueue("q", {.dead_letter_routing_key = "k"})));
-  CHECK(absl::IsInvalidArgument(b->DeclareQueue(
-      "q", {.dead_letter_exchange = std::string(256, 'x')})));
+  CHECK(absl::IsInvalidArgument(
+      b->DeclareQueue("q", {.dead_letter_exchange = std::string(256, 'x')})));
   CHECK(absl::IsInvalidArgument(b->DeclareQueue(
       "q", {.dead_letter_exchange = "dlx",
             .dead_letter_routing_key = std::string(256, 'k')})));

@@ -8,8 +8,9 @@
 
 namespace {
 
-TEST_CASE("The email example retries with backoff, dead-letters after four "
-          "attempts and redrives") {
+TEST_CASE(
+    "The email example retries with backoff, dead-letters after four "
+    "attempts and redrives") {
   warren::ManualClock clock;
   auto broker = warren::Broker::Open({.clock = &clock}).value();
   std::FILE* log = std::tmpfile();

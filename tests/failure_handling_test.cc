@@ -39,16 +39,18 @@ QueueOptions WithDlx(QueueOptions o) {
   return o;
 }
 
-TEST_CASE("Retry redelivers after each backoff without blocking the "
-          "messages behind it, then dead-letters") {
+TEST_CASE(
+    "Retry redelivers after each backoff without blocking the "
+    "messages behind it, then dead-letters") {
   Env e;
-  REQUIRE(e.b->DeclareQueue(
-                 "work", WithDlx({.retry = RetryPolicy{
-                                      .max_attempts = 3,
-                                      .backoff = Backoff::kExponential,
-                                      .initial_delay = absl::Seconds(1),
-                                      .multiplier = 2.0}}))
-              .ok());
+  REQUIRE(
+      e.b->DeclareQueue(
+             "work",
+             WithDlx({.retry = RetryPolicy{.max_attempts = 3,
+                                           .backoff = Backoff::kExponential,
+                                           .initial_delay = absl::Seconds(1),
+                                           .multiplier = 2.0}}))
+          .ok());
   REQUIRE(Send(*e.b, "", "work", "m1").ok());
   REQUIRE(Send(*e.b, "", "work", "m2").ok());
   auto c = e.b->Consume("work").value();
@@ -85,11 +87,11 @@ TEST_CASE("Retry redelivers after each backoff without blocking the "
 
 TEST_CASE("A retried message comes back at its original position") {
   Env e;
-  REQUIRE(e.b->DeclareQueue("work",
-                            {.retry = RetryPolicy{
-                                 .backoff = Backoff::kFixed,
-                                 .initial_delay = absl::Seconds(5)}})
-              .ok());
+  REQUIRE(
+      e.b->DeclareQueue(
+             "work", {.retry = RetryPolicy{.backoff = Backoff::kFixed,
+                                           .initial_delay = absl::Seconds(5)}})
+          .ok());
   for (const char* m : {"1", "2", "3"}) REQUIRE(Send(*e.b, "", "work", m).ok());
   {
     auto c = e.b->Consume("work").value();
@@ -114,8 +116,9 @@ absl::Duration RedeliveryDelay(const RetryPolicy& policy) {
   return absl::InfiniteDuration();
 }
 
-TEST_CASE("Jitter keeps delays within their bounds and a seed makes them "
-          "reproducible") {
+TEST_CASE(
+    "Jitter keeps delays within their bounds and a seed makes them "
+    "reproducible") {
   const RetryPolicy base{.backoff = Backoff::kFixed,
                          .initial_delay = absl::Seconds(4),
                          .seed = 42};
@@ -155,12 +158,13 @@ TEST_CASE("Custom backoff and the delay cap decide the delay") {
   CHECK(RedeliveryDelay({.backoff = Backoff::kExponential,
                          .initial_delay = absl::Seconds(30),
                          .max_delay = absl::Seconds(2)}) == absl::Seconds(2));
-  CHECK(BaseRetryDelay({.initial_delay = absl::Seconds(1), .multiplier = 2},
-                       4, Message()) == absl::Seconds(8));
+  CHECK(BaseRetryDelay({.initial_delay = absl::Seconds(1), .multiplier = 2}, 4,
+                       Message()) == absl::Seconds(8));
 }
 
-TEST_CASE("An expired message is dead-lettered promptly even when it is not "
-          "at the head") {
+TEST_CASE(
+    "An expired message is dead-lettered promptly even when it is not "
+    "at the head") {
   Env e;
   REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
   REQUIRE(Send(*e.b, "", "work", "head").ok());
@@ -201,8 +205,9 @@ TEST_CASE("The lower of the queue TTL and the message expiration wins") {
   CHECK(e.Stats("work").dropped == 3);  // no dead-letter exchange
 }
 
-TEST_CASE("A held message does not expire; returned after its expiry it is "
-          "dead-lettered as expired") {
+TEST_CASE(
+    "A held message does not expire; returned after its expiry it is "
+    "dead-lettered as expired") {
   Env e;
   REQUIRE(e.b->DeclareQueue("work", WithDlx({.message_ttl = absl::Seconds(5)}))
               .ok());
@@ -231,8 +236,9 @@ TEST_CASE("A requeued message keeps its original expiry") {
   CHECK(e.Stats("work").expired == 1);
 }
 
-TEST_CASE("Delayed messages appear after their own delay; a short delay is "
-          "never stuck behind a long one") {
+TEST_CASE(
+    "Delayed messages appear after their own delay; a short delay is "
+    "never stuck behind a long one") {
   Env e;
   REQUIRE(e.b->DeclareQueue("work").ok());
   REQUIRE(Send(*e.b, "", "work", "long", {.delay = absl::Hours(24)}).ok());
@@ -262,8 +268,9 @@ TEST_CASE("A waiting consumer receives a delayed message when it is due") {
   CHECK(got == "later");
 }
 
-TEST_CASE("An unsettled delivery goes back when its lease expires, and a "
-          "late settle fails") {
+TEST_CASE(
+    "An unsettled delivery goes back when its lease expires, and a "
+    "late settle fails") {
   Env e;
   REQUIRE(e.b->DeclareQueue("work", {.ack_deadline = absl::Seconds(30)}).ok());
   REQUIRE(Send(*e.b, "", "work", "m").ok());
@@ -297,8 +304,9 @@ TEST_CASE("Extend renews a lease while work goes on") {
   CHECK(absl::IsFailedPrecondition(c->Extend(d, absl::Seconds(30))));
 }
 
-TEST_CASE("Extending a settled or foreign delivery, or by a bad amount, is "
-          "refused") {
+TEST_CASE(
+    "Extending a settled or foreign delivery, or by a bad amount, is "
+    "refused") {
   Env e;
   REQUIRE(e.b->DeclareQueue("work").ok());
   REQUIRE(Send(*e.b, "", "work", "m").ok());
@@ -314,9 +322,9 @@ TEST_CASE("Extending a settled or foreign delivery, or by a bad amount, is "
 
 TEST_CASE("Expired leases count toward the retry policy's attempts") {
   Env e;
-  REQUIRE(e.b->DeclareQueue(
-                 "work", WithDlx({.retry = RetryPolicy{.max_attempts = 2},
-                                  .ack_deadline = absl::Seconds(10)}))
+  REQUIRE(e.b->DeclareQueue("work",
+                            WithDlx({.retry = RetryPolicy{.max_attempts = 2},
+                                     .ack_deadline = absl::Seconds(10)}))
               .ok());
   REQUIRE(Send(*e.b, "", "work", "m").ok());
   auto c = e.b->Consume("work").value();
@@ -375,8 +383,9 @@ TEST_CASE("Browse shows ready messages without consuming them") {
   CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"d1", "d2"});
 }
 
-TEST_CASE("Redrive moves dead letters back to the queue they died in, "
-          "keeping their history") {
+TEST_CASE(
+    "Redrive moves dead letters back to the queue they died in, "
+    "keeping their history") {
   Env e;
   TwoDeadLetters(e);
   CHECK(e.b->Redrive("dlq", {}).value() == 2);
@@ -395,8 +404,9 @@ TEST_CASE("Redrive to a named queue or exchange, bounded in count") {
   Env e;
   TwoDeadLetters(e);
   REQUIRE(e.b->DeclareQueue("inspect").ok());
-  CHECK(e.b->Redrive("dlq", {.to_queue = "inspect", .max_messages = 1})
-            .value() == 1);
+  CHECK(
+      e.b->Redrive("dlq", {.to_queue = "inspect", .max_messages = 1}).value() ==
+      1);
   CHECK(Ready(*e.b, "inspect") == 1);
   REQUIRE(e.b->DeclareExchange("retry", ExchangeType::kDirect).ok());
   REQUIRE(e.b->Bind("inspect", "retry", "again").ok());
@@ -422,12 +432,13 @@ TEST_CASE("Redrive at a rate moves messages on the broker clock") {
   CHECK(Ready(*e.b, "dlq") == 0);
 }
 
-TEST_CASE("Overflow block makes the publisher wait for room, then "
-          "DeadlineExceeded") {
+TEST_CASE(
+    "Overflow block makes the publisher wait for room, then "
+    "DeadlineExceeded") {
   Env e;
-  REQUIRE(e.b->DeclareQueue("work", {.max_length = 1,
-                                     .overflow = Overflow::kBlock})
-              .ok());
+  REQUIRE(
+      e.b->DeclareQueue("work", {.max_length = 1, .overflow = Overflow::kBlock})
+          .ok());
   REQUIRE(Send(*e.b, "", "work", "first").ok());
   CHECK(absl::IsDeadlineExceeded(
       Send(*e.b, "", "work", "late", {.timeout = absl::Milliseconds(5)})
@@ -455,7 +466,7 @@ TEST_CASE("A queue unused for its expiry time is deleted") {
   { auto c = e.b->Consume("idle").value(); }  // a use, at 9 s
   e.Advance(absl::Seconds(9));                // 18 s: idle for 9 s only
   CHECK(e.b->GetQueueStats("idle").ok());
-  e.Advance(absl::Seconds(1));                // idle for 10 s
+  e.Advance(absl::Seconds(1));  // idle for 10 s
   CHECK(absl::IsNotFound(e.b->GetQueueStats("idle").status()));
   auto out = Send(*e.b, "x", "", "m");
   REQUIRE(out.ok());
@@ -503,17 +514,17 @@ TEST_CASE("Bad failure-handling input is refused and changes nothing") {
   CHECK(bad({.retry = RetryPolicy{.initial_delay = absl::Seconds(-1)}}));
   CHECK(bad({.retry = RetryPolicy{.max_delay = absl::InfiniteDuration()}}));
   CHECK(bad({.retry = RetryPolicy{.multiplier = 0.5}}));
-  CHECK(bad({.retry = RetryPolicy{.jitter = Jitter::kRatio,
-                                  .jitter_ratio = 1.5}}));
+  CHECK(bad(
+      {.retry = RetryPolicy{.jitter = Jitter::kRatio, .jitter_ratio = 1.5}}));
   CHECK(bad({.retry = RetryPolicy{.backoff = Backoff::kCustom}}));
   CHECK(bad({.message_ttl = absl::Seconds(-1)}));
   CHECK(bad({.message_ttl = absl::Hours(24 * 365 * 11)}));
   CHECK(bad({.ack_deadline = absl::InfiniteDuration()}));
   CHECK(bad({.dedup_window = absl::Seconds(-5)}));
-  CHECK(absl::IsInvalidArgument(e.b->DeclareQueue(
-      "self", {.dead_letter_exchange = "",
-               .dead_letter_routing_key = "self",
-               .retry = RetryPolicy{}})));
+  CHECK(absl::IsInvalidArgument(
+      e.b->DeclareQueue("self", {.dead_letter_exchange = "",
+                                 .dead_letter_routing_key = "self",
+                                 .retry = RetryPolicy{}})));
   CHECK(absl::IsNotFound(e.b->GetQueueStats("bad").status()));
   CHECK(absl::IsNotFound(e.b->GetQueueStats("self").status()));
 
@@ -531,8 +542,8 @@ TEST_CASE("Bad failure-handling input is refused and changes nothing") {
   CHECK(absl::IsFailedPrecondition(e.b->Redrive("plain", {}).status()));
   CHECK(absl::IsNotFound(e.b->Redrive("nope", {}).status()));
   CHECK(absl::IsNotFound(e.b->Redrive("dlq", {.to_queue = "nope"}).status()));
-  CHECK(absl::IsNotFound(
-      e.b->Redrive("dlq", {.to_exchange = "nope"}).status()));
+  CHECK(
+      absl::IsNotFound(e.b->Redrive("dlq", {.to_exchange = "nope"}).status()));
   CHECK(absl::IsInvalidArgument(
       e.b->Redrive("dlq", {.to_queue = "work", .to_exchange = "dlx"})
           .status()));

@@ -26,7 +26,8 @@ TEST_CASE("A queue delivers one publisher's messages in order") {
   REQUIRE(b->DeclareQueue("q").ok());
   std::vector<std::string> bodies;
   for (int i = 0; i < 10'000; ++i) bodies.push_back(std::to_string(i));
-  PublishAll(*b, "q", bodies);  // beyond the ring: the overflow list keeps order
+  PublishAll(*b, "q",
+             bodies);  // beyond the ring: the overflow list keeps order
   CHECK(Drain(*b, "q") == bodies);
 }
 
@@ -74,8 +75,9 @@ TEST_CASE("Each delivery carries attempt and redelivered") {
   CHECK(stats.requeued == 3);
 }
 
-TEST_CASE("Overflow reject-publish refuses the newest and tells the "
-          "publisher; other queues still take it") {
+TEST_CASE(
+    "Overflow reject-publish refuses the newest and tells the "
+    "publisher; other queues still take it") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("f", ExchangeType::kFanout).ok());
   REQUIRE(b->DeclareQueue("small", {.max_length = 2}).ok());
@@ -103,9 +105,9 @@ TEST_CASE("Overflow reject-publish on the only queue is ResourceExhausted") {
 
 TEST_CASE("Overflow drop-head drops the oldest ready message") {
   auto b = NewBroker();
-  REQUIRE(b->DeclareQueue("q", {.max_length = 3,
-                                .overflow = Overflow::kDropHead})
-              .ok());
+  REQUIRE(
+      b->DeclareQueue("q", {.max_length = 3, .overflow = Overflow::kDropHead})
+          .ok());
   PublishAll(*b, "q", {"1", "2", "3", "4", "5"});
   CHECK(Drain(*b, "q") == std::vector<std::string>{"3", "4", "5"});
   CHECK(b->GetQueueStats("q")->dropped == 2);
@@ -131,8 +133,8 @@ TEST_CASE("max_length_bytes limits the body bytes of ready messages") {
   REQUIRE(Send(*b, "", "q", "12345").ok());
   CHECK(absl::IsResourceExhausted(Send(*b, "", "q", "1").status()));
   CHECK(b->GetQueueStats("q")->ready_bytes == 10);
-  REQUIRE(b->DeclareQueue("dh", {.max_length_bytes = 10,
-                                 .overflow = Overflow::kDropHead})
+  REQUIRE(b->DeclareQueue(
+               "dh", {.max_length_bytes = 10, .overflow = Overflow::kDropHead})
               .ok());
   PublishAll(*b, "dh", {"aaaa", "bbbb", "cccc"});
   CHECK(Drain(*b, "dh") == std::vector<std::string>{"bbbb", "cccc"});
@@ -161,8 +163,9 @@ TEST_CASE("Priority queues deliver higher priorities first, FIFO within one") {
                                                    "none-1", "zero"});
 }
 
-TEST_CASE("A requeued message in a priority queue returns ahead of its "
-          "priority") {
+TEST_CASE(
+    "A requeued message in a priority queue returns ahead of its "
+    "priority") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("p", {.max_priority = 3}).ok());
   for (auto [body, prio] : std::vector<std::pair<std::string, uint8_t>>{
@@ -262,14 +265,16 @@ TEST_CASE("PublishBatch publishes in order with one outcome per message") {
   CHECK(testing::Drain(*b, "q") == std::vector<std::string>{"to-q", "to-q"});
 }
 
-TEST_CASE("PublishBatch validates everything first and publishes nothing on "
-          "bad input") {
+TEST_CASE(
+    "PublishBatch validates everything first and publishes nothing on "
+    "bad input") {
   auto b = testing::NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   std::vector<OutgoingMessage> batch;
   batch.push_back({"q", Message("fine")});
   batch.push_back({std::string(256, 'k'), Message("bad key")});
-  CHECK(absl::IsInvalidArgument(b->PublishBatch("", std::move(batch)).status()));
+  CHECK(
+      absl::IsInvalidArgument(b->PublishBatch("", std::move(batch)).status()));
   CHECK(testing::Ready(*b, "q") == 0);
   std::vector<OutgoingMessage> more;
   more.push_back({"q", Message("x")});

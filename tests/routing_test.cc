@@ -17,8 +17,9 @@ using testing::NewBroker;
 using testing::Ready;
 using testing::Send;
 
-TEST_CASE("Direct exchange routes to queues whose binding key equals the "
-          "routing key") {
+TEST_CASE(
+    "Direct exchange routes to queues whose binding key equals the "
+    "routing key") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("d", ExchangeType::kDirect).ok());
   REQUIRE(b->DeclareQueue("q1").ok());
@@ -51,33 +52,47 @@ TEST_CASE("Fanout exchange routes to every bound queue and ignores keys") {
 
 TEST_CASE("Topic exchange routes the RabbitMQ acceptance vector exactly") {
   // SEMANTICS.md section 2, from rabbitmq-server routing_SUITE topic1.
-  const std::map<std::string, std::string> bindings = {
-      {"t1", "a.b.c"},   {"t2", "a.*.c"},   {"t3", "a.#.b"},
-      {"t4", "a.b.b.c"}, {"t5", "#"},       {"t6", "#.#"},
-      {"t7", "#.b"},     {"t8", "*.*"},     {"t9", "a.*"},
-      {"t10", "*.b.c"},  {"t11", "a.#"},    {"t12", "a.#.#"},
-      {"t13", "b.b.c"},  {"t14", "a.b.b"},  {"t15", "a.b"},
-      {"t16", "b.c"},    {"t17", ""},       {"t18", "*.*.*"},
-      {"t19", "vodka.martini"}, {"t20", "a.b.c"}, {"t21", "*.#"},
-      {"t22", "#.*.#"},  {"t23", "*.#.#"},  {"t25", "*"},
-      {"t26", "#.b.#"}};
+  const std::map<std::string, std::string> bindings = {{"t1", "a.b.c"},
+                                                       {"t2", "a.*.c"},
+                                                       {"t3", "a.#.b"},
+                                                       {"t4", "a.b.b.c"},
+                                                       {"t5", "#"},
+                                                       {"t6", "#.#"},
+                                                       {"t7", "#.b"},
+                                                       {"t8", "*.*"},
+                                                       {"t9", "a.*"},
+                                                       {"t10", "*.b.c"},
+                                                       {"t11", "a.#"},
+                                                       {"t12", "a.#.#"},
+                                                       {"t13", "b.b.c"},
+                                                       {"t14", "a.b.b"},
+                                                       {"t15", "a.b"},
+                                                       {"t16", "b.c"},
+                                                       {"t17", ""},
+                                                       {"t18", "*.*.*"},
+                                                       {"t19", "vodka.martini"},
+                                                       {"t20", "a.b.c"},
+                                                       {"t21", "*.#"},
+                                                       {"t22", "#.*.#"},
+                                                       {"t23", "*.#.#"},
+                                                       {"t25", "*"},
+                                                       {"t26", "#.b.#"}};
   const std::vector<std::pair<std::string, std::set<std::string>>> cases = {
       {"a.b.c",
-       {"t1", "t2", "t5", "t6", "t10", "t11", "t12", "t18", "t20", "t21",
-        "t22", "t23", "t26"}},
+       {"t1", "t2", "t5", "t6", "t10", "t11", "t12", "t18", "t20", "t21", "t22",
+        "t23", "t26"}},
       {"a.b",
        {"t3", "t5", "t6", "t7", "t8", "t9", "t11", "t12", "t15", "t21", "t22",
         "t23", "t26"}},
       {"a.b.b",
-       {"t3", "t5", "t6", "t7", "t11", "t12", "t14", "t18", "t21", "t22",
-        "t23", "t26"}},
+       {"t3", "t5", "t6", "t7", "t11", "t12", "t14", "t18", "t21", "t22", "t23",
+        "t26"}},
       {"", {"t5", "t6", "t17"}},
       {"b.c.c", {"t5", "t6", "t18", "t21", "t22", "t23", "t26"}},
       {"a.a.a.a.a", {"t5", "t6", "t11", "t12", "t21", "t22", "t23"}},
       {"vodka.gin", {"t5", "t6", "t8", "t21", "t22", "t23"}},
       {"vodka.martini", {"t5", "t6", "t8", "t19", "t21", "t22", "t23"}},
-      {"b.b.c",
-       {"t5", "t6", "t10", "t13", "t18", "t21", "t22", "t23", "t26"}},
+      {"b.b.c", {"t5", "t6", "t10", "t13", "t18", "t21", "t22", "t23", "t26"}},
       {"nothing.here.at.all", {"t5", "t6", "t21", "t22", "t23"}},
       {"oneword", {"t5", "t6", "t21", "t22", "t23", "t25"}},
   };
@@ -143,8 +158,9 @@ TEST_CASE("Default exchange routes to the queue named by the routing key") {
   CHECK(b->GetExchangeStats("")->unroutable == 1);
 }
 
-TEST_CASE("Exchange-to-exchange bindings route onward and a cycle still "
-          "delivers one copy per queue") {
+TEST_CASE(
+    "Exchange-to-exchange bindings route onward and a cycle still "
+    "delivers one copy per queue") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("front", ExchangeType::kTopic).ok());
   REQUIRE(b->DeclareExchange("back", ExchangeType::kFanout).ok());
@@ -183,9 +199,8 @@ TEST_CASE("A queue matched by several bindings receives one copy") {
 TEST_CASE("Alternate exchange receives what the exchange cannot route") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("unrouted", ExchangeType::kFanout).ok());
-  REQUIRE(b->DeclareExchange(
-               "main", ExchangeType::kDirect,
-               {.alternate_exchange = "ae1"})
+  REQUIRE(b->DeclareExchange("main", ExchangeType::kDirect,
+                             {.alternate_exchange = "ae1"})
               .ok());
   // A chain: ae1 routes nowhere and names ae2; ae2 routes to a queue.
   REQUIRE(b->DeclareExchange("ae1", ExchangeType::kDirect,
@@ -300,8 +315,7 @@ TEST_CASE("Deleting an exchange removes bindings to and from it") {
 
 TEST_CASE("Publishing to an internal exchange directly is refused") {
   auto b = NewBroker();
-  REQUIRE(b->DeclareExchange("inner", ExchangeType::kFanout,
-                             {.internal = true})
+  REQUIRE(b->DeclareExchange("inner", ExchangeType::kFanout, {.internal = true})
               .ok());
   REQUIRE(b->DeclareExchange("outer", ExchangeType::kFanout).ok());
   REQUIRE(b->DeclareQueue("q").ok());

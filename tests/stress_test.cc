@@ -157,8 +157,9 @@ void RunPerPublisherOrder(int producers, int per_producer) {
   for (int p = 0; p < producers; ++p) CHECK(last[p] == per_producer - 1);
 }
 
-TEST_CASE("Concurrent producers and consumers ack every message exactly "
-          "once") {
+TEST_CASE(
+    "Concurrent producers and consumers ack every message exactly "
+    "once") {
   RunExactlyOnce({.producers = 2,
                   .consumers = 2,
                   .per_producer = 2000,
@@ -170,9 +171,10 @@ TEST_CASE("Concurrent producers keep their own order through one queue") {
   RunPerPublisherOrder(3, 2000);
 }
 
-TEST_CASE("Stress: many producers and consumers ack every message exactly "
-          "once",
-          "[stress]") {
+TEST_CASE(
+    "Stress: many producers and consumers ack every message exactly "
+    "once",
+    "[stress]") {
   RunExactlyOnce({.producers = 4,
                   .consumers = 4,
                   .per_producer = 25'000,
@@ -189,9 +191,10 @@ TEST_CASE("Stress: per-publisher order holds under load", "[stress]") {
   RunPerPublisherOrder(6, 20'000);
 }
 
-TEST_CASE("Stress: subscriptions settle every message exactly once while "
-          "publishers run",
-          "[stress]") {
+TEST_CASE(
+    "Stress: subscriptions settle every message exactly once while "
+    "publishers run",
+    "[stress]") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
   constexpr int kProducers = 4;
@@ -212,7 +215,8 @@ TEST_CASE("Stress: subscriptions settle every message exactly once while "
   for (int p = 0; p < kProducers; ++p) {
     producers.emplace_back([&, p] {
       for (int i = 0; i < kPerProducer; ++i) {
-        (void)b->Publish("", "q", Message(std::to_string(p * kPerProducer + i)));
+        (void)b->Publish("", "q",
+                         Message(std::to_string(p * kPerProducer + i)));
       }
     });
   }

@@ -120,8 +120,7 @@ class Broker {
   // succeeds and changes nothing.
   //   kInvalidArgument    bad name, or the empty name (the default exchange);
   //   kFailedPrecondition it exists with another type or other options.
-  virtual absl::Status DeclareExchange(std::string_view name,
-                                       ExchangeType type,
+  virtual absl::Status DeclareExchange(std::string_view name, ExchangeType type,
                                        const ExchangeOptions& options = {}) = 0;
 
   // Deletes an exchange and every binding to and from it.
@@ -165,8 +164,7 @@ class Broker {
 
   // Removes a binding. Removing one that does not exist is a no-op (as in
   // RabbitMQ); errors as Bind.
-  virtual absl::Status Unbind(std::string_view queue,
-                              std::string_view exchange,
+  virtual absl::Status Unbind(std::string_view queue, std::string_view exchange,
                               std::string_view binding_key,
                               const BindingArguments& arguments = {}) = 0;
 
@@ -179,8 +177,7 @@ class Broker {
                                     const BindingArguments& arguments = {}) = 0;
   virtual absl::Status UnbindExchange(
       std::string_view destination, std::string_view source,
-      std::string_view binding_key,
-      const BindingArguments& arguments = {}) = 0;
+      std::string_view binding_key, const BindingArguments& arguments = {}) = 0;
 
   // --- Publishing -----------------------------------------------------------
 
@@ -194,8 +191,8 @@ class Broker {
   //   kResourceExhausted  every queue it routed to was full and refused it;
   //   kFailedPrecondition the broker is closed.
   virtual absl::StatusOr<PublishOutcome> Publish(
-      std::string_view exchange, std::string_view routing_key,
-      Message message, const PublishOptions& options = {}) = 0;
+      std::string_view exchange, std::string_view routing_key, Message message,
+      const PublishOptions& options = {}) = 0;
 
   // Publishes several messages to one exchange, taking the broker's locks
   // once for the batch (the fast path for throughput). Every message is
@@ -204,8 +201,7 @@ class Broker {
   // or status, as Publish would return it, in order.
   //   kNotFound           no such exchange; kFailedPrecondition when closed.
   virtual absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
-  PublishBatch(std::string_view exchange,
-               std::vector<OutgoingMessage> messages,
+  PublishBatch(std::string_view exchange, std::vector<OutgoingMessage> messages,
                const PublishOptions& options = {}) = 0;
 
   // --- Consuming ------------------------------------------------------------
@@ -224,17 +220,18 @@ class Broker {
       const SubscribeOptions& options = {}) = 0;
 
   // The same with a handler that takes only the delivery.
-  template <typename F,
-            std::enable_if_t<std::is_invocable_r_v<HandlerResult, F&,
-                                                   const Delivery&>,
-                             int> = 0>
+  template <
+      typename F,
+      std::enable_if_t<
+          std::is_invocable_r_v<HandlerResult, F&, const Delivery&>, int> = 0>
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
       std::string_view queue, F handler, const SubscribeOptions& options = {}) {
     return Subscribe(
         queue,
         HandlerWithConsumer(
-            [h = std::move(handler)](const Delivery& d,
-                                     Consumer&) mutable { return h(d); }),
+            [h = std::move(handler)](const Delivery& d, Consumer&) mutable {
+              return h(d);
+            }),
         options);
   }
 

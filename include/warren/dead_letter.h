@@ -26,7 +26,8 @@
 //   ...
 //   consumer->Reject(d, {.requeue = false});       // -> "dead"
 //   auto dead = broker->Consume("dead").value()->Receive(absl::Seconds(1));
-//   for (const warren::DeathRecord& r : warren::DeathHistory(dead->message())) {
+//   for (const warren::DeathRecord& r : warren::DeathHistory(dead->message()))
+//   {
 //     // r.queue == "work", r.reason == warren::DeathReason::kRejected
 //   }
 

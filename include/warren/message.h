@@ -65,17 +65,26 @@ struct Bytes {
 // headers-exchange binding it means "the header is present, any value".
 class HeaderValue {
  public:
-  enum class Kind { kVoid, kBool, kInt, kDouble, kString, kBytes, kList, kTable };
+  enum class Kind {
+    kVoid,
+    kBool,
+    kInt,
+    kDouble,
+    kString,
+    kBytes,
+    kList,
+    kTable
+  };
 
   HeaderValue() = default;
   HeaderValue(bool v) : value_(v) {}  // NOLINT(google-explicit-constructor)
   template <typename T,
             std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>,
                              int> = 0>
-  HeaderValue(T v) : value_(static_cast<int64_t>(v)) {}  // NOLINT
-  HeaderValue(double v) : value_(v) {}                   // NOLINT
-  HeaderValue(const char* v) : value_(std::string(v)) {}  // NOLINT
-  HeaderValue(std::string v) : value_(std::move(v)) {}    // NOLINT
+  HeaderValue(T v) : value_(static_cast<int64_t>(v)) {}        // NOLINT
+  HeaderValue(double v) : value_(v) {}                         // NOLINT
+  HeaderValue(const char* v) : value_(std::string(v)) {}       // NOLINT
+  HeaderValue(std::string v) : value_(std::move(v)) {}         // NOLINT
   HeaderValue(std::string_view v) : value_(std::string(v)) {}  // NOLINT
   HeaderValue(Bytes v) : value_(std::move(v)) {}               // NOLINT
   HeaderValue(HeaderList v) : value_(std::move(v)) {}          // NOLINT

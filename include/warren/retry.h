@@ -69,11 +69,10 @@ struct RetryPolicy {
 
   friend bool operator==(const RetryPolicy& a, const RetryPolicy& b) {
     return a.max_attempts == b.max_attempts && a.backoff == b.backoff &&
-           a.initial_delay == b.initial_delay &&
-           a.multiplier == b.multiplier && a.max_delay == b.max_delay &&
-           a.jitter == b.jitter && a.jitter_ratio == b.jitter_ratio &&
-           a.seed == b.seed && static_cast<bool>(a.custom) ==
-                                   static_cast<bool>(b.custom);
+           a.initial_delay == b.initial_delay && a.multiplier == b.multiplier &&
+           a.max_delay == b.max_delay && a.jitter == b.jitter &&
+           a.jitter_ratio == b.jitter_ratio && a.seed == b.seed &&
+           static_cast<bool>(a.custom) == static_cast<bool>(b.custom);
   }
 };
 

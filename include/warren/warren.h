@@ -27,11 +27,11 @@
 #ifndef WARREN_WARREN_H_
 #define WARREN_WARREN_H_
 
-#include "warren/broker.h"    // IWYU pragma: export
-#include "warren/consumer.h"  // IWYU pragma: export
+#include "warren/broker.h"       // IWYU pragma: export
+#include "warren/consumer.h"     // IWYU pragma: export
 #include "warren/dead_letter.h"  // IWYU pragma: export
-#include "warren/message.h"   // IWYU pragma: export
-#include "warren/options.h"   // IWYU pragma: export
-#include "warren/stats.h"     // IWYU pragma: export
+#include "warren/message.h"      // IWYU pragma: export
+#include "warren/options.h"      // IWYU pragma: export
+#include "warren/stats.h"        // IWYU pragma: export
 
 #endif  // WARREN_WARREN_H_

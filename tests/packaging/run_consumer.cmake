@@ -55,7 +55,20 @@ function(skip why)
   set(SKIPPED TRUE PARENT_SCOPE)
 endfunction()
 
+# Brings libwarren in the build tree up to date with the sources, so that the
+# headers a consumer compiles against match the library it links (a no-op
+# after a full build).
+function(update_warren)
+  set(_config_args)
+  if(CONFIG)
+    set(_config_args --config "${CONFIG}")
+  endif()
+  run("${CMAKE_COMMAND}" --build "${WARREN_BINARY_DIR}" --target warren
+      --parallel ${JOBS} ${_config_args})
+endfunction()
+
 function(install_warren prefix)
+  update_warren()
   set(_config_args)
   if(CONFIG)
     set(_config_args --config "${CONFIG}")
@@ -113,6 +126,7 @@ if(MODE STREQUAL "install")
   expect_warren_dir_under("${_prefix}")
 
 elseif(MODE STREQUAL "build_tree")
+  update_warren()
   build_and_run(find_package "-Dwarren_DIR=${WARREN_BINARY_DIR}")
   expect_warren_dir_under("${WARREN_BINARY_DIR}")
 
