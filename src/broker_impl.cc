@@ -103,6 +103,29 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
   return absl::OkStatus();
 }
 
+// Adds one queue's answer to a publish's outcome; false for kFull (the
+// caller waits for room).
+bool Tally(PublishOutcome& outcome, Queue::EnqueueResult result,
+           const std::string& queue) {
+  switch (result) {
+    case Queue::EnqueueResult::kAccepted:
+      ++outcome.queues;
+      return true;
+    case Queue::EnqueueResult::kDuplicate:
+      ++outcome.queues;
+      ++outcome.duplicates;
+      return true;
+    case Queue::EnqueueResult::kRefused:
+      outcome.refused_by.push_back(queue);
+      return true;
+    case Queue::EnqueueResult::kFull:
+      return false;
+    case Queue::EnqueueResult::kClosed:
+      return true;
+  }
+  return true;
+}
+
 std::string JoinNames(const std::vector<std::string>& names) {
   std::string out;
   for (const std::string& n : names) {
@@ -511,18 +534,8 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
                                     ? absl::InfiniteFuture()
                                     : absl::Now() + options.timeout;
     for (const std::shared_ptr<Queue>& q : p.blocked) {
-      switch (q->EnqueueBlocking(p.envelope, deadline)) {
-        case Queue::EnqueueResult::kAccepted:
-          ++outcome.queues;
-          break;
-        case Queue::EnqueueResult::kDuplicate:
-          ++outcome.queues;
-          ++outcome.duplicates;
-          break;
-        default:
-          outcome.refused_by.push_back(q->name());
-          break;
-      }
+      // A blocking enqueue ends accepted, duplicate, refused or closed.
+      Tally(outcome, q->EnqueueBlocking(p.envelope, deadline), q->name());
     }
     if (outcome.queues == 0) {
       return absl::DeadlineExceededError(StrCat("no room in ",
@@ -560,22 +573,9 @@ void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
                             std::string(routing_key), Now());
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    switch (q->Enqueue(p.envelope, options.delay, &maxlen_dead)) {
-      case Queue::EnqueueResult::kFull:
-        p.blocked.push_back(q->shared_from_this());
-        break;
-      case Queue::EnqueueResult::kAccepted:
-        ++outcome.queues;
-        break;
-      case Queue::EnqueueResult::kDuplicate:
-        ++outcome.queues;
-        ++outcome.duplicates;
-        break;
-      case Queue::EnqueueResult::kRefused:
-        outcome.refused_by.push_back(q->name());
-        break;
-      case Queue::EnqueueResult::kClosed:
-        break;
+    const auto result = q->Enqueue(p.envelope, options.delay, &maxlen_dead);
+    if (!Tally(outcome, result, q->name())) {
+      p.blocked.push_back(q->shared_from_this());
     }
     if (!maxlen_dead.empty()) {
       p.dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
@@ -601,15 +601,17 @@ void BrokerImpl::DeleteIdleQueue(Queue& queue) {
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                                    std::string_view key, Message&& message,
+                                   bool drop_cycles,
                                    std::vector<DeadBatch>& dead) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, message.headers(), state);
   // Drop the targets that would close a dead-letter cycle.
-  state.queues.erase(
-      std::remove_if(
-          state.queues.begin(), state.queues.end(),
-          [&](Queue* q) { return IsDeadLetterCycle(message, q->name()); }),
-      state.queues.end());
+  if (drop_cycles)
+    state.queues.erase(
+        std::remove_if(
+            state.queues.begin(), state.queues.end(),
+            [&](Queue* q) { return IsDeadLetterCycle(message, q->name()); }),
+        state.queues.end());
   if (state.queues.empty()) return 0;
   auto envelope = MakeEnvelope(std::move(message), std::string(exchange.name()),
                                std::string(key), Now());
@@ -662,7 +664,8 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
-        if (RepublishLocked(*dlx, key, std::move(m), dead) == 0) {
+        if (RepublishLocked(*dlx, key, std::move(m), /*drop_cycles=*/true,
+                            dead) == 0) {
           w.from->CountDropped(1);
           continue;
         }
@@ -792,21 +795,10 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       }
       // The message keeps its death history; the cycle rule does not apply
       // to a deliberate move.
-      RouteState state;
-      ResolveTargetsLocked(*exchange, key, m.headers(), state);
-      if (state.queues.empty()) {
+      if (RepublishLocked(*exchange, key, Message(m), /*drop_cycles=*/false,
+                          dead) == 0) {
         stay.push_back(std::move(node));
         continue;
-      }
-      auto envelope = MakeEnvelope(Message(m), std::string(exchange->name()),
-                                   std::string(key), Now());
-      std::vector<NodePtr> maxlen_dead;
-      for (Queue* q : state.queues) {
-        (void)q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
-        if (!maxlen_dead.empty()) {
-          dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
-          maxlen_dead.clear();
-        }
       }
       ++moved;
     }

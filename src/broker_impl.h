@@ -147,10 +147,13 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // many moved.
   uint64_t RedriveSome(const std::shared_ptr<Queue>& dlq,
                        const RedriveOptions& options, uint64_t max);
-  // Publishes an envelope's message to `exchange` under the topology lock,
-  // as dead-lettering and redrive do: no validation, no outcome.
+  // Publishes `message` to `exchange` under the topology lock, as
+  // dead-lettering and redrive do: no validation; returns how many queues
+  // took it. With `drop_cycles`, skips queues that would close a
+  // dead-letter cycle.
   size_t RepublishLocked(const Exchange& exchange, std::string_view key,
-                         Message&& message, std::vector<DeadBatch>& dead)
+                         Message&& message, bool drop_cycles,
+                         std::vector<DeadBatch>& dead)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
   std::atomic<uint64_t> next_consumer_id_{1};
