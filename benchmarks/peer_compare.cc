@@ -512,7 +512,6 @@ void RunInterleaved(const std::string& label, std::vector<Contender*> cs,
 constexpr size_t kRingCapacity = 8192;
 
 struct OursMpmc {
-  static constexpr bool kBulk = true;
   OursMpmc() : q(kRingCapacity) {}
   warren::MpmcQueue<uint64_t> q;
   struct Producer {
