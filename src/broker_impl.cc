@@ -320,10 +320,13 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
 
 absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
-  ReaderLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
-  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> queue, FindQueueLocked(name));
-  return queue->Purge();
+  std::shared_ptr<Queue> queue;
+  {
+    ReaderLock lock(&topo_mu_);
+    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_ASSIGN_OR_RETURN(queue, FindQueueLocked(name));
+  }
+  return queue->Purge();  // may dead-letter expired messages: no lock held
 }
 
 // --- Bindings
@@ -527,6 +530,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
   for (auto& [q, nodes] : p.dead) {
     q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
   }
+  for (const std::shared_ptr<Queue>& q : p.flush) q->FlushExpired();
   PublishOutcome& outcome = p.outcome;
   if (!p.blocked.empty()) {
     // Full queues with overflow kBlock: wait for room with no broker lock.
@@ -577,6 +581,7 @@ void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
     if (!Tally(outcome, result, q->name())) {
       p.blocked.push_back(q->shared_from_this());
     }
+    if (q->expired_pending()) p.flush.push_back(q->shared_from_this());
     if (!maxlen_dead.empty()) {
       p.dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
       maxlen_dead.clear();
@@ -584,12 +589,14 @@ void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
   }
 }
 
-void BrokerImpl::DeleteIdleQueue(Queue& queue) {
+bool BrokerImpl::DeleteIdleQueue(Queue& queue) {
   WriterLock lock(&topo_mu_);
-  if (closed_) return;
+  if (closed_) return true;
   auto it = queues_.find(queue.name());
-  if (it == queues_.end() || it->second.get() != &queue) return;
-  if (queue.consumer_count() > 0) return;
+  if (it == queues_.end() || it->second.get() != &queue) return true;
+  // Consumers are added, and redeclares touch, under the topology lock:
+  // checked again here, the answer holds.
+  if (!queue.IdleLongEnough()) return false;
   const Destination as_destination{&queue, nullptr};
   for (auto& [exchange_name, exchange] : exchanges_) {
     exchange->RemoveBindingsTo(as_destination);
@@ -597,12 +604,14 @@ void BrokerImpl::DeleteIdleQueue(Queue& queue) {
   std::shared_ptr<Queue> keep = std::move(it->second);
   queues_.erase(it);
   keep->End(Queue::EndReason::kDeleted);
+  return true;
 }
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                                    std::string_view key, Message&& message,
                                    bool drop_cycles,
-                                   std::vector<DeadBatch>& dead) {
+                                   std::vector<DeadBatch>& dead,
+                                   std::vector<std::shared_ptr<Queue>>& flush) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, message.headers(), state);
   // Drop the targets that would close a dead-letter cycle.
@@ -620,6 +629,7 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
   for (Queue* q : state.queues) {
     const auto result =
         q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
+    if (q->expired_pending()) flush.push_back(q->shared_from_this());
     accepted += result == Queue::EnqueueResult::kAccepted ||
                 result == Queue::EnqueueResult::kDuplicate;
     if (!maxlen_dead.empty()) {
@@ -645,6 +655,7 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
     work.pop_back();
     const QueueOptions& o = w.from->options();
     std::vector<DeadBatch> dead;
+    std::vector<std::shared_ptr<Queue>> flush;
     {
       ReaderLock lock(&topo_mu_);
       if (closed_) return;
@@ -664,8 +675,8 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
-        if (RepublishLocked(*dlx, key, std::move(m), /*drop_cycles=*/true,
-                            dead) == 0) {
+        if (RepublishLocked(*dlx, key, std::move(m), /*drop_cycles=*/true, dead,
+                            flush) == 0) {
           w.from->CountDropped(1);
           continue;
         }
@@ -674,6 +685,15 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
     }
     for (auto& [q, batch] : dead) {
       work.push_back({std::move(q), std::move(batch), DeathReason::kMaxLen});
+    }
+    // We run under the link's lock: expired messages join the work here
+    // rather than through Queue::FlushExpired.
+    for (std::shared_ptr<Queue>& q : flush) {
+      std::vector<NodePtr> expired = q->TakeExpired();
+      if (!expired.empty()) {
+        work.push_back(
+            {std::move(q), std::move(expired), DeathReason::kExpired});
+      }
     }
   }
 }
@@ -762,6 +782,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
   std::vector<NodePtr> nodes = dlq->TakeForMove(max);
   std::vector<NodePtr> stay;
   std::vector<DeadBatch> dead;
+  std::vector<std::shared_ptr<Queue>> flush;
   uint64_t moved = 0;
   {
     ReaderLock lock(&topo_mu_);
@@ -796,7 +817,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       // The message keeps its death history; the cycle rule does not apply
       // to a deliberate move.
       if (RepublishLocked(*exchange, key, Message(m), /*drop_cycles=*/false,
-                          dead) == 0) {
+                          dead, flush) == 0) {
         stay.push_back(std::move(node));
         continue;
       }
@@ -807,6 +828,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
   for (auto& [q, batch] : dead) {
     q->DeadLetter(std::move(batch), DeathReason::kMaxLen);
   }
+  for (const std::shared_ptr<Queue>& q : flush) q->FlushExpired();
   return moved;
 }
 

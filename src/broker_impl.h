@@ -89,7 +89,7 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // QueueOwner: republishes `nodes` to `from`'s dead-letter exchange.
   void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                   DeathReason reason) override;
-  void DeleteIdleQueue(Queue& queue) override;
+  bool DeleteIdleQueue(Queue& queue) override;
   // Routes through `exchange` and, when nothing matched, its chain of
   // alternate exchanges.
   void ResolveTargetsLocked(const Exchange& exchange,
@@ -105,6 +105,8 @@ class BrokerImpl final : public Broker, private QueueOwner {
     std::vector<DeadBatch> dead;
     // Full kBlock queues, to wait for.
     std::vector<std::shared_ptr<Queue>> blocked;
+    // Queues holding expired messages to dead-letter (Queue::FlushExpired).
+    std::vector<std::shared_ptr<Queue>> flush;
   };
   static absl::Status ValidatePublish(std::string_view exchange,
                                       std::string_view routing_key,
@@ -150,10 +152,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Publishes `message` to `exchange` under the topology lock, as
   // dead-lettering and redrive do: no validation; returns how many queues
   // took it. With `drop_cycles`, skips queues that would close a
-  // dead-letter cycle.
+  // dead-letter cycle. Queues left with expired messages to dead-letter are
+  // added to `flush`.
   size_t RepublishLocked(const Exchange& exchange, std::string_view key,
                          Message&& message, bool drop_cycles,
-                         std::vector<DeadBatch>& dead)
+                         std::vector<DeadBatch>& dead,
+                         std::vector<std::shared_ptr<Queue>>& flush)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
   std::atomic<uint64_t> next_consumer_id_{1};

@@ -111,6 +111,9 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       if (ack_deadline_) {
         ArmLease(d.delivery_tag_, held, queue_->Now() + *ack_deadline_);
       }
+      // Counted before it is held, so a concurrent settle never makes the
+      // unacked gauge go below zero.
+      queue_->CountDelivered(d.attempt_ > 1);
       held_.Add(std::move(held));
     }
   }
@@ -123,7 +126,6 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
     return absl::FailedPreconditionError(
         StrCat("consumer '", tag_, "' is closed"));
   }
-  queue_->CountDelivered(d.redelivered());
   return d;
 }
 

@@ -66,6 +66,7 @@ bool Queue::TryReserve(uint64_t bytes) {
   do {
     if (cur + bytes > options_.max_length_bytes) {
       ready_count_.fetch_sub(1, std::memory_order_relaxed);
+      NotifyRoom();  // the count we held back may be what a waiter needs
       return false;
     }
   } while (!ready_bytes_.compare_exchange_weak(cur, cur + bytes,
@@ -76,13 +77,17 @@ bool Queue::TryReserve(uint64_t bytes) {
 void Queue::OnTaken(const QueuedMessage& node) {
   ready_count_.fetch_sub(1, std::memory_order_relaxed);
   ready_bytes_.fetch_sub(node.body_size(), std::memory_order_relaxed);
-  if (options_.overflow == Overflow::kBlock) {
-    // Dekker handshake with EnqueueBlocking.
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (room_waiters_.load(std::memory_order_relaxed) > 0) {
-      MutexLock lock(&room_mu_);
-      room_cv_.SignalAll();
-    }
+  NotifyRoom();
+}
+
+void Queue::NotifyRoom() {
+  if (options_.overflow != Overflow::kBlock) return;
+  // Dekker handshake with EnqueueBlocking: our release of room happens
+  // before this fence; a waiter registers and fences before re-checking.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (room_waiters_.load(std::memory_order_relaxed) > 0) {
+    MutexLock lock(&room_mu_);
+    room_cv_.SignalAll();
   }
 }
 
@@ -110,6 +115,8 @@ bool Queue::IsDuplicate(const Envelope& envelope) {
   if (id.empty()) return false;
   const absl::Time now = Now();
   MutexLock lock(&dedup_mu_);
+  // Entries whose window ended (their order entry may outlive a forgotten
+  // id; it then finds nothing or a newer entry, and leaves it).
   while (!dedup_order_.empty() && dedup_order_.front().first <= now) {
     auto it = dedup_.find(dedup_order_.front().second);
     if (it != dedup_.end() && it->second == dedup_order_.front().first) {
@@ -127,6 +134,13 @@ bool Queue::IsDuplicate(const Envelope& envelope) {
 void Queue::Unreserve(uint64_t bytes) {
   ready_count_.fetch_sub(1, std::memory_order_relaxed);
   ready_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+  NotifyRoom();
+}
+
+void Queue::ForgetId(const std::string& id) {
+  if (id.empty()) return;
+  MutexLock lock(&dedup_mu_);
+  dedup_.erase(id);
 }
 
 Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
@@ -135,8 +149,9 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
   }
-  // A blocking publish records its id only once it has room, so a publish
-  // that times out can be retried.
+  // The id is recorded as the message is accepted: a refused publish
+  // forgets it (below), so retrying it is not taken for a duplicate. A
+  // blocking publish records it only once it has room.
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
   if (dedup &&
       (delay > absl::ZeroDuration() || options_.overflow != Overflow::kBlock) &&
@@ -164,10 +179,10 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     if (options_.overflow == Overflow::kBlock) return EnqueueResult::kFull;
     // Full, and nothing could be dropped to make room.
     Add(publisher_side_.refused, 1);
+    if (dedup) ForgetId(envelope->message.properties().message_id);
     if (options_.overflow == Overflow::kRejectPublishDlx) {
       maxlen_dead->push_back(MakeNode(std::move(envelope)));
     }
-    FlushExpired();
     return EnqueueResult::kRefused;
   }
   return EnqueueReserved(std::move(envelope));
@@ -200,7 +215,13 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
       return EnqueueResult::kRefused;
     }
   }
-  return EnqueueReserved(std::move(envelope));
+  const EnqueueResult result = EnqueueReserved(std::move(envelope));
+  FlushExpired();
+  // Deleted or closed while we waited: the message went with the queue.
+  if (end_.load(std::memory_order_acquire) != kOpen) {
+    return EnqueueResult::kClosed;
+  }
+  return result;
 }
 
 Queue::EnqueueResult Queue::EnqueueReserved(
@@ -230,7 +251,8 @@ Queue::EnqueueResult Queue::EnqueueReserved(
     SpillLocked(std::move(node));
     HandOffLocked();
   }
-  FlushExpired();
+  // Expired messages the hand-off met are dead-lettered by the caller, once
+  // it holds no broker lock (FlushExpired).
   return EnqueueResult::kAccepted;
 }
 
@@ -248,11 +270,8 @@ void Queue::MaybeHandOff() {
   // a waiter increments waiting_ and fences before re-checking the rings.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (waiting_.load(std::memory_order_relaxed) == 0) return;
-  {
-    MutexLock lock(&mu_);
-    HandOffLocked();
-  }
-  FlushExpired();
+  MutexLock lock(&mu_);
+  HandOffLocked();
 }
 
 void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
@@ -379,22 +398,28 @@ void Queue::ExpireDue() {
         if (--spilled_ == 0) spilling_.store(false, std::memory_order_release);
       }
       OnTaken(*node);
-      expired_.push_back(std::move(node));
+      AddExpiredLocked(std::move(node));
     }
     ArmExpiryTimerLocked();
   }
   FlushExpired();
 }
 
-void Queue::FlushExpired() {
+std::vector<NodePtr> Queue::TakeExpired() {
   std::vector<NodePtr> expired;
+  if (!expired_pending_.load(std::memory_order_acquire)) return expired;
   {
     MutexLock lock(&mu_);
-    if (expired_.empty()) return;
+    expired_pending_.store(false, std::memory_order_relaxed);
     expired.swap(expired_);
   }
   Add(consumer_side_.expired, expired.size());
-  DeadLetter(std::move(expired), DeathReason::kExpired);
+  return expired;
+}
+
+void Queue::FlushExpired() {
+  std::vector<NodePtr> expired = TakeExpired();
+  if (!expired.empty()) DeadLetter(std::move(expired), DeathReason::kExpired);
 }
 
 // --- Consuming ---------------------------------------------------------------
@@ -421,7 +446,7 @@ NodePtr Queue::TakeAny() {
   return TakeLocked();
 }
 
-NodePtr Queue::TakeLocked() {
+NodePtr Queue::TakeLocked(bool account) {
   for (;;) {
     const int best_returned =
         returned_.empty() ? -1 : -std::get<0>(returned_.begin()->first);
@@ -445,26 +470,35 @@ NodePtr Queue::TakeLocked() {
       }
     }
     if (!node) return nullptr;
-    OnTaken(*node);
     if (node->has_expiry()) {
       UnindexExpiryLocked(*node, from_returned);
       // The expiry timer may not have run yet: never deliver it.
       if (Now() >= node->expires_at) {
-        expired_.push_back(std::move(node));
+        OnTaken(*node);
+        AddExpiredLocked(std::move(node));
         continue;
       }
     }
+    if (account) OnTaken(*node);
     return node;
   }
 }
 
-bool Queue::ReturnLocked(NodePtr node) {
+void Queue::AddExpiredLocked(NodePtr node) {
+  expired_.push_back(std::move(node));
+  expired_pending_.store(true, std::memory_order_release);
+}
+
+bool Queue::ReturnLocked(NodePtr node, bool account) {
   if (node->has_expiry() && Now() >= node->expires_at) {
-    expired_.push_back(std::move(node));
+    if (!account) OnTaken(*node);  // it was still counted ready
+    AddExpiredLocked(std::move(node));
     return false;
   }
-  ready_count_.fetch_add(1, std::memory_order_relaxed);
-  ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  if (account) {
+    ready_count_.fetch_add(1, std::memory_order_relaxed);
+    ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  }
   if (node->has_expiry()) IndexExpiryLocked(*node, /*in_returned=*/true);
   const ReturnedKey key{-static_cast<int>(node->priority), node->seq};
   returned_.emplace(key, std::move(node));
@@ -636,16 +670,24 @@ void Queue::StartExpiry() {
   });
 }
 
+bool Queue::IdleLongEnough() const {
+  const absl::Time last =
+      absl::FromUnixMicros(last_used_us_.load(std::memory_order_relaxed));
+  return consumer_count() == 0 && Now() - last >= *options_.expires;
+}
+
 void Queue::CheckIdle() {
   if (end_.load(std::memory_order_acquire) != kOpen) return;
+  if (IdleLongEnough()) {
+    ReaderLock lock(&link_->mu);
+    if (link_->owner == nullptr || link_->owner->DeleteIdleQueue(*this)) {
+      return;
+    }
+    // Declined: used in the meantime. Look again below.
+  }
   const absl::Time last =
       absl::FromUnixMicros(last_used_us_.load(std::memory_order_relaxed));
   const absl::Time now = Now();
-  if (consumer_count() == 0 && now - last >= *options_.expires) {
-    ReaderLock lock(&link_->mu);
-    if (link_->owner != nullptr) link_->owner->DeleteIdleQueue(*this);
-    return;
-  }
   // Used since, or in use: look again when it could next be idle long enough.
   const absl::Time next = consumer_count() == 0 ? last + *options_.expires
                                                 : now + *options_.expires;
@@ -689,7 +731,7 @@ uint64_t Queue::Purge() {
     n = DrainLocked();
   }
   Add(consumer_side_.purged, n);
-  FlushExpired();
+  FlushExpired();  // callers hold no broker lock
   return n;
 }
 
@@ -699,13 +741,15 @@ std::vector<Message> Queue::Browse(size_t max) {
     MutexLock lock(&mu_);
     std::vector<NodePtr> taken;
     while (taken.size() < max) {
-      NodePtr node = TakeLocked();
+      NodePtr node = TakeLocked(/*account=*/false);
       if (!node) break;
       out.push_back(node->envelope->message);
       taken.push_back(std::move(node));
     }
-    // Back in place: the returned set keeps publish order.
-    for (NodePtr& node : taken) ReturnLocked(std::move(node));
+    // Back in place: the returned set keeps publish order. They never left
+    // the ready count.
+    for (NodePtr& node : taken)
+      ReturnLocked(std::move(node), /*account=*/false);
   }
   FlushExpired();
   return out;

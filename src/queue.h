@@ -70,8 +70,9 @@ class QueueOwner {
   // Republishes `nodes` to `from`'s dead-letter exchange.
   virtual void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                           DeathReason reason) = 0;
-  // Deletes `queue`, which has been unused for its `expires` time.
-  virtual void DeleteIdleQueue(Queue& queue) = 0;
+  // Deletes `queue` if it is still unused for its `expires` time (checked
+  // again under the broker's lock); false when it declined.
+  virtual bool DeleteIdleQueue(Queue& queue) = 0;
 
  protected:
   ~QueueOwner() = default;
@@ -134,6 +135,16 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // drops (and counts) them when the queue has none. Call with no lock held.
   void DeadLetter(std::vector<NodePtr> nodes, DeathReason reason);
 
+  // Dead-letters the expired messages that taking or handing over met.
+  // Enqueue leaves them for its caller, which may hold the topology lock:
+  // call this once no broker lock is held (cheap when there are none).
+  void FlushExpired() ABSL_LOCKS_EXCLUDED(mu_);
+  // The same, handing them to the caller (counted as expired) instead.
+  std::vector<NodePtr> TakeExpired() ABSL_LOCKS_EXCLUDED(mu_);
+  bool expired_pending() const {
+    return expired_pending_.load(std::memory_order_acquire);
+  }
+
   // --- Consuming ------------------------------------------------------------
 
   // Takes the next message for `consumer`. With `wait`, parks until one is
@@ -191,8 +202,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // into the returned set (their delivery order is unchanged).
   QueueStats Stats();
 
-  // Queue expiry: marks the queue used now, and arms its idle check.
+  // Queue expiry: marks the queue used now.
   void Touch();
+  // True when the queue has had no consumer and no use for `expires`.
+  bool IdleLongEnough() const;
   // Starts the idle check for a queue with `expires` (once it is shared).
   void StartExpiry();
 
@@ -243,12 +256,16 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Pops the next message without the lock when nothing is returned or
   // spilled; otherwise takes the lock.
   NodePtr TakeAny();
-  NodePtr TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the next ready message. With `account` false (Browse, which puts
+  // it straight back), the ready count is left alone, so publishers never
+  // see room that is not there.
+  NodePtr TakeLocked(bool account = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Spills `node` (ready, room reserved) behind the lock.
   void SpillLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts `node` into returned_ (ready again); false when its time-to-live
   // ran out, in which case it is appended to expired_.
-  bool ReturnLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ReturnLocked(NodePtr node, bool account = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands ready messages to eligible waiters, longest-waiting first.
   void HandOffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -267,8 +284,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ArmExpiryTimerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireDue();
-  // Dead-letters what expired_ collected; call with mu_ not held.
-  void FlushExpired() ABSL_LOCKS_EXCLUDED(mu_);
+  void AddExpiredLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes publishers waiting for room (overflow kBlock) after room was given
+  // back.
+  void NotifyRoom();
+  // Forgets a message id recorded for deduplication (its publish was
+  // refused).
+  void ForgetId(const std::string& id);
 
   // Timers: runs `fn` at `deadline` on the broker's timer service; false
   // (and `fn` is dropped) when the broker is gone.
@@ -294,6 +316,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
   std::atomic<uint32_t> waiting_{0};
   std::atomic<int> end_{0};  // 0 open, 1 deleted, 2 broker closed
   std::atomic<uint64_t> delayed_{0};
+  // expired_ is not empty.
+  std::atomic<bool> expired_pending_{false};
   // Queue expiry: when the queue was last used, in the clock's
   // microseconds since the Unix epoch.
   std::atomic<int64_t> last_used_us_{0};

@@ -359,6 +359,29 @@ TEST_CASE("Deduplication drops a repeated message id within the window") {
   CHECK(Ready(*e.b, "work") == 5);
 }
 
+TEST_CASE(
+    "A publish refused by a full queue is not remembered as a "
+    "duplicate") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work",
+                            {.max_length = 1, .dedup_window = absl::Minutes(1)})
+              .ok());
+  auto with_id = [](std::string id) {
+    Message m(id);
+    m.properties().message_id = std::move(id);
+    return m;
+  };
+  REQUIRE(e.b->Publish("", "work", with_id("a")).ok());
+  CHECK(absl::IsResourceExhausted(
+      e.b->Publish("", "work", with_id("b")).status()));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"a"});
+  auto retried = e.b->Publish("", "work", with_id("b"));  // room now
+  REQUIRE(retried.ok());
+  CHECK(retried->duplicates == 0);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"b"});
+  CHECK(e.Stats("work").deduplicated == 0);
+}
+
 // "work" dead-letters into "dlq"; two rejected messages wait there.
 void TwoDeadLetters(Env& e) {
   REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
