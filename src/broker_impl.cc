@@ -630,6 +630,8 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
     const auto result =
         q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
     if (q->expired_pending()) flush.push_back(q->shared_from_this());
+    // Dead-lettering and redrive never wait for room in a kBlock queue.
+    if (result == Queue::EnqueueResult::kFull) q->CountRefused();
     accepted += result == Queue::EnqueueResult::kAccepted ||
                 result == Queue::EnqueueResult::kDuplicate;
     if (!maxlen_dead.empty()) {

@@ -226,6 +226,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   void CountDropped(uint64_t n) { Add(consumer_side_.dropped, n); }
   void CountDeadLettered(uint64_t n) { Add(consumer_side_.dead_lettered, n); }
   void CountLeaseExpired(uint64_t n) { Add(consumer_side_.lease_expired, n); }
+  // A publish that found the queue full and does not wait (dead-lettering
+  // and redrive into a kBlock queue).
+  void CountRefused() { Add(publisher_side_.refused, 1); }
 
  private:
   struct Waiter {

@@ -226,6 +226,25 @@ TEST_CASE("A closed consumer's returns count toward the delivery limit") {
   CHECK(Ready(*b, "dead") == 1);
 }
 
+TEST_CASE(
+    "Dead-lettering into a full blocking queue never waits and counts "
+    "the refusal") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareExchange("dlx", ExchangeType::kFanout).ok());
+  REQUIRE(
+      b->DeclareQueue("dead", {.max_length = 1, .overflow = Overflow::kBlock})
+          .ok());
+  REQUIRE(b->Bind("dead", "dlx", "").ok());
+  REQUIRE(b->DeclareQueue("work", {.dead_letter_exchange = "dlx"}).ok());
+  REQUIRE(Send(*b, "", "dead", "filler").ok());
+  REQUIRE(Send(*b, "", "work", "x").ok());
+  auto c = b->Consume("work").value();
+  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  CHECK(b->GetQueueStats("dead")->refused == 1);
+  CHECK(b->GetQueueStats("work")->dropped == 1);
+  CHECK(Ready(*b, "dead") == 1);
+}
+
 TEST_CASE("Bad dead-letter options are InvalidArgument") {
   auto b = NewBroker();
   CHECK(absl::IsInvalidArgument(
