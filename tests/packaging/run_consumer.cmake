@@ -12,7 +12,7 @@
 #                    (consumer: find_package/).
 #   build_tree       find_package(warren) with warren_DIR = the build tree
 #                    (the export() of the build; consumer: find_package/).
-#   pkg_config       install as above, then compile find_package/main.cc with
+#   pkg_config       install as above, then compile consumer_main.cc with
 #                    the flags of `pkg-config --cflags --libs warren`.
 #   add_subdirectory add_subdirectory(<source tree>) (consumer:
 #                    add_subdirectory/).
@@ -157,7 +157,7 @@ elseif(MODE STREQUAL "pkg_config")
     execute_process(
       COMMAND "${PKG_CONFIG}" --variable=libdir warren
       OUTPUT_VARIABLE _libdir OUTPUT_STRIP_TRAILING_WHITESPACE)
-    run("${CXX_COMPILER}" -std=c++20 "${CONSUMERS_DIR}/find_package/main.cc"
+    run("${CXX_COMPILER}" -std=c++20 "${CONSUMERS_DIR}/consumer_main.cc"
         -o "${WORK_DIR}/consumer" ${_flags} "-Wl,-rpath,${_libdir}")
     run("${WORK_DIR}/consumer")
   endif()

@@ -1,6 +1,7 @@
-// A consumer of warren through add_subdirectory(): opens an in-memory
-// broker, declares a queue, publishes one message and receives it. Exits 0 on
-// success.
+// The consumer program shared by the packaging tests (find_package,
+// add_subdirectory, FetchContent, the build tree, pkg-config): opens an
+// in-memory broker, declares a queue, publishes one message and receives it.
+// Exits 0 on success.
 
 #include <warren/warren.h>
 
