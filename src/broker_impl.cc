@@ -790,7 +790,6 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
     ReaderLock lock(&topo_mu_);
     for (NodePtr& node : nodes) {
       const Message& m = node->envelope->message;
-      const std::optional<DeathSite> last = LastDeath(m);
       const std::vector<DeathRecord> history = DeathHistory(m);
       const Exchange* exchange = nullptr;
       std::string key;
@@ -804,9 +803,10 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
                 ? history[0].routing_keys[0]
                 : node->envelope->routing_key);
       } else {
-        const std::string target = !options.to_queue.empty()
-                                       ? options.to_queue
-                                       : (last ? last->queue : "");
+        const std::string target =
+            !options.to_queue.empty()
+                ? options.to_queue
+                : (history.empty() ? "" : history[0].queue);
         if (queues_.contains(target)) {
           exchange = exchanges_.find("")->second.get();
           key = target;

@@ -52,7 +52,7 @@ struct QueuedMessage {
 // Nodes come from a pool: no heap allocation per message in steady state.
 using NodePtr = std::unique_ptr<QueuedMessage, PoolDelete<QueuedMessage>>;
 
-inline NodePtr MakeNode() { return MakePooled<QueuedMessage>(); }
+inline NodePtr NewNode() { return MakePooled<QueuedMessage>(); }
 
 // Makes the shared envelope of a publish from a pooled block (the body and
 // names longer than std::string's inline capacity are the only other

@@ -92,7 +92,7 @@ void Queue::NotifyRoom() {
 }
 
 NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
-  NodePtr node = internal::MakeNode();
+  NodePtr node = NewNode();
   const Properties& props = envelope->message.properties();
   node->priority = options_.max_priority == 0
                        ? 0
@@ -638,14 +638,15 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
       now.push_back(std::move(node));
     }
   }
-  {
+  if (end_.load(std::memory_order_acquire) != kOpen) return;  // gone
+  uint64_t back = 0;
+  if (!now.empty()) {
     MutexLock lock(&mu_);
-    if (end_.load(std::memory_order_acquire) != kOpen) return;  // gone
-    uint64_t back = 0;
+    if (end_.load(std::memory_order_acquire) != kOpen) return;
     for (NodePtr& node : now) back += ReturnLocked(std::move(node));
-    Add(consumer_side_.requeued, back + later.size());
     HandOffLocked();
   }
+  Add(consumer_side_.requeued, back + later.size());
   const absl::Time t = Now();
   for (auto& [node, d] : later) Delay(std::move(node), t + d);
   DeadLetter(std::move(spent), DeathReason::kDeliveryLimit);
