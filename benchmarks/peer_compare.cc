@@ -511,15 +511,17 @@ void RunInterleaved(const std::string& label, std::vector<Contender*> cs,
 
 constexpr size_t kRingCapacity = 8192;
 
-struct OursMpmc {
-  OursMpmc() : q(kRingCapacity) {}
-  warren::MpmcQueue<uint64_t> q;
+// warren's rings (MpmcQueue or SpscQueue): the same calls on both.
+template <typename Ring>
+struct OursRing {
+  OursRing() : q(kRingCapacity) {}
+  Ring q;
   struct Producer {
-    warren::MpmcQueue<uint64_t>* q;
+    Ring* q;
     bool Push(uint64_t v) { return q->try_push(v); }
   };
   struct Consumer {
-    warren::MpmcQueue<uint64_t>* q;
+    Ring* q;
     size_t Pop(uint64_t* out, size_t max) {
       if (max == 1) return q->try_pop(*out) ? 1 : 0;
       return q->try_pop_bulk(out, max);
@@ -528,24 +530,8 @@ struct OursMpmc {
   Producer MakeProducer() { return {&q}; }
   Consumer MakeConsumer() { return {&q}; }
 };
-
-struct OursSpsc {
-  OursSpsc() : q(kRingCapacity) {}
-  warren::SpscQueue<uint64_t> q;
-  struct Producer {
-    warren::SpscQueue<uint64_t>* q;
-    bool Push(uint64_t v) { return q->try_push(v); }
-  };
-  struct Consumer {
-    warren::SpscQueue<uint64_t>* q;
-    size_t Pop(uint64_t* out, size_t max) {
-      if (max == 1) return q->try_pop(*out) ? 1 : 0;
-      return q->try_pop_bulk(out, max);
-    }
-  };
-  Producer MakeProducer() { return {&q}; }
-  Consumer MakeConsumer() { return {&q}; }
-};
+using OursMpmc = OursRing<warren::MpmcQueue<uint64_t>>;
+using OursSpsc = OursRing<warren::SpscQueue<uint64_t>>;
 
 #if WARREN_HAVE_MOODYCAMEL
 // moodycamel::ConcurrentQueue with a producer token and a consumer token (its
