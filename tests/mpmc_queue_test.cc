@@ -30,16 +30,12 @@ namespace warren::internal {
 // Reads the ring's private state for the parking tests.
 template <typename T>
 struct RingTestPeer<MpmcQueue<T>> {
-  // True once some thread has announced that it is parking on a slot.
-  static bool HasParkedWaiter(const MpmcQueue<T>& q) {
-    for (std::size_t i = 0; i < q.capacity(); ++i) {
-      if ((q.slots_[i].turn.load(std::memory_order_acquire) &
-           MpmcQueue<T>::kWaiterBit) != 0) {
-        return true;
-      }
-    }
-    return false;
+  // How many threads are parked, or about to park, on the ring.
+  static std::uint32_t Waiters(const MpmcQueue<T>& q) {
+    return q.waiters_.load(std::memory_order_acquire);
   }
+  // True once some thread has announced that it is parking on a slot.
+  static bool HasParkedWaiter(const MpmcQueue<T>& q) { return Waiters(q) != 0; }
 };
 
 }  // namespace warren::internal
@@ -346,14 +342,14 @@ TEST_CASE("MpmcQueue destroys the elements left in it when destroyed",
 }
 
 TEST_CASE(
-    "MpmcQueue layout keeps slots and the two tickets on separate cache "
-    "lines",
+    "MpmcQueue layout keeps slots, the two tickets and the waiter count on "
+    "separate cache lines",
     "[mpmc]") {
   // The exact offsets are proved by static_asserts in the header; these hold
   // for any element type.
   STATIC_REQUIRE(alignof(MpmcQueue<char>) == kCacheLineSize);
   STATIC_REQUIRE(sizeof(MpmcQueue<char>) % kCacheLineSize == 0);
-  STATIC_REQUIRE(sizeof(MpmcQueue<char>) >= 3 * kCacheLineSize);
+  STATIC_REQUIRE(sizeof(MpmcQueue<char>) >= 4 * kCacheLineSize);
 }
 
 TEST_CASE("MpmcQueue blocking pop parks on an empty queue and a push wakes it",
@@ -373,6 +369,29 @@ TEST_CASE("MpmcQueue blocking pop parks on an empty queue and a push wakes it",
   consumer.join();
   CHECK(got.load() == 42);
   CHECK(q.empty());
+}
+
+TEST_CASE(
+    "MpmcQueue blocking pop is woken by a bulk push and stops counting "
+    "itself as a waiter",
+    "[mpmc]") {
+  MpmcQueue<int> q(8);
+  std::atomic<int> got{-1};
+  SleepProbe probe;
+  std::thread consumer([&] {
+    probe.Register();
+    int v = -1;
+    q.pop(v);
+    got.store(v, std::memory_order_release);
+  });
+  AwaitParked(q, {&probe});
+  CHECK(Peer<int>::Waiters(q) == 1);
+  const int values[] = {7, 8, 9};
+  REQUIRE(q.try_push_bulk(values, 3) == 3);
+  consumer.join();
+  CHECK(got.load() == 7);
+  CHECK(Peer<int>::Waiters(q) == 0);
+  CHECK(q.size() == 2);
 }
 
 TEST_CASE("MpmcQueue blocking push parks on a full queue and a pop wakes it",

@@ -22,8 +22,15 @@
 //
 // Blocking calls spin briefly, then park the thread on the slot's turn word
 // with C++20 `std::atomic::wait`, so a consumer can wait for work without
-// burning a core. A parked thread sets a "waiter" bit in the turn word; the
-// thread that passes the turn on sees the bit and wakes it.
+// burning a core. Parking support costs the non-blocking path almost nothing:
+// passing a turn on is a plain release store followed by a relaxed load of the
+// ring's waiter count, and only when that count is non-zero a fence and a
+// notify. What makes the relaxed load safe (no lost wake-up) is an asymmetric
+// Dekker handshake: a thread about to park counts itself in, then runs a
+// process-wide memory barrier (Linux `membarrier`), so every thread passing a
+// turn either has its turn store seen by the parking thread's re-check or sees
+// the count. Where `membarrier` is unavailable the passing thread runs a
+// `seq_cst` fence instead (see `internal::AsymmetricFence`).
 //
 // Example:
 //
@@ -63,10 +70,17 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <new>
 #include <type_traits>
 #include <utility>
+
+#if defined(__linux__)
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace warren {
 
@@ -98,6 +112,72 @@ inline std::size_t RoundUpCapacity(std::size_t capacity) noexcept {
   return capacity < 2 ? 2 : std::bit_ceil(capacity);
 }
 
+// The two halves of the Dekker handshake between a thread that parks and
+// the threads that may have to wake it, made asymmetric so that the frequent
+// half (run by every push and pop) is nearly free and the rare half (run
+// before parking, next to a futex syscall anyway) pays for both.
+//
+//   parking thread:  count itself in (waiter count / parked flag);
+//                    Heavy();  re-check the ring;  park if still blocked.
+//   passing thread:  publish (turn or index store, release);
+//                    Light();  load the waiter count (relaxed);
+//                    non-zero: seq_cst fence, notify.
+//
+// With `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` Heavy() makes every
+// other running thread of the process execute a full memory barrier, and
+// Light() is only a compiler barrier: the barrier lands in the passing
+// thread either before its load (which then sees the count) or after its
+// publishing store (which the re-check then sees). Without `membarrier`
+// (not Linux, an old kernel, a sandbox that forbids it, valgrind) both halves
+// are `seq_cst` fences, the textbook handshake.
+class AsymmetricFence {
+ public:
+  // Whether Light() may be a compiler barrier only. The first call registers
+  // the process for expedited `membarrier`; every ring asks in its
+  // constructor, so this is settled before any thread uses a ring.
+  static bool LightIsCompilerOnly() noexcept {
+    static const bool available = Register();
+    return available;
+  }
+
+  // The passing thread's half. `compiler_only` is LightIsCompilerOnly().
+  static void Light(bool compiler_only) noexcept {
+    if (compiler_only) {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+  }
+
+  // The parking thread's half. `compiler_only` is LightIsCompilerOnly().
+  static void Heavy(bool compiler_only) noexcept {
+#if defined(__linux__) && defined(SYS_membarrier)
+    if (compiler_only) {
+      // Cannot fail once registered. If it ever did, the passing threads
+      // (which run no fence) could lose this thread's wake-up: stop instead.
+      if (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0) != 0) {
+        std::abort();
+      }
+      return;
+    }
+#endif
+    (void)compiler_only;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+
+ private:
+  static bool Register() noexcept {
+#if defined(__linux__) && defined(SYS_membarrier)
+    const long commands = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0);
+    return commands > 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+           ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                     0) == 0;
+#else
+    return false;
+#endif
+  }
+};
+
 // Lets tests look inside a ring. Specialised only in the ring tests.
 template <typename Ring>
 struct RingTestPeer;
@@ -123,9 +203,12 @@ class MpmcQueue {
   explicit MpmcQueue(std::size_t capacity)
       : mask_(internal::RoundUpCapacity(capacity) - 1),
         shift_(std::countr_zero(mask_ + 1)),
+        light_fence_compiler_only_(
+            internal::AsymmetricFence::LightIsCompilerOnly()),
         slots_(new Slot[mask_ + 1]) {
     // The layout: every slot on its own cache line(s); the constants, the
-    // push ticket and the pop ticket each on their own cache line.
+    // push ticket, the pop ticket and the waiter count each on their own
+    // cache line.
     static_assert(alignof(Slot) % kCacheLineSize == 0);
     static_assert(sizeof(Slot) % kCacheLineSize == 0);
     static_assert(std::is_standard_layout_v<MpmcQueue>);
@@ -136,7 +219,10 @@ class MpmcQueue {
     static_assert(offsetof(MpmcQueue, tail_) % kCacheLineSize == 0);
     static_assert(offsetof(MpmcQueue, tail_) - offsetof(MpmcQueue, head_) >=
                   kCacheLineSize);
-    static_assert(sizeof(MpmcQueue) - offsetof(MpmcQueue, tail_) >=
+    static_assert(offsetof(MpmcQueue, waiters_) % kCacheLineSize == 0);
+    static_assert(offsetof(MpmcQueue, waiters_) - offsetof(MpmcQueue, tail_) >=
+                  kCacheLineSize);
+    static_assert(sizeof(MpmcQueue) - offsetof(MpmcQueue, waiters_) >=
                   kCacheLineSize);
   }
 
@@ -350,13 +436,11 @@ class MpmcQueue {
  private:
   friend struct internal::RingTestPeer<MpmcQueue>;
 
-  // A slot's turn word. Without kWaiterBit it is 4L while the producer of lap
-  // L may fill the slot and 4L + 2 while the consumer of lap L may empty it
-  // (mod 2^32: fine while the threads waiting on one slot are fewer than 2^30
-  // laps apart; they are at most a few). Bit 0, kWaiterBit, is set while some
-  // thread is parked on the word.
-  static constexpr std::uint32_t kWaiterBit = 1;
-  static constexpr std::uint32_t kTurnStep = 2;
+  // A slot's turn word: 2L while the producer of lap L may fill the slot and
+  // 2L + 1 while the consumer of lap L may empty it (mod 2^32: fine while the
+  // threads waiting on one slot are fewer than 2^31 laps apart; they are at
+  // most a few).
+  static constexpr std::uint32_t kTurnStep = 1;
 
   struct alignas(kCacheLineSize) Slot {
     T* element() noexcept {
@@ -380,60 +464,61 @@ class MpmcQueue {
     return slots_[ticket & mask_];
   }
   std::uint32_t ProducerTurn(std::size_t ticket) const noexcept {
-    return static_cast<std::uint32_t>((ticket >> shift_) << 2);
+    return static_cast<std::uint32_t>((ticket >> shift_) << 1);
   }
   std::uint32_t ConsumerTurn(std::size_t ticket) const noexcept {
     return ProducerTurn(ticket) + kTurnStep;
-  }
-  static std::uint32_t TurnOf(std::uint32_t word) noexcept {
-    return word & ~kWaiterBit;
   }
   // Whether it is `turn`'s turn at `ticket`'s slot.
   bool IsTurn(std::size_t ticket, std::uint32_t turn) const noexcept {
     // acquire: pairs with the release in PassTurn() by the thread that passed
     // the slot on, so its work on the slot happens-before ours.
-    return TurnOf(SlotFor(ticket).turn.load(std::memory_order_acquire)) == turn;
+    return SlotFor(ticket).turn.load(std::memory_order_acquire) == turn;
   }
-  // A consumer's turn (4L + 2) means the slot holds an element.
-  static bool IsFull(std::uint32_t word) noexcept {
-    return (word & kTurnStep) != 0;
-  }
+  // A consumer's turn (2L + 1) means the slot holds an element.
+  static bool IsFull(std::uint32_t word) noexcept { return (word & 1) != 0; }
 
   // Waits until `slot`'s turn is `turn`: spins, then parks.
-  static void AwaitTurn(Slot& slot, std::uint32_t turn) noexcept {
+  void AwaitTurn(Slot& slot, std::uint32_t turn) noexcept {
     // acquire (every load here): pairs with the release in PassTurn() by the
     // thread that handed us the turn.
     std::uint32_t word = slot.turn.load(std::memory_order_acquire);
-    for (int spins = 0;
-         TurnOf(word) != turn && spins < internal::kSpinsBeforePark; ++spins) {
+    for (int spins = 0; word != turn && spins < internal::kSpinsBeforePark;
+         ++spins) {
       internal::CpuRelax();
       word = slot.turn.load(std::memory_order_acquire);
     }
-    while (TurnOf(word) != turn) {
-      // Announce the waiter before sleeping. PassTurn() replaces the whole
-      // word, so it sees the bit, or this compare-and-swap fails and we look
-      // again.
-      if ((word & kWaiterBit) == 0 &&
-          !slot.turn.compare_exchange_weak(word, word | kWaiterBit,
-                                           std::memory_order_acquire,
-                                           std::memory_order_acquire)) {
-        continue;  // `word` was reloaded.
-      }
-      // seq_cst: orders wait()'s own bookkeeping against PassTurn()'s
-      // seq_cst exchange, so the wake-up cannot be lost.
-      slot.turn.wait(word | kWaiterBit, std::memory_order_seq_cst);
+    if (word == turn) return;
+    // The parking half of the handshake (see internal::AsymmetricFence):
+    // count ourselves in, barrier, then re-check. relaxed: Heavy() orders the
+    // increment before the re-check, and against every thread's PassTurn().
+    waiters_.fetch_add(1, std::memory_order_relaxed);
+    internal::AsymmetricFence::Heavy(light_fence_compiler_only_);
+    word = slot.turn.load(std::memory_order_acquire);
+    while (word != turn) {
+      // Sleeps only while the word still holds `word`. Every PassTurn() whose
+      // store the load above missed sees waiters_ != 0 and notifies.
+      slot.turn.wait(word, std::memory_order_acquire);
       word = slot.turn.load(std::memory_order_acquire);
     }
+    // relaxed: a late count only makes some PassTurn() notify needlessly.
+    waiters_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   // Hands `slot` to the thread whose turn is `next`, waking parked threads.
-  static void PassTurn(Slot& slot, std::uint32_t next) noexcept {
-    // seq_cst exchange: its release half pairs with the acquire loads in
-    // AwaitTurn(), try_* and the *_bulk calls (publishing the constructed
-    // element, or the freed slot). Reading the old word tells atomically
-    // whether a thread parked; seq_cst pairs with AwaitTurn()'s seq_cst wait.
-    if ((slot.turn.exchange(next, std::memory_order_seq_cst) & kWaiterBit) !=
-        0) {
+  void PassTurn(Slot& slot, std::uint32_t next) noexcept {
+    // release: pairs with the acquire loads in AwaitTurn(), try_* and the
+    // *_bulk calls, publishing the constructed element (or the freed slot).
+    slot.turn.store(next, std::memory_order_release);
+    // The passing half of the handshake: a compiler barrier (or a fence
+    // where membarrier is unavailable) keeps the load below after the store.
+    internal::AsymmetricFence::Light(light_fence_compiler_only_);
+    // relaxed: the handshake above makes it see a parking thread's count
+    // whenever that thread's re-check could miss our store.
+    if (waiters_.load(std::memory_order_relaxed) != 0) [[unlikely]] {
+      // seq_cst: orders our store before notify_all()'s own check for
+      // sleepers, so a thread that went to sleep on the old word is woken.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       slot.turn.notify_all();  // Waiters of several laps may share a slot.
     }
   }
@@ -441,12 +526,16 @@ class MpmcQueue {
   // Constant after construction; read by every call, written by none.
   const std::size_t mask_;
   const int shift_;
+  const bool light_fence_compiler_only_;  // AsymmetricFence::Light()'s kind.
   Slot* const slots_;
 
   // Next push ticket.
   alignas(kCacheLineSize) std::atomic<std::size_t> head_{0};
   // Next pop ticket.
   alignas(kCacheLineSize) std::atomic<std::size_t> tail_{0};
+  // Threads parked, or about to park, in AwaitTurn(). Read by every
+  // PassTurn(), written only around parking.
+  alignas(kCacheLineSize) std::atomic<std::uint32_t> waiters_{0};
 };
 
 }  // namespace warren

@@ -20,9 +20,14 @@
 //
 // Blocking calls spin briefly, then park the thread with C++20
 // `std::atomic::wait` on a flag that the other side checks after each call,
-// so a consumer can wait for work without burning a core. The check costs
-// every push and pop one sequentially consistent store (an `xchg` on x86);
-// the bulk calls pay it once per batch.
+// so a consumer can wait for work without burning a core. The check is cheap:
+// a push or pop publishes its index with a plain release store, then loads
+// the other side's flag (relaxed) on a line that only changes when a side
+// parks; only a set flag costs an exchange and a notify. The parking side pays
+// for the handshake with a process-wide barrier (see
+// `internal::AsymmetricFence` in `warren/mpmc_queue.h`), so no wake-up is
+// lost; where `membarrier` is unavailable each publish runs a `seq_cst` fence
+// instead. The bulk calls publish once per batch.
 //
 // Example:
 //
@@ -91,6 +96,8 @@ class SpscQueue {
   // two (at least 2). All slots are allocated here.
   explicit SpscQueue(std::size_t capacity)
       : mask_(internal::RoundUpCapacity(capacity) - 1),
+        light_fence_compiler_only_(
+            internal::AsymmetricFence::LightIsCompilerOnly()),
         storage_(AllocateStorage(mask_ + 1)) {
     // The layout: the constants, the producer's fields, the consumer's fields
     // and the parking flags each on their own cache line.
@@ -171,13 +178,16 @@ class SpscQueue {
         internal::CpuRelax();
         continue;
       }
-      // seq_cst store then seq_cst load: the Dekker handshake with the
-      // consumer's PublishRead() (store read_index_, then load this flag);
-      // one of the two sides sees the other's store.
-      producer_parked_.store(1, std::memory_order_seq_cst);
-      if (write - read_index_.load(std::memory_order_seq_cst) > mask_) {
-        // seq_cst: pairs with the seq_cst exchange in Wake().
-        producer_parked_.wait(1, std::memory_order_seq_cst);
+      // The parking half of the handshake with the consumer's PublishRead()
+      // (store read_index_, barrier, load this flag): raise the flag, heavy
+      // barrier, re-check; one of the two sides sees the other's store.
+      // relaxed: Heavy() orders the store before the re-check.
+      producer_parked_.store(1, std::memory_order_relaxed);
+      internal::AsymmetricFence::Heavy(light_fence_compiler_only_);
+      // acquire: as in RefreshReadIndex().
+      if (write - read_index_.load(std::memory_order_acquire) > mask_) {
+        // Sleeps only while the flag is still 1; Wake() clears it first.
+        producer_parked_.wait(1, std::memory_order_acquire);
       }
       // relaxed: only this thread sets the flag; a late Wake() is harmless.
       producer_parked_.store(0, std::memory_order_relaxed);
@@ -217,12 +227,14 @@ class SpscQueue {
         internal::CpuRelax();
         continue;
       }
-      // seq_cst store then seq_cst load: the Dekker handshake with the
-      // producer's PublishWrite() (store write_index_, then load this flag).
-      consumer_parked_.store(1, std::memory_order_seq_cst);
-      if (write_index_.load(std::memory_order_seq_cst) == read) {
-        // seq_cst: pairs with the seq_cst exchange in Wake().
-        consumer_parked_.wait(1, std::memory_order_seq_cst);
+      // The parking half of the handshake with the producer's PublishWrite()
+      // (store write_index_, barrier, load this flag), as in emplace().
+      consumer_parked_.store(1, std::memory_order_relaxed);
+      internal::AsymmetricFence::Heavy(light_fence_compiler_only_);
+      // acquire: as in RefreshWriteIndex().
+      if (write_index_.load(std::memory_order_acquire) == read) {
+        // Sleeps only while the flag is still 1; Wake() clears it first.
+        consumer_parked_.wait(1, std::memory_order_acquire);
       }
       // relaxed: only this thread sets the flag; a late Wake() is harmless.
       consumer_parked_.store(0, std::memory_order_relaxed);
@@ -348,12 +360,15 @@ class SpscQueue {
   // Producer only. Makes the elements before `write` visible to the consumer
   // and wakes it if it is parked.
   void PublishWrite(std::size_t write) noexcept {
-    // seq_cst store: its release half pairs with the consumer's acquire load
-    // in RefreshWriteIndex() (and the seq_cst load in pop()); seq_cst orders
-    // it before the flag load below (the Dekker handshake with pop()).
-    write_index_.store(write, std::memory_order_seq_cst);
-    // seq_cst: the other half of the handshake.
-    if (consumer_parked_.load(std::memory_order_seq_cst) != 0) {
+    // release: pairs with the consumer's acquire loads in RefreshWriteIndex()
+    // and pop(), publishing the constructed elements.
+    write_index_.store(write, std::memory_order_release);
+    // The passing half of the handshake with pop(): keeps the flag load after
+    // the store (a compiler barrier, or a fence without membarrier).
+    internal::AsymmetricFence::Light(light_fence_compiler_only_);
+    // relaxed: the handshake makes it see the flag whenever pop()'s re-check
+    // could miss our store.
+    if (consumer_parked_.load(std::memory_order_relaxed) != 0) [[unlikely]] {
       Wake(consumer_parked_);
     }
   }
@@ -361,21 +376,22 @@ class SpscQueue {
   // Consumer only. Frees the slots before `read` for the producer and wakes
   // it if it is parked.
   void PublishRead(std::size_t read) noexcept {
-    // seq_cst store: its release half pairs with the producer's acquire load
-    // in RefreshReadIndex() (and the seq_cst load in emplace()) and with
-    // size(); seq_cst orders it before the flag load below (the Dekker
-    // handshake with emplace()).
-    read_index_.store(read, std::memory_order_seq_cst);
-    // seq_cst: the other half of the handshake.
-    if (producer_parked_.load(std::memory_order_seq_cst) != 0) {
+    // release: pairs with the producer's acquire loads in RefreshReadIndex()
+    // and emplace() and with size(), handing the freed slots back.
+    read_index_.store(read, std::memory_order_release);
+    // The passing half of the handshake with emplace(), as in PublishWrite().
+    internal::AsymmetricFence::Light(light_fence_compiler_only_);
+    // relaxed: as in PublishWrite().
+    if (producer_parked_.load(std::memory_order_relaxed) != 0) [[unlikely]] {
       Wake(producer_parked_);
     }
   }
 
   static void Wake(std::atomic<std::uint32_t>& parked) noexcept {
-    // seq_cst: orders the exchange against the parked thread's seq_cst wait()
-    // and its bookkeeping, so the wake-up cannot be lost. The data itself is
-    // published by the index stores.
+    // seq_cst: clearing the flag is what unblocks the sleeper's wait(1); the
+    // full barrier also orders our index store before notify_one()'s own
+    // check for sleepers. Only the first Wake() to clear a given raise
+    // notifies. The data itself is published by the index stores.
     if (parked.exchange(0, std::memory_order_seq_cst) != 0) {
       parked.notify_one();
     }
@@ -383,6 +399,7 @@ class SpscQueue {
 
   // Constant after construction; read by both sides, written by neither.
   const std::size_t mask_;
+  const bool light_fence_compiler_only_;  // AsymmetricFence::Light()'s kind.
   unsigned char* const storage_;
 
   // The producer's line: written only by the producer.
