@@ -19,17 +19,38 @@ namespace warren {
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Open(
     const BrokerOptions& options) {
-  if (!options.wal_dir.empty()) {
-    return absl::UnimplementedError(
-        "durable brokers (a WAL directory) are not available yet; open with "
-        "an empty wal_dir for an in-memory broker");
-  }
-  return std::unique_ptr<Broker>(new internal::BrokerImpl(options));
+  return internal::OpenBroker(options, internal::Env::Posix());
 }
 
 Broker::~Broker() = default;
 
 namespace internal {
+
+absl::StatusOr<std::unique_ptr<Broker>> OpenBroker(const BrokerOptions& options,
+                                                   Env* env) {
+  if (options.wal_dir.empty()) {
+    return std::unique_ptr<Broker>(new BrokerImpl(options, nullptr));
+  }
+  Wal::Options wal_options;
+  wal_options.dir = options.wal_dir;
+  wal_options.sync = options.sync;
+  wal_options.sync_interval = options.sync_interval;
+  wal_options.segment_bytes = options.wal_segment_bytes;
+  wal_options.on_corruption = options.on_corruption;
+  wal_options.env = env;
+  wal_options.clock =
+      options.clock != nullptr ? options.clock : SystemClock::Default();
+  if (options.on_corruption != OnCorruption::kFail &&
+      options.on_corruption != OnCorruption::kSkip) {
+    return absl::InvalidArgumentError("unknown on_corruption value");
+  }
+  RecoveredState state;
+  WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Wal> wal,
+                          Wal::Open(wal_options, &state));
+  auto broker = std::make_unique<BrokerImpl>(options, std::move(wal));
+  broker->Restore(state);
+  return std::unique_ptr<Broker>(std::move(broker));
+}
 
 namespace {
 
@@ -162,9 +183,11 @@ struct BrokerImpl::RouteState {
   }
 };
 
-BrokerImpl::BrokerImpl(const BrokerOptions& options)
+BrokerImpl::BrokerImpl(const BrokerOptions& options, std::shared_ptr<Wal> wal)
     : clock_(options.clock != nullptr ? options.clock : SystemClock::Default()),
-      link_(std::make_shared<BrokerLink>(clock_)) {
+      wal_(std::move(wal)),
+      sync_(options.sync),
+      link_(std::make_shared<BrokerLink>(clock_, wal_)) {
   // Lock order: the link's locks before the topology lock.
   auto timers = std::make_unique<TimerService>(clock_);
   {
@@ -182,6 +205,70 @@ BrokerImpl::BrokerImpl(const BrokerOptions& options)
 }
 
 BrokerImpl::~BrokerImpl() { Close(); }
+
+void BrokerImpl::Restore(RecoveredState& state) {
+  absl::flat_hash_map<uint32_t, std::shared_ptr<Queue>> by_id;
+  {
+    WriterLock lock(&topo_mu_);
+    for (RecoveredState::ExchangeDecl& e : state.exchanges) {
+      exchanges_.insert_or_assign(
+          e.name, std::make_unique<Exchange>(e.name, e.type, e.options));
+    }
+    for (RecoveredState::QueueDecl& q : state.queues) {
+      auto queue = std::make_shared<Queue>(q.name, q.options, link_, q.id);
+      queue->StartExpiry();
+      by_id[q.id] = queue;
+      queues_.insert_or_assign(q.name, std::move(queue));
+    }
+    for (const wal::BindingOp& b : state.bindings) {
+      auto source = exchanges_.find(b.source);
+      if (source == exchanges_.end()) continue;
+      Destination dest;
+      if (b.dest_queue_id != 0) {
+        auto q = by_id.find(b.dest_queue_id);
+        if (q == by_id.end()) continue;
+        dest.queue = q->second.get();
+      } else {
+        auto e = exchanges_.find(b.dest_exchange);
+        if (e == exchanges_.end()) continue;
+        dest.exchange = e->second.get();
+      }
+      source->second->AddBinding(dest, b.key, b.arguments);
+    }
+  }
+  for (const RecoveredState::DedupEntry& d : state.dedup) {
+    if (auto q = by_id.find(d.queue_id); q != by_id.end()) {
+      q->second->RestoreDedup(d.message_id, d.until);
+    }
+  }
+  for (RecoveredState::MessageState& m : state.messages) {
+    auto envelope =
+        MakeEnvelope(std::move(m.message), std::move(m.exchange),
+                     std::move(m.routing_key), m.published_at, m.id, wal_);
+    for (const wal::Ref& r : m.refs) {
+      if (auto q = by_id.find(r.queue_id); q != by_id.end()) {
+        q->second->Restore(envelope, r.deliveries, r.ready_at);
+      }
+    }
+  }
+  state.messages.clear();
+  // Messages whose time-to-live ran out while the broker was down.
+  for (auto& [id, q] : by_id) q->FlushExpired();
+}
+
+absl::Status BrokerImpl::AwaitLogged(uint64_t lsn) {
+  if (lsn == 0) return absl::OkStatus();
+  return wal_->Wait(lsn, Wal::NeedsSync(sync_));
+}
+
+SyncPolicy BrokerImpl::PolicyOf(const PublishOptions& options) const {
+  return options.sync.value_or(sync_);
+}
+
+void BrokerImpl::LogNotTaken(const Queue& queue, const Envelope& envelope) {
+  if (queue.durable_id() == 0 || envelope.wal_id == 0) return;
+  envelope.wal->Settled(queue.durable_id(), envelope.wal_id);
+}
 
 absl::Status BrokerImpl::CheckOpenLocked() const {
   if (closed_) return absl::FailedPreconditionError("the broker is closed");
@@ -238,7 +325,14 @@ absl::Status BrokerImpl::DeclareExchange(std::string_view name,
   }
   exchanges_.emplace(
       name, std::make_unique<Exchange>(std::string(name), type, options));
-  return absl::OkStatus();
+  uint64_t lsn = 0;
+  if (wal_ != nullptr && options.durable) {
+    wal::RecordBuilder record;
+    record.Exchange(name, type, options);
+    lsn = wal_->Append(record);
+  }
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 absl::Status BrokerImpl::DeleteExchange(std::string_view name,
@@ -260,8 +354,15 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
   for (auto& [other_name, other] : exchanges_) {
     if (other.get() != exchange) other->RemoveBindingsTo(as_destination);
   }
+  uint64_t lsn = 0;
+  if (wal_ != nullptr && exchange->options().durable) {
+    wal::RecordBuilder record;
+    record.DeleteExchange(name);
+    lsn = wal_->Append(record);
+  }
   exchanges_.erase(exchanges_.find(name));
-  return absl::OkStatus();
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 // --- Queues
@@ -290,10 +391,27 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
     if (options.expires.has_value()) it->second->Touch();  // a use
     return absl::OkStatus();
   }
-  auto queue = std::make_shared<Queue>(std::string(name), options, link_);
+  uint32_t durable_id = 0;
+  uint64_t lsn = 0;
+  if (wal_ != nullptr && options.durable) {
+    if (options.retry.has_value() &&
+        options.retry->backoff == Backoff::kCustom) {
+      return absl::InvalidArgumentError(StrCat(
+          "queue '", name,
+          "' is durable: its retry policy cannot use a custom backoff "
+          "function, which cannot be logged (use kFixed or kExponential)"));
+    }
+    durable_id = wal_->NewQueueId();
+    wal::RecordBuilder record;
+    record.Queue(durable_id, name, options);
+    lsn = wal_->Append(record);
+  }
+  auto queue =
+      std::make_shared<Queue>(std::string(name), options, link_, durable_id);
   queue->StartExpiry();
   queues_.emplace(name, std::move(queue));
-  return absl::OkStatus();
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
@@ -314,8 +432,17 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
   for (auto& [exchange_name, exchange] : exchanges_) {
     exchange->RemoveBindingsTo(as_destination);
   }
+  uint64_t lsn = 0;
+  if (queue->durable_id() != 0) {
+    wal::RecordBuilder record;
+    record.DeleteQueue(queue->durable_id());
+    lsn = wal_->Append(record);
+  }
   queues_.erase(queues_.find(name));
-  return queue->End(Queue::EndReason::kDeleted);
+  const uint64_t deleted = queue->End(Queue::EndReason::kDeleted);
+  lock.Release();
+  WARREN_RETURN_IF_ERROR(AwaitLogged(lsn));
+  return deleted;
 }
 
 absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
@@ -365,7 +492,10 @@ absl::Status BrokerImpl::Bind(std::string_view queue, std::string_view exchange,
       ValidateBindingArguments(*source, binding_key, arguments));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
   source->AddBinding(Destination{q.get(), nullptr}, binding_key, arguments);
-  return absl::OkStatus();
+  const uint64_t lsn =
+      LogBindingLocked(*source, q.get(), nullptr, binding_key, arguments, true);
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 absl::Status BrokerImpl::Unbind(std::string_view queue,
@@ -380,7 +510,10 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
   source->RemoveBinding(Destination{q.get(), nullptr}, binding_key, arguments);
-  return absl::OkStatus();
+  const uint64_t lsn = LogBindingLocked(*source, q.get(), nullptr, binding_key,
+                                        arguments, false);
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 absl::Status BrokerImpl::BindExchange(std::string_view destination,
@@ -396,7 +529,10 @@ absl::Status BrokerImpl::BindExchange(std::string_view destination,
   WARREN_RETURN_IF_ERROR(
       ValidateBindingArguments(*src, binding_key, arguments));
   src->AddBinding(Destination{nullptr, dest}, binding_key, arguments);
-  return absl::OkStatus();
+  const uint64_t lsn =
+      LogBindingLocked(*src, nullptr, dest, binding_key, arguments, true);
+  lock.Release();
+  return AwaitLogged(lsn);
 }
 
 absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
@@ -411,7 +547,31 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
                           BindableExchangeLocked(source, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
   src->RemoveBinding(Destination{nullptr, dest}, binding_key, arguments);
-  return absl::OkStatus();
+  const uint64_t lsn =
+      LogBindingLocked(*src, nullptr, dest, binding_key, arguments, false);
+  lock.Release();
+  return AwaitLogged(lsn);
+}
+
+uint64_t BrokerImpl::LogBindingLocked(
+    const Exchange& source, const Queue* queue, const Exchange* exchange,
+    std::string_view key, const BindingArguments& arguments, bool bind) {
+  // A binding is durable when both its ends are.
+  if (wal_ == nullptr || !source.options().durable) return 0;
+  wal::BindingOp b;
+  if (queue != nullptr) {
+    if (queue->durable_id() == 0) return 0;
+    b.dest_queue_id = queue->durable_id();
+  } else {
+    if (!exchange->options().durable) return 0;
+    b.dest_exchange = exchange->name();
+  }
+  b.source = source.name();
+  b.key = std::string(key);
+  b.arguments = arguments;
+  wal::RecordBuilder record;
+  record.Bind(b, bind);
+  return wal_->Append(record);
 }
 
 // --- Publishing
@@ -496,9 +656,58 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   {
     ReaderLock lock(&topo_mu_);
     WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
-    PublishLocked(*target, routing_key, std::move(message), options, pending);
+    thread_local wal::RecordBuilder record;
+    RoutePublishLocked(*target, routing_key, std::move(message), options,
+                       pending, record);
+    LogPublishes(record, options, &pending, 1);
+    EnqueuePublishLocked(options, pending);
   }
-  return FinishPublish(pending, options);
+  absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
+  if (pending.lsn != 0) {
+    // The confirm: the record is as durable as the policy promises.
+    WARREN_RETURN_IF_ERROR(wal_->Wait(pending.lsn, pending.sync));
+  }
+  return outcome;
+}
+
+void BrokerImpl::PublishAsync(std::string_view exchange,
+                              std::string_view routing_key, Message message,
+                              const PublishOptions& options,
+                              PublishCallback done) {
+  if (absl::Status s = ValidatePublish(exchange, routing_key, message, options);
+      !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
+  }
+  PendingPublish pending;
+  {
+    ReaderLock lock(&topo_mu_);
+    absl::StatusOr<Exchange*> target = PublishTargetLocked(exchange);
+    if (!target.ok()) {
+      lock.Release();
+      std::move(done)(target.status());
+      return;
+    }
+    thread_local wal::RecordBuilder record;
+    RoutePublishLocked(**target, routing_key, std::move(message), options,
+                       pending, record);
+    LogPublishes(record, options, &pending, 1);
+    EnqueuePublishLocked(options, pending);
+  }
+  absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
+  if (pending.lsn == 0) {
+    std::move(done)(std::move(outcome));
+    return;
+  }
+  wal_->WhenDurable(pending.lsn, pending.sync,
+                    [outcome = std::move(outcome),
+                     done = std::move(done)](absl::Status s) mutable {
+                      if (s.ok()) {
+                        std::move(done)(std::move(outcome));
+                      } else {
+                        std::move(done)(std::move(s));
+                      }
+                    });
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
@@ -513,15 +722,35 @@ BrokerImpl::PublishBatch(std::string_view exchange,
   {
     ReaderLock lock(&topo_mu_);
     WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
+    // Every persistent message of the batch goes into one record, logged
+    // before any of them is enqueued: all or nothing after a crash.
+    thread_local wal::RecordBuilder record;
     for (size_t i = 0; i < messages.size(); ++i) {
-      PublishLocked(*target, messages[i].routing_key,
-                    std::move(messages[i].message), options, pending[i]);
+      RoutePublishLocked(*target, messages[i].routing_key,
+                         std::move(messages[i].message), options, pending[i],
+                         record);
     }
+    LogPublishes(record, options, pending.data(), pending.size());
+    for (PendingPublish& p : pending) EnqueuePublishLocked(options, p);
   }
   std::vector<absl::StatusOr<PublishOutcome>> outcomes;
   outcomes.reserve(pending.size());
-  for (PendingPublish& p : pending)
+  uint64_t lsn = 0;
+  bool sync = false;
+  for (PendingPublish& p : pending) {
     outcomes.push_back(FinishPublish(p, options));
+    if (p.lsn != 0) {
+      lsn = p.lsn;
+      sync = p.sync;
+    }
+  }
+  if (lsn != 0) {
+    if (absl::Status s = wal_->Wait(lsn, sync); !s.ok()) {
+      for (size_t i = 0; i < pending.size(); ++i) {
+        if (pending[i].lsn != 0 && outcomes[i].ok()) outcomes[i] = s;
+      }
+    }
+  }
   return outcomes;
 }
 
@@ -539,7 +768,11 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
                                     : absl::Now() + options.timeout;
     for (const std::shared_ptr<Queue>& q : p.blocked) {
       // A blocking enqueue ends accepted, duplicate, refused or closed.
-      Tally(outcome, q->EnqueueBlocking(p.envelope, deadline), q->name());
+      const auto result = q->EnqueueBlocking(p.envelope, deadline);
+      if (result != Queue::EnqueueResult::kAccepted) {
+        LogNotTaken(*q, *p.envelope);
+      }
+      Tally(outcome, result, q->name());
     }
     if (outcome.queues == 0) {
       return absl::DeadlineExceededError(StrCat("no room in ",
@@ -555,9 +788,12 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
   return std::move(outcome);
 }
 
-void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
-                               Message&& message, const PublishOptions& options,
-                               PendingPublish& p) {
+void BrokerImpl::RoutePublishLocked(Exchange& target,
+                                    std::string_view routing_key,
+                                    Message&& message,
+                                    const PublishOptions& options,
+                                    PendingPublish& p,
+                                    wal::RecordBuilder& record) {
   RouteState state;
   ResolveTargetsLocked(target, routing_key, message.headers(), state);
 
@@ -572,14 +808,54 @@ void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
     return;
   }
   target.CountRouted();
+  p.targets = std::move(state.queues);
 
+  const absl::Time now = Now();
+  uint64_t wal_id = 0;
+  if (wal_ != nullptr && options.persistent) {
+    thread_local std::vector<wal::Ref> refs;
+    refs.clear();
+    const absl::Time ready_at = options.delay > absl::ZeroDuration()
+                                    ? now + options.delay
+                                    : absl::InfinitePast();
+    for (Queue* q : p.targets) {
+      if (q->durable_id() != 0) refs.push_back({q->durable_id(), 0, ready_at});
+    }
+    if (!refs.empty()) {
+      wal_id = wal_->NewMessageId();
+      record.Publish(wal_id, target.name(), routing_key, now, message, refs);
+    }
+  }
   p.envelope = MakeEnvelope(std::move(message), std::string(target.name()),
-                            std::string(routing_key), Now());
+                            std::string(routing_key), now, wal_id,
+                            wal_id != 0 ? wal_ : nullptr);
+}
+
+void BrokerImpl::LogPublishes(wal::RecordBuilder& record,
+                              const PublishOptions& options,
+                              PendingPublish* pending, size_t n) {
+  if (record.empty()) return;
+  const SyncPolicy policy = PolicyOf(options);
+  const uint64_t lsn =
+      wal_->Append(record, /*own_sync=*/policy == SyncPolicy::kEveryPublish);
+  for (size_t i = 0; i < n; ++i) {
+    if (pending[i].envelope != nullptr && pending[i].envelope->wal_id != 0) {
+      pending[i].lsn = lsn;
+      pending[i].sync = Wal::NeedsSync(policy);
+    }
+  }
+}
+
+void BrokerImpl::EnqueuePublishLocked(const PublishOptions& options,
+                                      PendingPublish& p) {
+  PublishOutcome& outcome = p.outcome;
   std::vector<NodePtr> maxlen_dead;
-  for (Queue* q : state.queues) {
+  for (Queue* q : p.targets) {
     const auto result = q->Enqueue(p.envelope, options.delay, &maxlen_dead);
     if (!Tally(outcome, result, q->name())) {
       p.blocked.push_back(q->shared_from_this());
+    } else if (result != Queue::EnqueueResult::kAccepted) {
+      LogNotTaken(*q, *p.envelope);
     }
     if (q->expired_pending()) p.flush.push_back(q->shared_from_this());
     if (!maxlen_dead.empty()) {
@@ -587,6 +863,7 @@ void BrokerImpl::PublishLocked(Exchange& target, std::string_view routing_key,
       maxlen_dead.clear();
     }
   }
+  p.targets.clear();
 }
 
 bool BrokerImpl::DeleteIdleQueue(Queue& queue) {
@@ -602,6 +879,11 @@ bool BrokerImpl::DeleteIdleQueue(Queue& queue) {
     exchange->RemoveBindingsTo(as_destination);
   }
   std::shared_ptr<Queue> keep = std::move(it->second);
+  if (keep->durable_id() != 0) {
+    wal::RecordBuilder record;
+    record.DeleteQueue(keep->durable_id());
+    wal_->Append(record);
+  }
   queues_.erase(it);
   keep->End(Queue::EndReason::kDeleted);
   return true;
@@ -611,7 +893,8 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                                    std::string_view key, Message&& message,
                                    bool drop_cycles,
                                    std::vector<DeadBatch>& dead,
-                                   std::vector<std::shared_ptr<Queue>>& flush) {
+                                   std::vector<std::shared_ptr<Queue>>& flush,
+                                   QueuedMessage* source) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, message.headers(), state);
   // Drop the targets that would close a dead-letter cycle.
@@ -622,8 +905,34 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
             [&](Queue* q) { return IsDeadLetterCycle(message, q->name()); }),
         state.queues.end());
   if (state.queues.empty()) return 0;
-  auto envelope = MakeEnvelope(std::move(message), std::string(exchange.name()),
-                               std::string(key), Now());
+  const absl::Time now = Now();
+  // A persistent message stays persistent: its copy is logged with its
+  // durable targets, and its leaving the source, in one record.
+  uint64_t wal_id = 0;
+  const uint32_t source_queue = source != nullptr ? source->wal_queue : 0;
+  if (wal_ != nullptr && source != nullptr && source->envelope->wal_id != 0) {
+    thread_local std::vector<wal::Ref> refs;
+    refs.clear();
+    for (Queue* q : state.queues) {
+      if (q->durable_id() != 0) {
+        refs.push_back({q->durable_id(), 0, absl::InfinitePast()});
+      }
+    }
+    thread_local wal::RecordBuilder record;
+    if (!refs.empty()) {
+      wal_id = wal_->NewMessageId();
+      record.Publish(wal_id, exchange.name(), key, now, message, refs);
+    }
+    if (source_queue != 0) {
+      const uint64_t id = source->envelope->wal_id;
+      record.Settle(source_queue, &id, 1);
+      source->wal_queue = 0;
+    }
+    if (!record.empty()) wal_->Append(record);
+  }
+  auto envelope =
+      MakeEnvelope(std::move(message), std::string(exchange.name()),
+                   std::string(key), now, wal_id, wal_id != 0 ? wal_ : nullptr);
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
@@ -632,12 +941,26 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
     if (q->expired_pending()) flush.push_back(q->shared_from_this());
     // Dead-lettering and redrive never wait for room in a kBlock queue.
     if (result == Queue::EnqueueResult::kFull) q->CountRefused();
+    if (result != Queue::EnqueueResult::kAccepted) {
+      LogNotTaken(*q, *envelope);
+    }
     accepted += result == Queue::EnqueueResult::kAccepted ||
                 result == Queue::EnqueueResult::kDuplicate;
     if (!maxlen_dead.empty()) {
       dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
       maxlen_dead.clear();
     }
+  }
+  if (accepted == 0 && source_queue != 0 && source->wal_queue == 0) {
+    // Nothing took it, and its settle is logged: log it again as it is, so
+    // the caller can keep it (redrive puts it back).
+    const Envelope& env = *source->envelope;
+    thread_local wal::RecordBuilder record;
+    record.Publish(env.wal_id, env.exchange, env.routing_key, env.published_at,
+                   env.message,
+                   {{source_queue, source->deliveries, absl::InfinitePast()}});
+    wal_->Append(record);
+    source->wal_queue = source_queue;
   }
   return accepted;
 }
@@ -678,7 +1001,7 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
         if (RepublishLocked(*dlx, key, std::move(m), /*drop_cycles=*/true, dead,
-                            flush) == 0) {
+                            flush, node.get()) == 0) {
           w.from->CountDropped(1);
           continue;
         }
@@ -819,7 +1142,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       // The message keeps its death history; the cycle rule does not apply
       // to a deliberate move.
       if (RepublishLocked(*exchange, key, Message(m), /*drop_cycles=*/false,
-                          dead, flush) == 0) {
+                          dead, flush, node.get()) == 0) {
         stay.push_back(std::move(node));
         continue;
       }
@@ -933,6 +1256,7 @@ BrokerStats BrokerImpl::Stats() const {
   auto by_name = [](const auto& a, const auto& b) { return a.name < b.name; };
   std::sort(stats.queues.begin(), stats.queues.end(), by_name);
   std::sort(stats.exchanges.begin(), stats.exchanges.end(), by_name);
+  if (wal_ != nullptr) stats.wal = wal_->Stats();
   return stats;
 }
 
@@ -940,6 +1264,8 @@ BrokerStats BrokerImpl::Stats() const {
 // ------------------------------------------------------------------
 
 void BrokerImpl::Close() {
+  // What the queues release from here on stays in the log.
+  if (wal_ != nullptr) wal_->StopSettling();
   {
     // Waits for dead-lettering in progress; queues that outlive the broker
     // drop what they give up on from now on, and schedule nothing.
@@ -963,6 +1289,8 @@ void BrokerImpl::Close() {
   // Outside every lock: a timer callback in progress may need them. Pending
   // timers (delayed messages among them) are dropped.
   timers.reset();
+  // Writes and syncs what is pending and releases the directory.
+  if (wal_ != nullptr) (void)wal_->Close();
 }
 
 }  // namespace internal

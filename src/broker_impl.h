@@ -21,19 +21,29 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "exchange.h"
 #include "queue.h"
 #include "str_util.h"
 #include "sync.h"
 #include "timer_service.h"
+#include "wal.h"
 #include "warren/broker.h"
 
 namespace warren::internal {
 
+// Opens a broker whose write-ahead log (if any) goes through `env`.
+absl::StatusOr<std::unique_ptr<Broker>> OpenBroker(const BrokerOptions& options,
+                                                   Env* env);
+
 class BrokerImpl final : public Broker, private QueueOwner {
  public:
-  explicit BrokerImpl(const BrokerOptions& options);
+  // `wal`: the opened log of a durable broker, or null.
+  BrokerImpl(const BrokerOptions& options, std::shared_ptr<Wal> wal);
   ~BrokerImpl() override;
+
+  // Rebuilds what the log recovered. Before the broker is shared.
+  void Restore(RecoveredState& state);
 
   absl::Status DeclareExchange(std::string_view name, ExchangeType type,
                                const ExchangeOptions& options) override;
@@ -64,6 +74,10 @@ class BrokerImpl final : public Broker, private QueueOwner {
   absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>> PublishBatch(
       std::string_view exchange, std::vector<OutgoingMessage> messages,
       const PublishOptions& options) override;
+  void PublishAsync(std::string_view exchange, std::string_view routing_key,
+                    Message message, const PublishOptions& options,
+                    PublishCallback done) override;
+  using Broker::PublishAsync;
   absl::StatusOr<std::unique_ptr<Consumer>> Consume(
       std::string_view queue, const ConsumeOptions& options) override;
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
@@ -107,6 +121,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
     std::vector<std::shared_ptr<Queue>> blocked;
     // Queues holding expired messages to dead-letter (Queue::FlushExpired).
     std::vector<std::shared_ptr<Queue>> flush;
+    // Where routing sent it (valid under the topology lock).
+    absl::InlinedVector<Queue*, 8> targets;
+    // The log record of a persistent publish (0: none) and what its confirm
+    // waits for.
+    uint64_t lsn = 0;
+    bool sync = false;
   };
   static absl::Status ValidatePublish(std::string_view exchange,
                                       std::string_view routing_key,
@@ -114,11 +134,30 @@ class BrokerImpl final : public Broker, private QueueOwner {
                                       const PublishOptions& options);
   absl::StatusOr<Exchange*> PublishTargetLocked(std::string_view exchange) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
-  // Routes and enqueues under the topology lock.
-  void PublishLocked(Exchange& target, std::string_view routing_key,
-                     Message&& message, const PublishOptions& options,
-                     PendingPublish& pending)
+  // Routes under the topology lock; a persistent message bound for durable
+  // queues gets its publish op added to `record`.
+  void RoutePublishLocked(Exchange& target, std::string_view routing_key,
+                          Message&& message, const PublishOptions& options,
+                          PendingPublish& pending, wal::RecordBuilder& record)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Enqueues a routed publish (its record, if any, appended already).
+  void EnqueuePublishLocked(const PublishOptions& options,
+                            PendingPublish& pending)
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Appends `record` (if not empty) for `pending` publishes.
+  void LogPublishes(wal::RecordBuilder& record, const PublishOptions& options,
+                    PendingPublish* pending, size_t n);
+  // Logs that durable queue `queue` did not take persistent message `id`.
+  void LogNotTaken(const Queue& queue, const Envelope& envelope);
+  // Logs a (un)binding when both its ends are durable; returns its LSN or 0.
+  uint64_t LogBindingLocked(const Exchange& source, const Queue* queue,
+                            const Exchange* exchange, std::string_view key,
+                            const BindingArguments& arguments, bool bind)
+      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Waits for a logged topology change; OK without a log.
+  absl::Status AwaitLogged(uint64_t lsn);
+  // The sync policy of a publish.
+  SyncPolicy PolicyOf(const PublishOptions& options) const;
   // Dead-letters, waits for blocked queues, and makes the result; with no
   // lock held.
   absl::StatusOr<PublishOutcome> FinishPublish(PendingPublish& pending,
@@ -154,15 +193,21 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // took it. With `drop_cycles`, skips queues that would close a
   // dead-letter cycle. Queues left with expired messages to dead-letter are
   // added to `flush`.
+  // `source`: the node the message moves out of (dead-lettering, redrive);
+  // a persistent one's copy is persistent too, and its move is logged as
+  // one record. Returns 0 with `source` as it was when no queue took it.
   size_t RepublishLocked(const Exchange& exchange, std::string_view key,
                          Message&& message, bool drop_cycles,
                          std::vector<DeadBatch>& dead,
-                         std::vector<std::shared_ptr<Queue>>& flush)
+                         std::vector<std::shared_ptr<Queue>>& flush,
+                         QueuedMessage* source)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
   std::atomic<uint64_t> next_consumer_id_{1};
   // Constant after construction.
   Clock* const clock_;
+  const std::shared_ptr<Wal> wal_;  // null: in memory
+  const SyncPolicy sync_;
   const std::shared_ptr<BrokerLink> link_;
 
   mutable SharedMutex topo_mu_;

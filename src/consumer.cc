@@ -2,9 +2,11 @@
 
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "consumer_state.h"
 #include "status_macros.h"
 #include "str_util.h"
+#include "wal.h"
 
 namespace warren {
 
@@ -98,11 +100,15 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
   }
 
   Delivery d;
+  uint32_t logged_queue = 0;
+  uint64_t logged_id = 0;
   {
     MutexLock lock(&mu_);
     if (!closed_) {
       QueuedMessage& n = **node;
       ++n.deliveries;
+      logged_queue = n.wal_queue;
+      logged_id = n.envelope->wal_id;
       d.envelope_ = n.envelope;
       d.delivery_tag_ = held_.next_tag();
       d.consumer_id_ = id_;
@@ -116,6 +122,12 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       queue_->CountDelivered(d.attempt_ > 1);
       held_.Add(std::move(held));
     }
+  }
+  if (logged_queue != 0) {
+    // Counted at recovery: the message comes back redelivered.
+    thread_local wal::RecordBuilder record;
+    record.Delivered(logged_queue, logged_id);
+    queue_->link()->wal->Append(record);
   }
   if (*node) {
     // Closed while we were taking: the message goes straight back.
@@ -187,6 +199,25 @@ absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
   WARREN_ASSIGN_OR_RETURN(HeldList removed, Remove(d, multiple));
   queue_->CountAcked(removed.size());
   queue_->CountSettled(removed.size());
+  // Persistent messages: one settle record for all of them, durable (as the
+  // sync policy promises) before the ack returns.
+  uint64_t lsn = 0;
+  Wal* wal = queue_->link()->wal.get();
+  if (wal != nullptr && queue_->durable_id() != 0) {
+    absl::InlinedVector<uint64_t, 8> ids;
+    for (Held& h : removed) {
+      if (h.node->wal_queue == 0) continue;
+      ids.push_back(h.node->envelope->wal_id);
+      h.node->wal_queue = 0;
+    }
+    if (!ids.empty()) {
+      thread_local wal::RecordBuilder record;
+      record.Settle(queue_->durable_id(), ids.data(), ids.size());
+      lsn = wal->Append(record);
+    }
+  }
+  removed.clear();
+  if (lsn != 0) return wal->Wait(lsn, Wal::NeedsSync(wal->policy()));
   return absl::OkStatus();
 }
 

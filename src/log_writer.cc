@@ -35,7 +35,7 @@ absl::Status Writer::Fail(absl::Status s) {
   return status_;
 }
 
-absl::Status Writer::AddRecord(std::string_view payload) {
+absl::Status Writer::AddRecord(std::string_view payload, bool flush) {
   if (!status_.ok()) return status_;
   // Emit at least one physical record, even for an empty payload.
   bool begin = true;
@@ -69,6 +69,12 @@ absl::Status Writer::AddRecord(std::string_view payload) {
     payload.remove_prefix(length);
     begin = false;
   } while (!payload.empty());
+  if (!flush) return absl::OkStatus();
+  return Flush();
+}
+
+absl::Status Writer::Flush() {
+  if (!status_.ok()) return status_;
   if (absl::Status s = dest_->Flush(); !s.ok()) return Fail(std::move(s));
   return absl::OkStatus();
 }

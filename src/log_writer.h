@@ -51,8 +51,13 @@ class Writer {
   // needed) and flushes it to the operating system. Returns the status of the
   // first failed Append or Flush, as WritableFile returns it
   // (kResourceExhausted, kDataLoss, ...), or the sticky error of an earlier
-  // call.
-  absl::Status AddRecord(std::string_view payload);
+  // call. With `flush` false the record may stay in the file's buffer until
+  // the next Flush (or a flushing AddRecord, or Sync): several records then
+  // reach the operating system in one write.
+  absl::Status AddRecord(std::string_view payload, bool flush = true);
+
+  // Hands buffered records to the operating system.
+  absl::Status Flush();
 
   // Makes every record added so far durable (WritableFile::Sync). Returns the
   // file's status, or the sticky error of an earlier call.

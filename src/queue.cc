@@ -6,6 +6,7 @@
 
 #include "consumer_state.h"
 #include "str_util.h"
+#include "wal.h"
 
 namespace warren::internal {
 
@@ -28,10 +29,11 @@ uint32_t RingCapacityFor(const QueueOptions& options) {
 }
 
 Queue::Queue(std::string name, const QueueOptions& options,
-             std::shared_ptr<BrokerLink> link)
+             std::shared_ptr<BrokerLink> link, uint32_t durable_id)
     : name_(std::move(name)),
       options_(options),
       link_(std::move(link)),
+      durable_id_(durable_id),
       levels_(options.max_priority + 1) {
   const uint32_t cap = RingCapacityFor(options);
   rings_.reserve(levels_);
@@ -106,8 +108,38 @@ NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
     node->expires_at =
         envelope->published_at + std::max(*ttl, absl::ZeroDuration());
   }
+  if (durable_id_ != 0 && envelope->wal_id != 0) node->wal_queue = durable_id_;
   node->envelope = std::move(envelope);
   return node;
+}
+
+void Queue::Restore(std::shared_ptr<const Envelope> envelope,
+                    uint32_t deliveries, absl::Time ready_at) {
+  NodePtr node = MakeNode(std::move(envelope));
+  node->deliveries = deliveries;
+  node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
+  if (ready_at > Now()) {
+    Delay(std::move(node), ready_at);
+    return;
+  }
+  ready_count_.fetch_add(1, std::memory_order_relaxed);
+  ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  {
+    MutexLock lock(&mu_);
+    if (node->has_expiry() && node->expires_at <= Now()) {
+      ready_count_.fetch_sub(1, std::memory_order_relaxed);
+      ready_bytes_.fetch_sub(node->body_size(), std::memory_order_relaxed);
+      AddExpiredLocked(std::move(node));
+    } else {
+      SpillLocked(std::move(node));
+    }
+  }
+}
+
+void Queue::RestoreDedup(const std::string& message_id, absl::Time until) {
+  MutexLock lock(&dedup_mu_);
+  if (!dedup_.emplace(message_id, until).second) return;
+  dedup_order_.emplace_back(until, message_id);
 }
 
 bool Queue::IsDuplicate(const Envelope& envelope) {
@@ -648,7 +680,15 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
   }
   Add(consumer_side_.requeued, back + later.size());
   const absl::Time t = Now();
-  for (auto& [node, d] : later) Delay(std::move(node), t + d);
+  for (auto& [node, d] : later) {
+    if (node->wal_queue != 0) {
+      // The retry's time survives a restart.
+      thread_local wal::RecordBuilder record;
+      record.Retry(node->wal_queue, node->envelope->wal_id, t + d);
+      link_->wal->Append(record);
+    }
+    Delay(std::move(node), t + d);
+  }
   DeadLetter(std::move(spent), DeathReason::kDeliveryLimit);
   FlushExpired();
 }

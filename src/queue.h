@@ -63,6 +63,7 @@ namespace warren::internal {
 
 class ConsumerState;
 class Queue;
+class Wal;
 
 // What a queue asks of its broker, with no queue or broker lock held.
 class QueueOwner {
@@ -87,9 +88,11 @@ class QueueOwner {
 // lock. `mu` is taken with no queue lock held (dead-lettering publishes into
 // other queues under it).
 struct BrokerLink {
-  explicit BrokerLink(Clock* c) : clock(c) {}
+  BrokerLink(Clock* c, std::shared_ptr<Wal> w) : clock(c), wal(std::move(w)) {}
   // Constant: outlives the broker and its consumers (BrokerOptions::clock).
   Clock* const clock;
+  // Constant: the write-ahead log, or null for an in-memory broker.
+  const std::shared_ptr<Wal> wal;
   SharedMutex mu;
   QueueOwner* owner ABSL_GUARDED_BY(mu) = nullptr;
   Mutex timers_mu;
@@ -99,8 +102,10 @@ struct BrokerLink {
 // Thread-safe.
 class Queue : public std::enable_shared_from_this<Queue> {
  public:
+  // `durable_id`: the queue's id in the write-ahead log when it is durable
+  // and the broker has one, else 0.
   Queue(std::string name, const QueueOptions& options,
-        std::shared_ptr<BrokerLink> link);
+        std::shared_ptr<BrokerLink> link, uint32_t durable_id = 0);
   ~Queue();
   Queue(const Queue&) = delete;
   Queue& operator=(const Queue&) = delete;
@@ -108,6 +113,7 @@ class Queue : public std::enable_shared_from_this<Queue> {
   const std::string& name() const { return name_; }
   const QueueOptions& options() const { return options_; }
   const std::shared_ptr<BrokerLink>& link() const { return link_; }
+  uint32_t durable_id() const { return durable_id_; }
   absl::Time Now() const { return link_->clock->Now(); }
 
   // --- Publishing -----------------------------------------------------------
@@ -144,6 +150,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
   bool expired_pending() const {
     return expired_pending_.load(std::memory_order_acquire);
   }
+
+  // Recovery: puts back a logged message with its deliveries so far, ready
+  // now or at `ready_at` (limits do not apply: it was accepted before).
+  void Restore(std::shared_ptr<const Envelope> envelope, uint32_t deliveries,
+               absl::Time ready_at);
+  // Recovery: a message id seen within the deduplication window.
+  void RestoreDedup(const std::string& message_id, absl::Time until);
 
   // --- Consuming ------------------------------------------------------------
 
@@ -307,6 +320,7 @@ class Queue : public std::enable_shared_from_this<Queue> {
   const std::string name_;
   const QueueOptions options_;
   const std::shared_ptr<BrokerLink> link_;
+  const uint32_t durable_id_;
   const int levels_;  // priority levels: max_priority + 1
   std::vector<std::unique_ptr<MpmcQueue<NodePtr>>> rings_;
 

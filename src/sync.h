@@ -79,12 +79,20 @@ class ABSL_SCOPED_LOCKABLE WriterLock {
       : mu_(mu) {
     mu_->Lock();
   }
-  ~WriterLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  ~WriterLock() ABSL_UNLOCK_FUNCTION() {
+    if (mu_ != nullptr) mu_->Unlock();
+  }
   WriterLock(const WriterLock&) = delete;
   WriterLock& operator=(const WriterLock&) = delete;
 
+  // Unlocks before the end of the scope.
+  void Release() ABSL_UNLOCK_FUNCTION() {
+    mu_->Unlock();
+    mu_ = nullptr;
+  }
+
  private:
-  SharedMutex* const mu_;
+  SharedMutex* mu_;
 };
 
 // Scoped shared lock on a SharedMutex.
@@ -93,12 +101,20 @@ class ABSL_SCOPED_LOCKABLE ReaderLock {
   explicit ReaderLock(SharedMutex* mu) ABSL_SHARED_LOCK_FUNCTION(mu) : mu_(mu) {
     mu_->ReaderLock();
   }
-  ~ReaderLock() ABSL_UNLOCK_FUNCTION() { mu_->ReaderUnlock(); }
+  ~ReaderLock() ABSL_UNLOCK_FUNCTION() {
+    if (mu_ != nullptr) mu_->ReaderUnlock();
+  }
   ReaderLock(const ReaderLock&) = delete;
   ReaderLock& operator=(const ReaderLock&) = delete;
 
+  // Unlocks before the end of the scope.
+  void Release() ABSL_UNLOCK_FUNCTION() {
+    mu_->ReaderUnlock();
+    mu_ = nullptr;
+  }
+
  private:
-  SharedMutex* const mu_;
+  SharedMutex* mu_;
 };
 
 // A condition variable bound to warren's Mutex. Thread-safe.

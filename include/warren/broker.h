@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "warren/consumer.h"
@@ -97,6 +99,11 @@ struct RedriveOptions {
   double messages_per_second = 0;
 };
 
+// Receives the result of Broker::PublishAsync once the publish is confirmed
+// (or failed).
+using PublishCallback =
+    absl::AnyInvocable<void(absl::StatusOr<PublishOutcome>) &&>;
+
 // Binding arguments: for a headers exchange, `x-match` (`all`, `any`,
 // `all-with-x`, `any-with-x`) and the headers to match; ignored by the other
 // exchange types (but part of the binding's identity).
@@ -106,8 +113,15 @@ using BindingArguments = Headers;
 class Broker {
  public:
   // Opens a broker. With an empty `options.wal_dir` the broker is purely in
-  // memory. Returns kUnimplemented for a non-empty `wal_dir` until the
-  // write-ahead log exists.
+  // memory. With one, the log in it is replayed first: durable exchanges,
+  // queues and bindings come back, and so do the persistent messages that
+  // were not settled, each ready again (those delivered but not acked are
+  // flagged redelivered, their attempt counted).
+  //   kInvalidArgument    bad options (e.g. a segment size under 64 KiB);
+  //   kFailedPrecondition another broker holds the directory;
+  //   kDataLoss           damage in the middle of the log (file and byte
+  //                       range named), unless on_corruption is kSkip;
+  //   kResourceExhausted, kPermissionDenied, ... from the file system.
   static absl::StatusOr<std::unique_ptr<Broker>> Open(
       const BrokerOptions& options = {});
 
@@ -190,12 +204,19 @@ class Broker {
   //   kNotFound           no such exchange (nothing is enqueued);
   //   kResourceExhausted  every queue it routed to was full and refused it;
   //   kFailedPrecondition the broker is closed.
+  // With a WAL, a persistent publish returns once it is confirmed: its log
+  // record is as durable as the sync policy promises. A failed write or sync
+  // returns that error (kResourceExhausted for a full disk, kDataLoss for
+  // EIO); the message may then still be in the queues it reached, in memory,
+  // but it is not confirmed.
   virtual absl::StatusOr<PublishOutcome> Publish(
       std::string_view exchange, std::string_view routing_key, Message message,
       const PublishOptions& options = {}) = 0;
 
   // Publishes several messages to one exchange, taking the broker's locks
-  // once for the batch (the fast path for throughput). Every message is
+  // once for the batch (the fast path for throughput). With a WAL, the
+  // batch's persistent messages are logged as one record: after a crash
+  // either all of them are there or none is. Every message is
   // validated first: any bad name, key or option fails the whole batch with
   // that status and publishes nothing. Then each message gets its own outcome
   // or status, as Publish would return it, in order.
@@ -203,6 +224,31 @@ class Broker {
   virtual absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
   PublishBatch(std::string_view exchange, std::vector<OutgoingMessage> messages,
                const PublishOptions& options = {}) = 0;
+
+  // Publishes as Publish does, but returns before the confirm: `done` runs
+  // once the publish is confirmed (or failed), on the log's writer thread, or
+  // on the calling thread when nothing waits for the disk (no WAL, a
+  // transient message, an error). `done` must not block on the broker's
+  // confirms (e.g. call a persistent Publish): keep it short. Routing and
+  // enqueueing happen before PublishAsync returns, as for Publish.
+  virtual void PublishAsync(std::string_view exchange,
+                            std::string_view routing_key, Message message,
+                            const PublishOptions& options,
+                            PublishCallback done) = 0;
+
+  // The same, with a future for the outcome.
+  std::future<absl::StatusOr<PublishOutcome>> PublishAsync(
+      std::string_view exchange, std::string_view routing_key, Message message,
+      const PublishOptions& options = {}) {
+    auto promise =
+        std::make_shared<std::promise<absl::StatusOr<PublishOutcome>>>();
+    auto future = promise->get_future();
+    PublishAsync(exchange, routing_key, std::move(message), options,
+                 [promise](absl::StatusOr<PublishOutcome> r) {
+                   promise->set_value(std::move(r));
+                 });
+    return future;
+  }
 
   // --- Consuming ------------------------------------------------------------
 

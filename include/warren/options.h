@@ -6,11 +6,12 @@
 // of leveldb's `Options`/`WriteOptions`: each field's comment states its
 // default, and they read well with designated initialisers.
 //
-//   * `BrokerOptions`    — for `Broker::Open`.
+//   * `BrokerOptions`    — for `Broker::Open` (clock, write-ahead log, sync
+//                          policy).
 //   * `ExchangeOptions`  — for `Broker::DeclareExchange`.
 //   * `QueueOptions`     — for `Broker::DeclareQueue` (limits, overflow,
 //                          priorities, single active consumer).
-//   * `PublishOptions`   — per publish (mandatory).
+//   * `PublishOptions`   — per publish (mandatory, persistent, delay, sync).
 //   * `ConsumeOptions`   — for `Broker::Consume` (prefetch).
 //   * `SubscribeOptions` — for `Broker::Subscribe` (workers, prefetch).
 //   * `DeleteQueueOptions`, `DeleteExchangeOptions` — conditional deletes.
@@ -57,15 +58,57 @@ enum class Overflow {
   kBlock,
 };
 
+// When a write-ahead log record is durable enough to confirm the publish (or
+// return from the ack) that wrote it. See the README's "Choosing a sync
+// policy" for what each survives.
+enum class SyncPolicy {
+  // Confirmed once written to the operating system (survives kill -9 of the
+  // process, not a power loss); synced only when a segment is full and at
+  // Close.
+  kNever,
+  // As kNever, and the log is synced at least every
+  // BrokerOptions::sync_interval: a power loss loses at most about that much.
+  kInterval,
+  // Confirmed once synced (fdatasync); the log's writer thread syncs once for
+  // everything written since its last sync, so concurrent publishers share
+  // one sync (survives a power loss).
+  kGroupCommit,
+  // Confirmed once synced by a sync of its own: the writer syncs right after
+  // each such record (survives a power loss; the slowest policy).
+  kEveryPublish,
+};
+
+// What recovery does with damage in the middle of the log.
+enum class OnCorruption {
+  // Broker::Open fails with kDataLoss naming the file and byte range.
+  kFail,
+  // The damaged range is skipped (and counted in WalStats); recovery goes on
+  // with the next valid record. Messages in it are lost.
+  kSkip,
+};
+
 struct BrokerOptions {
-  // Reserved for the write-ahead log: an empty directory means the broker is
-  // purely in memory. Default: "" (in memory).
+  // Directory of the write-ahead log, created if missing (its parent must
+  // exist). Empty: the broker is purely in memory. With a directory, durable
+  // exchanges, queues and bindings, and persistent messages in durable
+  // queues, survive a restart or a crash; the directory is locked against a
+  // second broker. Default: "" (in memory).
   std::string wal_dir;
   // Where TTLs, retry backoff, leases and delays take their time from. Not
   // owned; must outlive the broker and every consumer made by it. With a
   // ManualClock, timed work runs on the thread that advances the clock.
   // Default: nullptr (SystemClock::Default()).
   Clock* clock = nullptr;
+  // When publishes are confirmed and acks return (with a WAL).
+  // Default: kGroupCommit.
+  SyncPolicy sync = SyncPolicy::kGroupCommit;
+  // Longest time between syncs under SyncPolicy::kInterval (real time).
+  // Default: 100 ms.
+  absl::Duration sync_interval = absl::Milliseconds(100);
+  // Size at which the log moves on to a new segment file. Default: 64 MiB.
+  uint64_t wal_segment_bytes = uint64_t{64} << 20;
+  // Damage in the middle of the log, at Open. Default: kFail.
+  OnCorruption on_corruption = OnCorruption::kFail;
 };
 
 struct ExchangeOptions {
@@ -146,6 +189,14 @@ struct QueueOptions {
 };
 
 struct PublishOptions {
+  // Logged to the write-ahead log in every durable queue it reaches, so it
+  // survives a restart (AMQP delivery mode 2). Ignored without a WAL and by
+  // queues that are not durable. Default: false (transient).
+  bool persistent = false;
+  // Overrides BrokerOptions::sync for this publish's confirm (e.g.
+  // kEveryPublish for one important message on a kNever broker).
+  // Default: the broker's policy.
+  std::optional<SyncPolicy> sync;
   // An unroutable message is handed back in `PublishOutcome::returned`
   // instead of being dropped. Default: false.
   bool mandatory = false;

@@ -63,9 +63,24 @@ struct ExchangeStats {
   uint64_t returned = 0;    // unroutable mandatory publishes handed back
 };
 
+// The write-ahead log (all zero without one).
+struct WalStats {
+  uint64_t records = 0;        // log records written since Open
+  uint64_t bytes = 0;          // bytes written since Open
+  uint64_t syncs = 0;          // fdatasync calls since Open
+  uint64_t segments = 0;       // segment files now in the directory
+  uint64_t live_messages = 0;  // persistent messages not yet settled
+  uint64_t compactions = 0;    // segments rewritten to free space
+  // At Open: bytes replayed and damaged bytes skipped (OnCorruption::kSkip).
+  uint64_t recovered_bytes = 0;
+  uint64_t skipped_bytes = 0;
+  uint64_t recovered_messages = 0;
+};
+
 struct BrokerStats {
   std::vector<QueueStats> queues;        // sorted by name
   std::vector<ExchangeStats> exchanges;  // sorted by name; "" is the default
+  WalStats wal;
 };
 
 }  // namespace warren

@@ -1,0 +1,935 @@
+#include "wal.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "envelope.h"
+#include "log_reader.h"
+#include "status_macros.h"
+#include "str_util.h"
+
+namespace warren::internal {
+namespace {
+
+constexpr uint64_t kMinSegmentBytes = 64 << 10;
+constexpr size_t kMaxFailures = 256;
+constexpr std::string_view kSuffix = ".wal";
+
+// "000042.wal" -> 42; nullopt for other names.
+std::optional<uint64_t> ParseSegmentName(std::string_view name) {
+  if (name.size() <= kSuffix.size() ||
+      name.substr(name.size() - kSuffix.size()) != kSuffix) {
+    return std::nullopt;
+  }
+  name.remove_suffix(kSuffix.size());
+  uint64_t n = 0;
+  for (char c : name) {
+    if (c < '0' || c > '9' || n > (UINT64_MAX - 9) / 10) return std::nullopt;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return n;
+}
+
+class CountingReporter final : public log::Reader::Reporter {
+ public:
+  void Corruption(size_t dropped, const absl::Status& /*reason*/,
+                  log::Reader::ByteRange /*range*/) override {
+    bytes += dropped;
+  }
+  uint64_t bytes = 0;
+};
+
+}  // namespace
+
+QueuedMessage::~QueuedMessage() {
+  if (wal_queue != 0 && envelope != nullptr && envelope->wal != nullptr) {
+    envelope->wal->Settled(wal_queue, envelope->wal_id);
+  }
+}
+
+std::string BindingKey(const wal::BindingOp& b) {
+  // The op's own encoding identifies it.
+  wal::RecordBuilder r;
+  r.Bind(b, true);
+  return std::move(r.out());
+}
+
+Wal::Wal(const Options& options)
+    : options_(options),
+      env_(options.env != nullptr ? options.env : Env::Posix()) {}
+
+Wal::~Wal() { (void)Close(); }
+
+std::string Wal::SegmentPath(uint64_t number) const {
+  char name[32];
+  std::snprintf(name, sizeof name, "%06llu.wal",
+                static_cast<unsigned long long>(number));
+  return StrCat(options_.dir, "/", name);
+}
+
+absl::StatusOr<std::shared_ptr<Wal>> Wal::Open(const Options& options,
+                                               RecoveredState* recovered) {
+  if (options.segment_bytes < kMinSegmentBytes) {
+    return absl::InvalidArgumentError(
+        StrCat("wal_segment_bytes is ", options.segment_bytes,
+               "; it must be at least ", kMinSegmentBytes));
+  }
+  if (options.sync == SyncPolicy::kInterval &&
+      options.sync_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "sync_interval must be positive with SyncPolicy::kInterval");
+  }
+  if (options.sync != SyncPolicy::kNever &&
+      options.sync != SyncPolicy::kInterval &&
+      options.sync != SyncPolicy::kGroupCommit &&
+      options.sync != SyncPolicy::kEveryPublish) {
+    return absl::InvalidArgumentError("unknown sync policy");
+  }
+  std::shared_ptr<Wal> wal(new Wal(options));
+  Env* env = wal->env_;
+  if (absl::Status s = env->CreateDir(options.dir);
+      !s.ok() && !absl::IsAlreadyExists(s)) {
+    return s;
+  }
+  absl::StatusOr<std::unique_ptr<FileLock>> lock =
+      env->LockFile(StrCat(options.dir, "/LOCK"));
+  if (!lock.ok()) {
+    if (absl::IsFailedPrecondition(lock.status())) {
+      return absl::FailedPreconditionError(StrCat(
+          "the WAL directory ", options.dir, " is in use by another broker (",
+          std::string(lock.status().message()), ")"));
+    }
+    return lock.status();
+  }
+  wal->lock_ = *std::move(lock);
+  WARREN_RETURN_IF_ERROR(wal->Recover(recovered));
+  WARREN_RETURN_IF_ERROR(wal->StartSegment());
+  {
+    MutexLock l(&wal->mu_);
+    wal->last_sync_ = absl::Now();
+  }
+  wal->background_ = std::thread([w = wal.get()] { w->BackgroundLoop(); });
+  return wal;
+}
+
+// --- Recovery ---------------------------------------------------------------
+
+namespace {
+
+// The state being rebuilt, keyed for replay.
+struct Replay {
+  std::map<std::string, RecoveredState::ExchangeDecl> exchanges;
+  std::map<uint32_t, RecoveredState::QueueDecl> queues;
+  std::map<std::string, wal::BindingOp> bindings;
+  struct Msg {
+    RecoveredState::MessageState state;
+    uint64_t segment = 0;
+    uint32_t bytes = 0;
+  };
+  absl::flat_hash_map<uint64_t, Msg> messages;
+  std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
+  uint64_t next_msg_id = 1;
+  uint32_t next_queue_id = 1;
+
+  void Apply(wal::Op& op, uint64_t segment, uint32_t op_bytes) {
+    switch (op.type) {
+      case wal::OpType::kCheckpoint:
+        exchanges.clear();
+        queues.clear();
+        bindings.clear();
+        dedup.clear();
+        next_msg_id = std::max(next_msg_id, op.next_msg_id);
+        next_queue_id = std::max(next_queue_id, op.next_queue_id);
+        break;
+      case wal::OpType::kExchange:
+        exchanges[op.name] = {op.name, op.exchange_type, op.exchange_options};
+        break;
+      case wal::OpType::kDeleteExchange: {
+        exchanges.erase(op.name);
+        for (auto it = bindings.begin(); it != bindings.end();) {
+          const wal::BindingOp& b = it->second;
+          if (b.source == op.name ||
+              (b.dest_queue_id == 0 && b.dest_exchange == op.name)) {
+            it = bindings.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        break;
+      }
+      case wal::OpType::kQueue:
+        queues[op.queue_id] = {op.queue_id, op.name, op.queue_options};
+        next_queue_id = std::max(next_queue_id, op.queue_id + 1);
+        break;
+      case wal::OpType::kDeleteQueue:
+        queues.erase(op.queue_id);
+        for (auto it = bindings.begin(); it != bindings.end();) {
+          if (it->second.dest_queue_id == op.queue_id) {
+            it = bindings.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        break;
+      case wal::OpType::kBind:
+        bindings[BindingKey(op.binding)] = op.binding;
+        break;
+      case wal::OpType::kUnbind:
+        bindings.erase(BindingKey(op.binding));
+        break;
+      case wal::OpType::kPublish: {
+        next_msg_id = std::max(next_msg_id, op.msg_id + 1);
+        const std::string& mid = op.message.properties().message_id;
+        if (!mid.empty()) {
+          for (const wal::Ref& r : op.refs) {
+            auto q = queues.find(r.queue_id);
+            if (q == queues.end() ||
+                q->second.options.dedup_window <= absl::ZeroDuration()) {
+              continue;
+            }
+            dedup.try_emplace({r.queue_id, mid},
+                              op.published_at + q->second.options.dedup_window);
+          }
+        }
+        Msg& m = messages[op.msg_id];
+        m.segment = segment;
+        m.bytes = op_bytes;
+        m.state.id = op.msg_id;
+        m.state.exchange = std::move(op.exchange);
+        m.state.routing_key = std::move(op.routing_key);
+        m.state.published_at = op.published_at;
+        m.state.message = std::move(op.message);
+        m.state.refs = std::move(op.refs);
+        op.message = Message();
+        op.refs.clear();
+        break;
+      }
+      case wal::OpType::kSettle:
+        for (uint64_t id : op.ids) {
+          auto it = messages.find(id);
+          if (it == messages.end()) continue;
+          auto& refs = it->second.state.refs;
+          refs.erase(std::remove_if(refs.begin(), refs.end(),
+                                    [&](const wal::Ref& r) {
+                                      return r.queue_id == op.queue_id;
+                                    }),
+                     refs.end());
+          if (refs.empty()) messages.erase(it);
+        }
+        break;
+      case wal::OpType::kDelivered:
+      case wal::OpType::kRetry: {
+        auto it = messages.find(op.msg_id);
+        if (it == messages.end()) break;
+        for (wal::Ref& r : it->second.state.refs) {
+          if (r.queue_id != op.queue_id) continue;
+          if (op.type == wal::OpType::kDelivered) {
+            ++r.deliveries;
+          } else {
+            r.ready_at = op.at;
+          }
+        }
+        break;
+      }
+      case wal::OpType::kDedup:
+        dedup[{op.queue_id, op.name}] = op.at;
+        break;
+    }
+  }
+};
+
+}  // namespace
+
+absl::Status Wal::Recover(RecoveredState* recovered) {
+  WARREN_ASSIGN_OR_RETURN(std::vector<std::string> children,
+                          env_->GetChildren(options_.dir));
+  std::vector<uint64_t> numbers;
+  for (const std::string& name : children) {
+    if (auto n = ParseSegmentName(name)) numbers.push_back(*n);
+  }
+  std::sort(numbers.begin(), numbers.end());
+  for (size_t i = 1; i < numbers.size(); ++i) {
+    if (numbers[i] != numbers[i - 1] + 1) {
+      return absl::DataLossError(StrCat(
+          "the WAL in ", options_.dir, " is missing segment ",
+          SegmentPath(numbers[i - 1] + 1), " (segments ", numbers[i - 1],
+          " and ", numbers[i], " exist): refusing to replay around the gap"));
+    }
+  }
+
+  Replay replay;
+  std::string scratch;
+  for (uint64_t number : numbers) {
+    const std::string path = SegmentPath(number);
+    WARREN_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
+                            env_->NewSequentialFile(path));
+    CountingReporter reporter;
+    log::Reader reader(file.get(), &reporter, /*checksum=*/true,
+                       /*initial_offset=*/0,
+                       options_.on_corruption == OnCorruption::kSkip
+                           ? log::Reader::OnCorruption::kSkip
+                           : log::Reader::OnCorruption::kStop);
+    std::string_view record;
+    std::vector<wal::Op> decoded;
+    while (reader.ReadRecord(&record, &scratch)) {
+      wal::RecordReader ops(record);
+      // A record applies all or nothing: decode it whole first.
+      size_t n = 0;
+      while (!ops.done()) {
+        if (n == decoded.size()) decoded.emplace_back();
+        absl::Status s = ops.Next(&decoded[n]);
+        if (!s.ok()) {
+          return absl::DataLossError(StrCat(path, " at offset ",
+                                            reader.LastRecordOffset(), ": ",
+                                            std::string(s.message())));
+        }
+        ++n;
+      }
+      for (size_t i = 0; i < n; ++i) {
+        replay.Apply(decoded[i], number, static_cast<uint32_t>(record.size()));
+      }
+    }
+    if (!reader.status().ok()) {
+      if (absl::IsDataLoss(reader.status())) {
+        return absl::DataLossError(
+            StrCat("the WAL is damaged: ", path, ": ",
+                   std::string(reader.status().message()),
+                   " (open with OnCorruption::kSkip to skip the damage)"));
+      }
+      return reader.status();
+    }
+    skipped_bytes_ += reporter.bytes;
+    WARREN_ASSIGN_OR_RETURN(const uint64_t file_size, env_->GetFileSize(path));
+    recovered_bytes_ += file_size;
+    MutexLock l(&mu_);
+    segments_.push_back(Segment{number, file_size, 0, 0});
+    next_segment_ = number + 1;
+  }
+
+  // Rebuild the model and hand the state over.
+  MutexLock l(&mu_);
+  next_msg_id_.store(replay.next_msg_id, std::memory_order_relaxed);
+  next_queue_id_.store(replay.next_queue_id, std::memory_order_relaxed);
+  wal::RecordBuilder b;
+  for (auto& [name, e] : replay.exchanges) {
+    b.clear();
+    b.Exchange(e.name, e.type, e.options);
+    exchanges_[name] = b.out();
+    recovered->exchanges.push_back(e);
+  }
+  for (auto& [id, q] : replay.queues) {
+    b.clear();
+    b.Queue(id, q.name, q.options);
+    queues_[id] = QueueModel{b.out(), q.options.dedup_window};
+    recovered->queues.push_back(q);
+  }
+  for (auto& [key, binding] : replay.bindings) {
+    b.clear();
+    b.Bind(binding, true);
+    bindings_[key] = b.out();
+    recovered->bindings.push_back(binding);
+  }
+  const absl::Time now = options_.clock->Now();
+  for (auto& [key, until] : replay.dedup) {
+    if (until <= now || !replay.queues.contains(key.first)) continue;
+    dedup_[key.first].emplace_back(until, key.second);
+    recovered->dedup.push_back({key.first, key.second, until});
+  }
+  for (auto& [q, entries] : dedup_) {
+    std::sort(entries.begin(), entries.end());
+  }
+  recovered->messages.reserve(replay.messages.size());
+  for (auto& [id, m] : replay.messages) {
+    auto& refs = m.state.refs;
+    refs.erase(std::remove_if(refs.begin(), refs.end(),
+                              [&](const wal::Ref& r) {
+                                return !replay.queues.contains(r.queue_id);
+                              }),
+               refs.end());
+    if (refs.empty()) continue;
+    Entry& e = live_[id];
+    e.segment = m.segment;
+    e.bytes = m.bytes;
+    e.refs.assign(refs.begin(), refs.end());
+    for (Segment& s : segments_) {
+      if (s.number == m.segment) {
+        ++s.live;
+        s.live_bytes += m.bytes;
+      }
+    }
+    recovered->messages.push_back(std::move(m.state));
+  }
+  std::sort(recovered->messages.begin(), recovered->messages.end(),
+            [](const auto& a, const auto& b) { return a.id < b.id; });
+  recovered_messages_ = recovered->messages.size();
+  return absl::OkStatus();
+}
+
+// --- Appending --------------------------------------------------------------
+
+uint64_t Wal::NewMessageId() {
+  return next_msg_id_.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint32_t Wal::NewQueueId() {
+  return next_queue_id_.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync) {
+  uint64_t lsn;
+  bool wake = false;
+  {
+    MutexLock l(&mu_);
+    const uint64_t segment =
+        segments_.empty() ? next_segment_ : segments_.back().number;
+    ApplyLocked(record.effects(), record.out(), segment);
+    pending_.append(record.out());
+    pending_records_.push_back({pending_.size(), own_sync});
+    lsn = next_lsn_++;
+    wake = bg_sleeping_;
+  }
+  if (wake) bg_cv_.Signal();
+  record.clear();
+  return lsn;
+}
+
+void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
+                      std::string_view record, uint64_t segment) {
+  auto find_segment = [&](uint64_t number) -> Segment* {
+    if (segments_.empty() || number < segments_.front().number) return nullptr;
+    const uint64_t i = number - segments_.front().number;
+    return i < segments_.size() ? &segments_[i] : nullptr;
+  };
+  for (const wal::Effect& e : effects) {
+    switch (e.type) {
+      case wal::OpType::kExchange:
+        exchanges_[e.name] =
+            std::string(record.substr(e.begin, e.end - e.begin));
+        break;
+      case wal::OpType::kDeleteExchange:
+        exchanges_.erase(e.name);
+        break;
+      case wal::OpType::kQueue:
+        queues_[e.queue_id] =
+            QueueModel{std::string(record.substr(e.begin, e.end - e.begin)),
+                       e.dedup_window};
+        break;
+      case wal::OpType::kDeleteQueue: {
+        queues_.erase(e.queue_id);
+        dedup_.erase(e.queue_id);
+        std::vector<uint64_t> ids;
+        for (auto& [id, entry] : live_) {
+          for (const wal::Ref& r : entry.refs) {
+            if (r.queue_id == e.queue_id) ids.push_back(id);
+          }
+        }
+        for (uint64_t id : ids) ForgetRefLocked(e.queue_id, id);
+        break;
+      }
+      case wal::OpType::kBind:
+        bindings_[BindingKey(e.binding)] =
+            std::string(record.substr(e.begin, e.end - e.begin));
+        break;
+      case wal::OpType::kUnbind:
+        bindings_.erase(BindingKey(e.binding));
+        break;
+      case wal::OpType::kPublish: {
+        Entry& entry = live_[e.msg_id];
+        if (Segment* old = find_segment(entry.segment);
+            old != nullptr && !entry.refs.empty()) {
+          --old->live;
+          old->live_bytes -= entry.bytes;
+        }
+        entry.segment = segment;
+        entry.bytes = static_cast<uint32_t>(e.end - e.begin);
+        entry.refs.assign(e.refs.begin(), e.refs.end());
+        if (Segment* s = find_segment(segment)) {
+          ++s->live;
+          s->live_bytes += entry.bytes;
+        }
+        if (!e.name.empty()) {
+          for (const wal::Ref& r : e.refs) {
+            auto q = queues_.find(r.queue_id);
+            if (q != queues_.end() &&
+                q->second.dedup_window > absl::ZeroDuration()) {
+              dedup_[r.queue_id].emplace_back(e.at + q->second.dedup_window,
+                                              e.name);
+            }
+          }
+        }
+        if (entry.refs.empty()) {
+          if (Segment* s = find_segment(segment)) {
+            --s->live;
+            s->live_bytes -= entry.bytes;
+          }
+          live_.erase(e.msg_id);
+        }
+        break;
+      }
+      case wal::OpType::kSettle:
+        for (uint64_t id : e.ids) ForgetRefLocked(e.queue_id, id);
+        break;
+      case wal::OpType::kDelivered:
+      case wal::OpType::kRetry: {
+        auto it = live_.find(e.msg_id);
+        if (it == live_.end()) break;
+        for (wal::Ref& r : it->second.refs) {
+          if (r.queue_id != e.queue_id) continue;
+          if (e.type == wal::OpType::kDelivered) {
+            ++r.deliveries;
+          } else {
+            r.ready_at = e.at;
+          }
+        }
+        break;
+      }
+      case wal::OpType::kDedup:
+      case wal::OpType::kCheckpoint:
+        break;
+    }
+  }
+}
+
+void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
+  auto it = live_.find(msg_id);
+  if (it == live_.end()) return;
+  auto& refs = it->second.refs;
+  refs.erase(
+      std::remove_if(refs.begin(), refs.end(),
+                     [&](const wal::Ref& r) { return r.queue_id == queue_id; }),
+      refs.end());
+  if (!refs.empty()) return;
+  if (!segments_.empty() && it->second.segment >= segments_.front().number) {
+    const uint64_t i = it->second.segment - segments_.front().number;
+    if (i < segments_.size()) {
+      --segments_[i].live;
+      segments_[i].live_bytes -= it->second.bytes;
+    }
+  }
+  live_.erase(it);
+}
+
+void Wal::Settled(uint32_t queue_id, uint64_t msg_id) {
+  {
+    MutexLock l(&mu_);
+    if (!settling_) return;
+  }
+  thread_local wal::RecordBuilder record;
+  record.Settle(queue_id, &msg_id, 1);
+  Append(record);
+}
+
+void Wal::StopSettling() {
+  MutexLock l(&mu_);
+  settling_ = false;
+}
+
+void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
+  out.Checkpoint(next_msg_id_.load(std::memory_order_relaxed),
+                 next_queue_id_.load(std::memory_order_relaxed));
+  std::string& bytes = out.out();
+  for (const auto& [name, op] : exchanges_) bytes += op;
+  for (const auto& [id, q] : queues_) bytes += q.op;
+  for (const auto& [key, op] : bindings_) bytes += op;
+  const absl::Time now = options_.clock->Now();
+  for (auto& [queue_id, entries] : dedup_) {
+    std::sort(entries.begin(), entries.end());
+    while (!entries.empty() && entries.front().first <= now) {
+      entries.pop_front();
+    }
+    for (const auto& [until, id] : entries) out.Dedup(queue_id, id, until);
+  }
+}
+
+// --- Writing ----------------------------------------------------------------
+
+absl::Status Wal::StartSegment() {
+  wal::RecordBuilder checkpoint;
+  uint64_t number;
+  {
+    MutexLock l(&mu_);
+    number = next_segment_++;
+    BuildCheckpointLocked(checkpoint);
+    segments_.push_back(Segment{number, 0, 0, 0});
+  }
+  const std::string path = SegmentPath(number);
+  absl::Status s;
+  absl::StatusOr<std::unique_ptr<WritableFile>> file =
+      env_->NewWritableFile(path);
+  if (file.ok()) {
+    file_ = *std::move(file);
+    writer_ = std::make_unique<log::Writer>(file_.get());
+    s = writer_->AddRecord(checkpoint.out());
+    if (s.ok()) s = env_->SyncDir(options_.dir);
+  } else {
+    s = file.status();
+  }
+  MutexLock l(&mu_);
+  if (!s.ok()) {
+    writer_.reset();
+    file_.reset();
+    (void)env_->RemoveFile(path);
+    segments_.pop_back();
+    next_segment_ = number;
+    return s;
+  }
+  segments_.back().size = writer_->offset();
+  bytes_ += writer_->offset();
+  ++records_;
+  return absl::OkStatus();
+}
+
+std::optional<absl::Status> Wal::DoneLocked(uint64_t lsn, bool sync) const {
+  for (const Failure& f : failures_) {
+    if (lsn >= f.first && lsn <= f.last && (sync || !f.sync_only)) {
+      return f.status;
+    }
+  }
+  if ((sync ? synced_lsn_ : written_lsn_) >= lsn) return absl::OkStatus();
+  if (closed_) {
+    return absl::FailedPreconditionError("the broker's WAL is closed");
+  }
+  return std::nullopt;
+}
+
+bool Wal::WorkLocked() const {
+  return !pending_records_.empty() ||
+         (sync_wanted_ > synced_lsn_ && written_lsn_ > synced_lsn_);
+}
+
+void Wal::RecordFailureLocked(Failure f) {
+  failures_.push_back(std::move(f));
+  while (failures_.size() > kMaxFailures) failures_.pop_front();
+}
+
+void Wal::LeadLocked(Done& done) {
+  io_busy_ = true;
+  std::string batch;
+  batch.swap(pending_);
+  std::vector<PendingRecord> records;
+  records.swap(pending_records_);
+  const uint64_t first = next_lsn_ - records.size();
+  const uint64_t last = next_lsn_ - 1;
+  const bool interval = options_.sync == SyncPolicy::kInterval;
+  mu_.Unlock();
+
+  absl::Status s;
+  uint64_t durable_upto = first - 1;  // handed to the OS
+  uint64_t synced_upto = 0;
+  uint64_t syncs = 0;
+  uint64_t bytes_before = writer_ ? writer_->offset() : 0;
+  uint64_t bytes = 0;
+  if (!records.empty() && !writer_) {
+    s = StartSegment();
+    bytes_before = writer_ ? writer_->offset() : 0;
+  }
+  size_t begin = 0;
+  for (size_t i = 0; i < records.size() && s.ok(); ++i) {
+    const std::string_view rec(batch.data() + begin, records[i].end - begin);
+    begin = records[i].end;
+    s = writer_->AddRecord(rec, /*flush=*/false);
+    if (s.ok() && records[i].own_sync) {
+      s = writer_->Sync();
+      if (s.ok()) {
+        ++syncs;
+        durable_upto = synced_upto = first + i;
+      }
+    }
+    if (s.ok() && writer_->offset() >= options_.segment_bytes &&
+        i + 1 < records.size()) {
+      // Roll in the middle of the batch: what is written so far is synced
+      // with the segment.
+      s = writer_->Sync();
+      if (s.ok()) {
+        ++syncs;
+        durable_upto = synced_upto = first + i;
+        bytes += writer_->offset() - bytes_before;
+        MutexLock l(&mu_);
+        segments_.back().size = writer_->offset();
+      }
+      if (s.ok()) s = file_->Close();
+      writer_.reset();
+      file_.reset();
+      if (s.ok()) s = StartSegment();
+      bytes_before = writer_ ? writer_->offset() : 0;
+    }
+  }
+  if (s.ok() && !records.empty()) {
+    s = writer_->Flush();
+    if (s.ok()) durable_upto = last;
+  }
+  if (writer_) bytes += writer_->offset() - bytes_before;
+
+  mu_.Lock();
+  records_ += durable_upto - (first - 1);
+  bytes_ += bytes;
+  syncs_ += syncs;
+  if (synced_upto > synced_lsn_) synced_lsn_ = synced_upto;
+  if (durable_upto > written_lsn_) written_lsn_ = durable_upto;
+  if (!s.ok()) {
+    RecordFailureLocked({durable_upto + 1, last, false, s});
+  }
+  if (writer_ && !segments_.empty()) segments_.back().size = writer_->offset();
+  const absl::Time now = absl::Now();
+  bool sync = s.ok() && writer_ && written_lsn_ > synced_lsn_ &&
+              (sync_wanted_ > synced_lsn_ ||
+               (interval && now - last_sync_ >= options_.sync_interval) ||
+               writer_->offset() >= options_.segment_bytes);
+  if (sync) {
+    const uint64_t target = written_lsn_;
+    mu_.Unlock();
+    s = writer_->Sync();
+    mu_.Lock();
+    if (s.ok()) {
+      synced_lsn_ = std::max(synced_lsn_, target);
+      ++syncs_;
+      last_sync_ = now;
+    } else {
+      RecordFailureLocked({synced_lsn_ + 1, target, true, s});
+    }
+  }
+  if (writer_ && (!s.ok() || writer_->offset() >= options_.segment_bytes)) {
+    // Abandon a failed segment; close a full one. The next write starts a
+    // new segment.
+    mu_.Unlock();
+    if (s.ok()) (void)file_->Close();
+    writer_.reset();
+    file_.reset();
+    mu_.Lock();
+    if (s.ok()) bg_cv_.Signal();  // compaction may have work
+  }
+  io_busy_ = false;
+  CollectDoneLocked(done);
+  done_cv_.SignalAll();
+}
+
+void Wal::CollectDoneLocked(Done& done) {
+  if (callbacks_.empty()) return;
+  std::vector<Callback> keep;
+  for (Callback& c : callbacks_) {
+    if (std::optional<absl::Status> s = DoneLocked(c.lsn, c.sync)) {
+      done.emplace_back(std::move(c.done), *std::move(s));
+    } else {
+      keep.push_back(std::move(c));
+    }
+  }
+  callbacks_.swap(keep);
+}
+
+void Wal::RunDone(Done& done) {
+  for (auto& [fn, status] : done) std::move(fn)(std::move(status));
+  done.clear();
+}
+
+absl::Status Wal::Wait(uint64_t lsn, bool sync) {
+  Done done;
+  absl::Status result;
+  {
+    MutexLock l(&mu_);
+    if (sync) sync_wanted_ = std::max(sync_wanted_, lsn);
+    for (;;) {
+      if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
+        result = *std::move(s);
+        break;
+      }
+      if (!io_busy_ && WorkLocked()) {
+        LeadLocked(done);
+        continue;
+      }
+      done_cv_.Wait(&mu_);
+    }
+  }
+  RunDone(done);
+  return result;
+}
+
+void Wal::WhenDurable(uint64_t lsn, bool sync,
+                      absl::AnyInvocable<void(absl::Status) &&> fn) {
+  absl::Status now_status;
+  {
+    MutexLock l(&mu_);
+    std::optional<absl::Status> s = DoneLocked(lsn, sync);
+    if (!s.has_value()) {
+      if (sync) sync_wanted_ = std::max(sync_wanted_, lsn);
+      callbacks_.push_back({lsn, sync, std::move(fn)});
+      if (bg_sleeping_) bg_cv_.Signal();
+      return;
+    }
+    now_status = *std::move(s);
+  }
+  std::move(fn)(std::move(now_status));
+}
+
+void Wal::BackgroundLoop() {
+  Done done;
+  MutexLock l(&mu_);
+  for (;;) {
+    if (stop_) break;
+    if (!io_busy_ && WorkLocked()) {
+      LeadLocked(done);
+    } else if (!io_busy_ && options_.sync == SyncPolicy::kInterval &&
+               written_lsn_ > synced_lsn_ &&
+               absl::Now() - last_sync_ >= options_.sync_interval) {
+      sync_wanted_ = std::max(sync_wanted_, written_lsn_);
+      LeadLocked(done);
+    } else if (!io_busy_ && segments_.size() > 1 &&
+               (segments_.front().live == 0 ||
+                segments_.front().live_bytes * 2 < segments_.front().size)) {
+      CompactLocked(done);
+    } else {
+      bg_sleeping_ = true;
+      const absl::Time deadline =
+          options_.sync == SyncPolicy::kInterval && written_lsn_ > synced_lsn_
+              ? last_sync_ + options_.sync_interval
+              : absl::InfiniteFuture();
+      bg_cv_.WaitWithDeadline(&mu_, deadline);
+      bg_sleeping_ = false;
+    }
+    if (!done.empty()) {
+      mu_.Unlock();
+      RunDone(done);
+      mu_.Lock();
+    }
+  }
+}
+
+void Wal::CompactLocked(Done& done) {
+  const Segment oldest = segments_.front();
+  const std::string path = SegmentPath(oldest.number);
+  if (oldest.live > 0) {
+    // Write the live messages of the oldest segment again at the end.
+    mu_.Unlock();
+    absl::Status s;
+    {
+      absl::StatusOr<std::unique_ptr<SequentialFile>> file =
+          env_->NewSequentialFile(path);
+      s = file.status();
+      if (s.ok()) {
+        CountingReporter ignored;
+        log::Reader reader(file->get(), &ignored, /*checksum=*/true,
+                           /*initial_offset=*/0,
+                           log::Reader::OnCorruption::kSkip);
+        std::string scratch;
+        std::string_view record;
+        wal::Op op;
+        wal::RecordBuilder out;
+        while (reader.ReadRecord(&record, &scratch)) {
+          wal::RecordReader ops(record);
+          while (!ops.done()) {
+            if (!ops.Next(&op).ok()) break;
+            if (op.type != wal::OpType::kPublish) continue;
+            MutexLock l(&mu_);
+            auto it = live_.find(op.msg_id);
+            if (it == live_.end() || it->second.segment != oldest.number) {
+              continue;
+            }
+            std::vector<wal::Ref> refs(it->second.refs.begin(),
+                                       it->second.refs.end());
+            out.Publish(op.msg_id, op.exchange, op.routing_key, op.published_at,
+                        op.message, refs);
+            const uint64_t segment = segments_.back().number;
+            ApplyLocked(out.effects(), out.out(), segment);
+            pending_.append(out.out());
+            pending_records_.push_back({pending_.size(), false});
+            ++next_lsn_;
+            out.clear();
+          }
+        }
+        s = reader.status();
+      }
+    }
+    mu_.Lock();
+    // The copies must be durable before the original goes.
+    const uint64_t target = next_lsn_ - 1;
+    sync_wanted_ = std::max(sync_wanted_, target);
+    for (;;) {
+      if (std::optional<absl::Status> r = DoneLocked(target, true)) {
+        if (s.ok()) s = *r;
+        break;
+      }
+      if (!io_busy_ && WorkLocked()) {
+        LeadLocked(done);
+        continue;
+      }
+      done_cv_.Wait(&mu_);
+    }
+    if (!s.ok()) return;  // retried at the next roll
+    if (segments_.empty() || segments_.front().number != oldest.number ||
+        segments_.front().live > 0) {
+      return;
+    }
+    ++compactions_;
+  }
+  // Every message of the oldest segment is settled (or written again).
+  segments_.pop_front();
+  mu_.Unlock();
+  absl::Status s = env_->RemoveFile(path);
+  if (s.ok()) s = env_->SyncDir(options_.dir);
+  mu_.Lock();
+  if (!s.ok()) {
+    // Keep it in the model so the numbering stays contiguous; a later pass
+    // tries again.
+    segments_.push_front(Segment{oldest.number, oldest.size, 0, 0});
+  }
+}
+
+absl::Status Wal::Close() {
+  {
+    MutexLock l(&mu_);
+    if (closed_) return absl::OkStatus();
+    stop_ = true;
+    settling_ = false;
+  }
+  bg_cv_.SignalAll();
+  if (background_.joinable()) background_.join();
+  Done done;
+  absl::Status result;
+  {
+    MutexLock l(&mu_);
+    sync_wanted_ = std::max(sync_wanted_, next_lsn_ - 1);
+    const uint64_t target = next_lsn_ - 1;
+    for (;;) {
+      if (std::optional<absl::Status> s = DoneLocked(target, true)) {
+        result = *s;
+        break;
+      }
+      if (!io_busy_ && WorkLocked()) {
+        LeadLocked(done);
+        continue;
+      }
+      if (!io_busy_) break;  // nothing to write (never written)
+      done_cv_.Wait(&mu_);
+    }
+    while (io_busy_) done_cv_.Wait(&mu_);
+    closed_ = true;
+    CollectDoneLocked(done);
+  }
+  RunDone(done);
+  if (file_) {
+    absl::Status s = file_->Close();
+    if (result.ok()) result = s;
+  }
+  writer_.reset();
+  file_.reset();
+  if (lock_) (void)env_->UnlockFile(std::move(lock_));
+  return result;
+}
+
+WalStats Wal::Stats() const {
+  MutexLock l(&mu_);
+  WalStats s;
+  s.records = records_;
+  s.bytes = bytes_;
+  s.syncs = syncs_;
+  s.segments = segments_.size();
+  s.live_messages = live_.size();
+  s.compactions = compactions_;
+  s.recovered_bytes = recovered_bytes_;
+  s.skipped_bytes = skipped_bytes_;
+  s.recovered_messages = recovered_messages_;
+  return s;
+}
+
+}  // namespace warren::internal

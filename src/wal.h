@@ -1,0 +1,282 @@
+// The write-ahead log of a durable broker: segment files in one directory,
+// records appended by the broker's threads, written and synced by whichever
+// thread needs them durable (group commit), and replayed at open.
+//
+// Files in the directory:
+//
+//   LOCK            held (flock) by the broker that has the directory open
+//   000001.wal ...  segments, numbered in log order; each a log file in the
+//                   format of log_format.h whose records are wal_records.h
+//                   batches, the first one a checkpoint of the topology
+//
+// Appending never does I/O: Append copies the record into a pending buffer
+// under the log's mutex (a leaf lock: it may be called with broker, queue or
+// consumer locks held) and returns its log sequence number (LSN). A thread
+// that needs an LSN written or synced calls Wait, with no broker lock held:
+// if nobody is writing it becomes the writer and writes everything pending in
+// one go (and syncs once, when anyone waiting needs a sync), so concurrent
+// waiters share one write and one fdatasync. A background thread writes what
+// nobody waits for, syncs on the interval, and compacts.
+//
+// Space: the log keeps, for each live persistent message (one not yet settled
+// by every durable queue it reached), the segment that holds its newest full
+// record. A segment whose messages are all settled is deleted once every
+// older segment is gone; the oldest segment, when less than half of it is
+// live, is compacted: its live messages are written again at the end of the
+// log (with their current state), and it is deleted. So the log stays within
+// about twice the live data plus the segments being written.
+//
+// Errors: a failed write or sync fails the waiters of the records it
+// concerned (and only them); the segment is abandoned and the next write
+// starts a new one, so the broker goes on once the disk recovers.
+//
+// Thread-safe.
+
+#ifndef WARREN_SRC_WAL_H_
+#define WARREN_SRC_WAL_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "env.h"
+#include "log_writer.h"
+#include "sync.h"
+#include "wal_records.h"
+#include "warren/clock.h"
+#include "warren/options.h"
+#include "warren/stats.h"
+
+namespace warren::internal {
+
+// What recovery found, for the broker to rebuild.
+struct RecoveredState {
+  struct ExchangeDecl {
+    std::string name;
+    ExchangeType type;
+    ExchangeOptions options;
+  };
+  struct QueueDecl {
+    uint32_t id;
+    std::string name;
+    QueueOptions options;
+  };
+  struct MessageState {
+    uint64_t id = 0;
+    std::string exchange;
+    std::string routing_key;
+    absl::Time published_at;
+    Message message;
+    std::vector<wal::Ref> refs;
+  };
+  struct DedupEntry {
+    uint32_t queue_id;
+    std::string message_id;
+    absl::Time until;
+  };
+  std::vector<ExchangeDecl> exchanges;
+  std::vector<QueueDecl> queues;
+  std::vector<wal::BindingOp> bindings;
+  std::vector<MessageState> messages;  // in id (publish) order
+  std::vector<DedupEntry> dedup;
+};
+
+class Wal {
+ public:
+  struct Options {
+    std::string dir;
+    SyncPolicy sync = SyncPolicy::kGroupCommit;
+    absl::Duration sync_interval = absl::Milliseconds(100);
+    uint64_t segment_bytes = uint64_t{64} << 20;
+    OnCorruption on_corruption = OnCorruption::kFail;
+    Env* env = nullptr;
+    Clock* clock = nullptr;
+  };
+
+  // Locks the directory, replays its log into `*recovered`, and starts a new
+  // segment.
+  static absl::StatusOr<std::shared_ptr<Wal>> Open(const Options& options,
+                                                   RecoveredState* recovered);
+  ~Wal();
+  Wal(const Wal&) = delete;
+  Wal& operator=(const Wal&) = delete;
+
+  SyncPolicy policy() const { return options_.sync; }
+
+  uint64_t NewMessageId();
+  uint32_t NewQueueId();
+
+  // Appends `record` (cleared on return); returns its LSN. `own_sync`: the
+  // record is synced by a sync of its own (SyncPolicy::kEveryPublish).
+  uint64_t Append(wal::RecordBuilder& record, bool own_sync = false);
+
+  // Whether `policy` confirms only after a sync.
+  static bool NeedsSync(SyncPolicy policy) {
+    return policy == SyncPolicy::kGroupCommit ||
+           policy == SyncPolicy::kEveryPublish;
+  }
+
+  // Blocks until record `lsn` is written (or synced, with `sync`), writing
+  // it itself when nobody else is. Call with no broker lock held.
+  absl::Status Wait(uint64_t lsn, bool sync);
+
+  // Runs `done` once record `lsn` is written (or synced): on the thread that
+  // wrote it, or at once (on this thread) if it already is.
+  void WhenDurable(uint64_t lsn, bool sync,
+                   absl::AnyInvocable<void(absl::Status) &&> done);
+
+  // The node of a persistent message left durable queue `queue_id` for good
+  // (acked, dropped, expired, purged...): logs a settle. Ignored once
+  // StopSettling was called.
+  void Settled(uint32_t queue_id, uint64_t msg_id);
+  // From now on Settled is ignored: the broker is closing, and what its
+  // queues release stays in the log.
+  void StopSettling();
+
+  // Writes and syncs what is pending, stops the background thread, closes
+  // the segment and releases the directory. Idempotent.
+  absl::Status Close();
+
+  WalStats Stats() const;
+
+ private:
+  struct Segment {
+    uint64_t number = 0;
+    uint64_t size = 0;  // bytes written (final once closed)
+    uint64_t live = 0;  // live messages whose newest record is here
+    uint64_t live_bytes = 0;
+  };
+  struct Entry {
+    uint64_t segment = 0;
+    uint32_t bytes = 0;
+    absl::InlinedVector<wal::Ref, 1> refs;
+  };
+  struct PendingRecord {
+    size_t end;  // in pending_
+    bool own_sync;
+  };
+  struct Failure {
+    uint64_t first;
+    uint64_t last;
+    bool sync_only;  // written (confirmed for write waiters), not synced
+    absl::Status status;
+  };
+  struct Callback {
+    uint64_t lsn;
+    bool sync;
+    absl::AnyInvocable<void(absl::Status) &&> done;
+  };
+  using Done = std::vector<
+      std::pair<absl::AnyInvocable<void(absl::Status) &&>, absl::Status>>;
+
+  explicit Wal(const Options& options);
+  absl::Status Recover(RecoveredState* recovered);
+  absl::Status ReplaySegment(uint64_t number, RecoveredState* recovered,
+                             absl::flat_hash_map<uint64_t, size_t>& by_id);
+  std::string SegmentPath(uint64_t number) const;
+
+  // Updates the model of live messages and topology for `effects` of a
+  // record in segment `segment` (`record` holds their bytes).
+  void ApplyLocked(const std::vector<wal::Effect>& effects,
+                   std::string_view record, uint64_t segment)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetRefLocked(uint32_t queue_id, uint64_t msg_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void BuildCheckpointLocked(wal::RecordBuilder& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Checks whether `lsn` is done: the status, or nullopt while pending.
+  std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes everything pending (and syncs when wanted); unlocks meanwhile.
+  // Appends the callbacks now due to `done`.
+  void LeadLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts segment `number` with a checkpoint. Without `mu_`, as the writer.
+  absl::Status StartSegment();
+  void CollectDoneLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordFailureLocked(Failure f) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void RunDone(Done& done);
+  void BackgroundLoop();
+  // Deletes dead segments at the head of the log and compacts a sparse
+  // oldest one. As the writer (io_busy_ held), with `mu_` held on entry and
+  // exit.
+  void CompactLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  Env* const env_;
+
+  mutable Mutex mu_;
+  CondVar done_cv_;  // writes finished, failures recorded
+  CondVar bg_cv_;    // work for the background thread
+  bool bg_sleeping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool settling_ ABSL_GUARDED_BY(mu_) = true;
+
+  // Pending records: bytes back to back, LSNs next_lsn_ - n .. next_lsn_-1.
+  std::string pending_ ABSL_GUARDED_BY(mu_);
+  std::vector<PendingRecord> pending_records_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lsn_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t sync_wanted_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_sync_ ABSL_GUARDED_BY(mu_);
+  // True while a thread writes (the only one touching file_ and writer_).
+  bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<Failure> failures_ ABSL_GUARDED_BY(mu_);
+  std::vector<Callback> callbacks_ ABSL_GUARDED_BY(mu_);
+
+  // The writer's, touched only with io_busy_ set (or before the log is
+  // shared, and in Close).
+  std::unique_ptr<WritableFile> file_;
+  std::unique_ptr<log::Writer> writer_;
+  std::unique_ptr<FileLock> lock_;
+
+  // The model: segments, live messages, topology, deduplication entries.
+  std::deque<Segment> segments_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_segment_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Entry> live_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> exchanges_ ABSL_GUARDED_BY(mu_);
+  struct QueueModel {
+    std::string op;
+    absl::Duration dedup_window;
+  };
+  std::map<uint32_t, QueueModel> queues_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> bindings_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, std::deque<std::pair<absl::Time, std::string>>> dedup_
+      ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> next_msg_id_{1};
+  std::atomic<uint32_t> next_queue_id_{1};
+
+  // Statistics.
+  uint64_t records_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t syncs_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t compactions_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t recovered_bytes_ = 0;
+  uint64_t skipped_bytes_ = 0;
+  uint64_t recovered_messages_ = 0;
+
+  std::thread background_;
+};
+
+// The key that identifies a binding in the log's model.
+std::string BindingKey(const wal::BindingOp& b);
+
+}  // namespace warren::internal
+
+#endif  // WARREN_SRC_WAL_H_

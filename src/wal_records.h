@@ -1,0 +1,207 @@
+// The records of warren's write-ahead log: what the broker logs, and how it
+// is encoded inside one log record (a user record of log_format.h).
+//
+// Grammar. Every log record is a batch of operations, applied all or none at
+// recovery (a record is either read whole or not at all):
+//
+//   record     := op+
+//   op         := op_type:u8 fields                    (fields by type below)
+//   varint     := LEB128 unsigned, at most 10 bytes
+//   svarint    := zigzag-encoded varint
+//   string     := varint(length) byte[length]
+//   time       := svarint microseconds since the Unix epoch; 0 is "none"
+//   duration   := svarint microseconds; -1 is "none" (optional absent)
+//
+//   kExchange       = 1  name:string type:u8 flags:u8 alternate:string
+//                        (flags: 1 durable, 2 auto_delete, 4 internal)
+//   kDeleteExchange = 2  name:string
+//   kQueue          = 3  queue_id:varint name:string queue_options
+//   kDeleteQueue    = 4  queue_id:varint
+//   kBind           = 5  dest_queue_id:varint dest_exchange:string
+//                        source:string key:string arguments:headers
+//                        (dest_queue_id 0: the destination is the exchange)
+//   kUnbind         = 6  as kBind
+//   kPublish        = 7  msg_id:varint exchange:string routing_key:string
+//                        published_at:time message nrefs:varint ref*
+//     ref           :=   queue_id:varint deliveries:varint ready_at:time
+//                        (ready_at: a delayed or retrying message's time)
+//   kSettle         = 8  queue_id:varint n:varint msg_id:varint{n}
+//   kDelivered      = 9  queue_id:varint msg_id:varint
+//   kRetry          = 10 queue_id:varint msg_id:varint ready_at:time
+//   kDedup          = 11 queue_id:varint message_id:string until:time
+//   kCheckpoint     = 12 next_msg_id:varint next_queue_id:varint
+//
+//   message        := body:string properties
+//   properties     := message_id correlation_id content_type
+//                     content_encoding reply_to type app_id user_id (strings)
+//                     timestamp:time-or-absent priority:i16(-1 absent)
+//                     expiration:duration headers
+//   headers        := n:varint (name:string value){n}
+//   value          := kind:u8 payload (void: none; bool: u8; int: svarint;
+//                     double: 8 bytes LE; string, bytes: string;
+//                     list: n:varint value{n}; table: headers)
+//   queue_options  := flags:u8 (1 durable, 2 auto_delete, 4 single_active,
+//                     8 has_dlx, 16 has_dl_key, 32 has_retry)
+//                     max_length:varint max_length_bytes:varint overflow:u8
+//                     max_priority:u8 [dlx:string] [dl_key:string]
+//                     delivery_limit:varint [retry_policy] message_ttl:duration
+//                     ack_deadline:duration dedup_window:duration
+//                     expires:duration ring_capacity:varint
+//   retry_policy   := max_attempts:varint backoff:u8 initial_delay:duration
+//                     multiplier:f64 max_delay:duration jitter:u8
+//                     jitter_ratio:f64 seed:u64
+//
+// Meaning at recovery (records replayed in log order):
+//   * kPublish sets the message's whole state, replacing any earlier one (a
+//     compaction rewrites a live message as a new kPublish with its current
+//     references, deliveries and retry times).
+//   * kSettle removes a queue's reference; a message with none is gone. A
+//     settle of an unknown message is ignored (its publish was compacted
+//     away after it was settled).
+//   * kDelivered counts a delivery (the message comes back redelivered).
+//   * A segment's first record is a checkpoint: kCheckpoint followed by the
+//     whole durable topology (kExchange, kQueue, kBind) and the deduplication
+//     entries still in their window (kDedup); it replaces the topology read
+//     so far.
+
+#ifndef WARREN_SRC_WAL_RECORDS_H_
+#define WARREN_SRC_WAL_RECORDS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "warren/broker.h"
+#include "warren/message.h"
+#include "warren/options.h"
+
+namespace warren::internal::wal {
+
+enum class OpType : uint8_t {
+  kExchange = 1,
+  kDeleteExchange = 2,
+  kQueue = 3,
+  kDeleteQueue = 4,
+  kBind = 5,
+  kUnbind = 6,
+  kPublish = 7,
+  kSettle = 8,
+  kDelivered = 9,
+  kRetry = 10,
+  kDedup = 11,
+  kCheckpoint = 12,
+};
+
+// One queue's hold on a logged message.
+struct Ref {
+  uint32_t queue_id = 0;
+  uint32_t deliveries = 0;
+  absl::Time ready_at = absl::InfinitePast();  // InfinitePast: ready now
+};
+
+// A binding between durable ends. dest_queue_id 0: to `dest_exchange`.
+struct BindingOp {
+  uint32_t dest_queue_id = 0;
+  std::string dest_exchange;
+  std::string source;
+  std::string key;
+  BindingArguments arguments;
+  friend bool operator==(const BindingOp&, const BindingOp&) = default;
+};
+
+// What one op of a record does to the log's own model of what is live (for
+// checkpoints and compaction); noted by RecordBuilder as it encodes.
+struct Effect {
+  OpType type{};
+  uint32_t queue_id = 0;
+  uint64_t msg_id = 0;
+  // kPublish: published_at; kRetry: ready_at; kDedup: until.
+  absl::Time at;
+  // kExchange, kDeleteExchange: the exchange; kQueue: the queue;
+  // kPublish, kDedup: the message id (Properties::message_id).
+  std::string name;
+  // The op's bytes within the record: [begin, end).
+  size_t begin = 0;
+  size_t end = 0;
+  std::vector<Ref> refs;                               // kPublish
+  std::vector<uint64_t> ids;                           // kSettle
+  BindingOp binding;                                   // kBind, kUnbind
+  absl::Duration dedup_window = absl::ZeroDuration();  // kQueue
+};
+
+// Appends ops to a record. The record is `out()`; `effects()` lists its ops.
+class RecordBuilder {
+ public:
+  void Exchange(std::string_view name, ExchangeType type,
+                const ExchangeOptions& options);
+  void DeleteExchange(std::string_view name);
+  void Queue(uint32_t id, std::string_view name, const QueueOptions& options);
+  void DeleteQueue(uint32_t id);
+  void Bind(const BindingOp& b, bool bind);
+  // The message's fields, then its references.
+  void Publish(uint64_t msg_id, std::string_view exchange,
+               std::string_view routing_key, absl::Time published_at,
+               const Message& message, const std::vector<Ref>& refs);
+  void Settle(uint32_t queue_id, const uint64_t* ids, size_t n);
+  void Delivered(uint32_t queue_id, uint64_t msg_id);
+  void Retry(uint32_t queue_id, uint64_t msg_id, absl::Time ready_at);
+  void Dedup(uint32_t queue_id, std::string_view message_id, absl::Time until);
+  void Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id);
+
+  std::string& out() { return out_; }
+  const std::vector<Effect>& effects() const { return effects_; }
+  bool empty() const { return out_.empty(); }
+  void clear() {
+    out_.clear();
+    effects_.clear();
+  }
+
+ private:
+  Effect& Begin(OpType type);
+  void End() { effects_.back().end = out_.size(); }
+
+  std::string out_;
+  std::vector<Effect> effects_;
+};
+
+// A decoded op; which fields are set depends on `type`.
+struct Op {
+  OpType type{};
+  std::string name;  // exchange or queue name
+  ExchangeType exchange_type{};
+  ExchangeOptions exchange_options;
+  uint32_t queue_id = 0;
+  QueueOptions queue_options;
+  BindingOp binding;
+  uint64_t msg_id = 0;
+  std::string exchange;
+  std::string routing_key;
+  absl::Time published_at;
+  Message message;
+  std::vector<Ref> refs;
+  std::vector<uint64_t> ids;  // kSettle
+  absl::Time at;              // kRetry ready_at, kDedup until
+  uint64_t next_msg_id = 0;   // kCheckpoint
+  uint32_t next_queue_id = 0;
+};
+
+// Reads the ops of one record in order.
+class RecordReader {
+ public:
+  explicit RecordReader(std::string_view record) : in_(record) {}
+  bool done() const { return in_.empty(); }
+  // kDataLoss when the record does not parse (a checksummed record that does
+  // not parse was written by a different program: never replayed).
+  absl::Status Next(Op* op);
+
+ private:
+  std::string_view in_;
+};
+
+}  // namespace warren::internal::wal
+
+#endif  // WARREN_SRC_WAL_RECORDS_H_
