@@ -3,7 +3,8 @@
 // -----------------------------------------------------------------------------
 //
 // warren_peer_compare: warren side by side with its peers, in one run, as
-// issue 3's table (P1-P8). Prints a markdown report on stdout (progress goes
+// issue 3's table (P1-P8) and issue 5's durable rows (D1-D4, in
+// durable_compare.cc). Prints a markdown report on stdout (progress goes
 // to stderr): the machine, the date, then one table row per comparison with
 // the median of several repetitions, the peer's median, their ratio, the goal
 // and whether it is met. Contenders of one row are run interleaved (A, B, C,
@@ -12,14 +13,16 @@
 //
 // Usage:
 //
-//   warren_peer_compare [--quick] [--reps=N] [--only=P1,P4,...] [--pin]
-//                       [--no-rabbitmq] [--out=FILE]
+//   warren_peer_compare [--quick] [--reps=N] [--only=P1,P4,D1,...] [--pin]
+//                       [--no-rabbitmq] [--durable-dir=DIR] [--out=FILE]
 //
 //   --quick        small sizes (about a minute; also WARREN_PEER_QUICK=1)
 //   --reps=N       repetitions per measurement (default 5, quick 3)
 //   --only=...     run only these rows
 //   --pin          pin ring producer/consumer threads to CPUs 0,1,2,...
 //   --no-rabbitmq  skip starting the private RabbitMQ server
+//   --durable-dir=DIR  where the D rows put their files (default: inside the
+//                  build directory; must be a real disk, not tmpfs)
 //   --out=FILE     also write the report to FILE
 //
 // Peers are compiled in when CMake found them (WARREN_HAVE_<PEER>); a missing
@@ -62,6 +65,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "durable_compare.h"
 #include "fmt/core.h"
 #include "rabbitmq_private.h"
 #include "topic_trie.h"
@@ -237,6 +241,7 @@ struct Config {
   bool rabbitmq = true;
   std::vector<std::string> only;  // empty: every row
   std::string out;
+  std::string durable_dir;  // --durable-dir ("": inside the build directory)
 
   bool Runs(std::string_view id) const {
     if (only.empty()) return true;
@@ -2166,6 +2171,42 @@ void RunP8() {
       Nanos(r.publish.cpu_ns), Nanos(r.publish.wall_ns)));
 }
 
+// --- D1-D4: durability (durable_compare.cc)
+// -----------------------------------
+
+void RunDurable() {
+  DurableHarness h;
+  h.quick = g_config.quick;
+  h.reps = g_config.reps;
+  h.rabbitmq = g_config.rabbitmq;
+  h.dir = g_config.durable_dir;
+  h.progress = Progress;
+  h.add_row = [](DurableRow r) {
+    AddRow(Row{std::move(r.id), std::move(r.workload), std::move(r.ours),
+               std::move(r.peer), std::move(r.peer_value), std::move(r.ratio),
+               std::move(r.goal), std::move(r.met)});
+  };
+  h.note = Note;
+  h.bug = Bug;
+  h.run_interleaved = [](const std::string& label,
+                         const std::vector<DurableContender*>& ds,
+                         const DurableFormat& show) {
+    std::vector<Contender> cs;
+    for (DurableContender* d : ds) {
+      cs.emplace_back(d->name, [d] { return d->run(); });
+    }
+    std::vector<Contender*> ptrs;
+    for (Contender& c : cs) ptrs.push_back(&c);
+    RunInterleaved(label, ptrs, g_config.reps, show);
+    for (size_t i = 0; i < ds.size(); ++i) ds[i]->samples = cs[i].samples;
+  };
+  h.median = Median;
+  h.rate = Rate;
+  h.times = Times;
+  h.met = Met;
+  RunDurableRows(h, [](std::string_view id) { return g_config.Runs(id); });
+}
+
 // --- Main
 // ---------------------------------------------------------------------
 
@@ -2182,8 +2223,7 @@ std::string Peers() {
   s += "; TBB: " + yes_no(WARREN_HAVE_TBB, "libtbb-dev");
   s += "; ZeroMQ: " + yes_no(WARREN_HAVE_ZMQ, "libzmq3-dev");
   s += "; rabbitmq-c: " + yes_no(WARREN_HAVE_RABBITMQ_C, "librabbitmq-dev");
-  s += "; SQLite: " + yes_no(WARREN_HAVE_SQLITE, "libsqlite3-dev") +
-       " (no row uses it yet)";
+  s += "; SQLite: " + yes_no(WARREN_HAVE_SQLITE, "libsqlite3-dev");
   return s;
 }
 
@@ -2266,10 +2306,12 @@ int Main(int argc, char** argv) {
       while (std::getline(ss, item, ',')) g_config.only.push_back(item);
     } else if (arg.rfind("--out=", 0) == 0) {
       g_config.out = std::string(arg.substr(6));
+    } else if (arg.rfind("--durable-dir=", 0) == 0) {
+      g_config.durable_dir = std::string(arg.substr(14));
     } else {
       fmt::print(stderr,
-                 "usage: {} [--quick] [--reps=N] [--only=P1,P4,...] [--pin] "
-                 "[--no-rabbitmq] [--out=FILE]\n",
+                 "usage: {} [--quick] [--reps=N] [--only=P1,P4,D1,...] "
+                 "[--pin] [--no-rabbitmq] [--durable-dir=DIR] [--out=FILE]\n",
                  argv[0]);
       return 2;
     }
@@ -2290,6 +2332,12 @@ int Main(int argc, char** argv) {
     const auto row_t0 = Clock::now();
     run();
     Progress(fmt::format("== {} done in {:.1f} s", id, SecondsSince(row_t0)));
+  }
+  if (std::any_of(kDurableRowIds.begin(), kDurableRowIds.end(),
+                  [](std::string_view id) { return g_config.Runs(id); })) {
+    const auto row_t0 = Clock::now();
+    RunDurable();
+    Progress(fmt::format("== D1-D4 done in {:.1f} s", SecondsSince(row_t0)));
   }
   const std::string report = Report(SecondsSince(t0), load_before);
   fmt::print("{}", report);

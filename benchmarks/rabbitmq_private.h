@@ -34,12 +34,21 @@
 //   rmq->Stop();                              // also done by the destructor
 //
 // Thread-compatible.
+//
+// For the durable rows (D3), two client calls over rabbitmq-c (they return an
+// error saying "not built" when the runner was built without
+// librabbitmq-dev): AmqpPrepareDurableQueue declares a durable classic queue
+// and purges it; AmqpPersistentPublish publishes persistent messages
+// (delivery_mode 2) to it with publisher confirms (confirm.select), waiting
+// for each confirm or keeping a window of them in flight.
 
 #ifndef WARREN_BENCHMARKS_RABBITMQ_PRIVATE_H_
 #define WARREN_BENCHMARKS_RABBITMQ_PRIVATE_H_
 
 #include <sys/types.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -90,6 +99,24 @@ class PrivateRabbitMq {
   pid_t server_pid_ = -1;
   std::string version_;
 };
+
+// Declares `queue` on the server at 127.0.0.1:`port` as a durable classic
+// queue (not exclusive, not auto-delete) and purges it. Returns false and
+// sets `*error` on failure.
+bool AmqpPrepareDurableQueue(int port, const std::string& queue,
+                             std::string* error);
+
+// Publishes persistent messages (delivery_mode 2) of `body_size` bytes to the
+// durable `queue` through the default exchange, on one connection whose
+// channel is in confirm mode, for about `seconds`, keeping at most `window`
+// messages unconfirmed (1: publish, wait for its basic.ack, publish the
+// next). After `seconds` it stops publishing and waits for the outstanding
+// confirms. Returns confirmed messages per second (from the first publish to
+// the last confirm), or 0 and sets `*error` (a basic.nack, a closed channel,
+// no confirm within 30 s).
+double AmqpPersistentPublish(int port, const std::string& queue,
+                             size_t body_size, uint32_t window, double seconds,
+                             std::string* error);
 
 }  // namespace warren_bench
 
