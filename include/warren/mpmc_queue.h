@@ -76,10 +76,16 @@
 #include <type_traits>
 #include <utility>
 
-#if defined(__linux__)
+#if defined(__linux__) && __has_include(<linux/membarrier.h>)
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if defined(SYS_membarrier)
+#define WARREN_RING_HAVE_MEMBARRIER 1
+#endif
+#endif
+#ifndef WARREN_RING_HAVE_MEMBARRIER
+#define WARREN_RING_HAVE_MEMBARRIER 0
 #endif
 
 namespace warren {
@@ -151,7 +157,7 @@ class AsymmetricFence {
 
   // The parking thread's half. `compiler_only` is LightIsCompilerOnly().
   static void Heavy(bool compiler_only) noexcept {
-#if defined(__linux__) && defined(SYS_membarrier)
+#if WARREN_RING_HAVE_MEMBARRIER
     if (compiler_only) {
       // Cannot fail once registered. If it ever did, the passing threads
       // (which run no fence) could lose this thread's wake-up: stop instead.
@@ -167,7 +173,7 @@ class AsymmetricFence {
 
  private:
   static bool Register() noexcept {
-#if defined(__linux__) && defined(SYS_membarrier)
+#if WARREN_RING_HAVE_MEMBARRIER
     const long commands = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0);
     return commands > 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
            ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
