@@ -124,11 +124,27 @@ struct Replay {
   std::map<uint32_t, RecoveredState::QueueDecl> queues;
   std::map<std::string, wal::BindingOp> bindings;
   struct Msg {
-    RecoveredState::MessageState state;
+    RecoveredState::MessageState* state;
     uint64_t segment = 0;
     uint32_t bytes = 0;
   };
-  absl::flat_hash_map<uint64_t, Msg> messages;
+  explicit Replay(std::deque<RecoveredState::MessageState>* s) : storage(s) {}
+  // Messages in the order their first publish op was read (a settled one is
+  // left behind, emptied); `index` finds the live ones by id.
+  std::deque<RecoveredState::MessageState>* storage;
+  absl::flat_hash_map<uint64_t, Msg> index;
+
+  Msg* Find(uint64_t id) {
+    auto it = index.find(id);
+    return it == index.end() ? nullptr : &it->second;
+  }
+  void Drop(uint64_t id) {
+    auto it = index.find(id);
+    if (it == index.end()) return;
+    it->second.state->refs.clear();
+    it->second.state->message = Message();
+    index.erase(it);
+  }
   std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
   uint64_t next_msg_id = 1;
   uint32_t next_queue_id = 1;
@@ -193,37 +209,38 @@ struct Replay {
                               op.published_at + q->second.options.dedup_window);
           }
         }
-        Msg& m = messages[op.msg_id];
+        auto [it, inserted] = index.try_emplace(op.msg_id);
+        Msg& m = it->second;
+        if (inserted) m.state = &storage->emplace_back();
         m.segment = segment;
         m.bytes = op_bytes;
-        m.state.id = op.msg_id;
-        m.state.exchange = std::move(op.exchange);
-        m.state.routing_key = std::move(op.routing_key);
-        m.state.published_at = op.published_at;
-        m.state.message = std::move(op.message);
-        m.state.refs = std::move(op.refs);
-        op.message = Message();
-        op.refs.clear();
+        RecoveredState::MessageState& st = *m.state;
+        st.id = op.msg_id;
+        st.exchange.swap(op.exchange);
+        st.routing_key.swap(op.routing_key);
+        st.published_at = op.published_at;
+        std::swap(st.message, op.message);
+        st.refs.swap(op.refs);
         break;
       }
       case wal::OpType::kSettle:
         for (uint64_t id : op.ids) {
-          auto it = messages.find(id);
-          if (it == messages.end()) continue;
-          auto& refs = it->second.state.refs;
+          Msg* m = Find(id);
+          if (m == nullptr) continue;
+          auto& refs = m->state->refs;
           refs.erase(std::remove_if(refs.begin(), refs.end(),
                                     [&](const wal::Ref& r) {
                                       return r.queue_id == op.queue_id;
                                     }),
                      refs.end());
-          if (refs.empty()) messages.erase(it);
+          if (refs.empty()) Drop(id);
         }
         break;
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
-        auto it = messages.find(op.msg_id);
-        if (it == messages.end()) break;
-        for (wal::Ref& r : it->second.state.refs) {
+        Msg* m = Find(op.msg_id);
+        if (m == nullptr) break;
+        for (wal::Ref& r : m->state->refs) {
           if (r.queue_id != op.queue_id) continue;
           if (op.type == wal::OpType::kDelivered) {
             ++r.deliveries;
@@ -259,7 +276,7 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
     }
   }
 
-  Replay replay;
+  Replay replay(&recovered->storage);
   std::string scratch;
   for (uint64_t number : numbers) {
     const std::string path = SegmentPath(number);
@@ -340,9 +357,11 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
   for (auto& [q, entries] : dedup_) {
     std::sort(entries.begin(), entries.end());
   }
-  recovered->messages.reserve(replay.messages.size());
-  for (auto& [id, m] : replay.messages) {
-    auto& refs = m.state.refs;
+  // Publish (id) order: the log's order differs only where publishers
+  // raced or a compaction rewrote a message.
+  recovered->messages.reserve(replay.index.size());
+  for (auto& [id, m] : replay.index) {
+    auto& refs = m.state->refs;
     refs.erase(std::remove_if(refs.begin(), refs.end(),
                               [&](const wal::Ref& r) {
                                 return !replay.queues.contains(r.queue_id);
@@ -353,16 +372,14 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
     e.segment = m.segment;
     e.bytes = m.bytes;
     e.refs.assign(refs.begin(), refs.end());
-    for (Segment& s : segments_) {
-      if (s.number == m.segment) {
-        ++s.live;
-        s.live_bytes += m.bytes;
-      }
+    if (Segment* s = FindSegmentLocked(m.segment)) {
+      ++s->live;
+      s->live_bytes += m.bytes;
     }
-    recovered->messages.push_back(std::move(m.state));
+    recovered->messages.push_back(m.state);
   }
   std::sort(recovered->messages.begin(), recovered->messages.end(),
-            [](const auto& a, const auto& b) { return a.id < b.id; });
+            [](const auto* a, const auto* b) { return a->id < b->id; });
   recovered_messages_ = recovered->messages.size();
   return absl::OkStatus();
 }
@@ -395,13 +412,14 @@ uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync) {
   return lsn;
 }
 
+Wal::Segment* Wal::FindSegmentLocked(uint64_t number) {
+  if (segments_.empty() || number < segments_.front().number) return nullptr;
+  const uint64_t i = number - segments_.front().number;
+  return i < segments_.size() ? &segments_[i] : nullptr;
+}
+
 void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
                       std::string_view record, uint64_t segment) {
-  auto find_segment = [&](uint64_t number) -> Segment* {
-    if (segments_.empty() || number < segments_.front().number) return nullptr;
-    const uint64_t i = number - segments_.front().number;
-    return i < segments_.size() ? &segments_[i] : nullptr;
-  };
   for (const wal::Effect& e : effects) {
     switch (e.type) {
       case wal::OpType::kExchange:
@@ -437,7 +455,7 @@ void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
         break;
       case wal::OpType::kPublish: {
         Entry& entry = live_[e.msg_id];
-        if (Segment* old = find_segment(entry.segment);
+        if (Segment* old = FindSegmentLocked(entry.segment);
             old != nullptr && !entry.refs.empty()) {
           --old->live;
           old->live_bytes -= entry.bytes;
@@ -445,7 +463,7 @@ void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
         entry.segment = segment;
         entry.bytes = static_cast<uint32_t>(e.end - e.begin);
         entry.refs.assign(e.refs.begin(), e.refs.end());
-        if (Segment* s = find_segment(segment)) {
+        if (Segment* s = FindSegmentLocked(segment)) {
           ++s->live;
           s->live_bytes += entry.bytes;
         }
@@ -460,7 +478,7 @@ void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
           }
         }
         if (entry.refs.empty()) {
-          if (Segment* s = find_segment(segment)) {
+          if (Segment* s = FindSegmentLocked(segment)) {
             --s->live;
             s->live_bytes -= entry.bytes;
           }
@@ -501,12 +519,9 @@ void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
                      [&](const wal::Ref& r) { return r.queue_id == queue_id; }),
       refs.end());
   if (!refs.empty()) return;
-  if (!segments_.empty() && it->second.segment >= segments_.front().number) {
-    const uint64_t i = it->second.segment - segments_.front().number;
-    if (i < segments_.size()) {
-      --segments_[i].live;
-      segments_[i].live_bytes -= it->second.bytes;
-    }
+  if (Segment* s = FindSegmentLocked(it->second.segment)) {
+    --s->live;
+    s->live_bytes -= it->second.bytes;
   }
   live_.erase(it);
 }
@@ -551,6 +566,7 @@ absl::Status Wal::StartSegment() {
   {
     MutexLock l(&mu_);
     number = next_segment_++;
+    compact_failed_ = false;
     BuildCheckpointLocked(checkpoint);
     segments_.push_back(Segment{number, 0, 0, 0});
   }
@@ -774,7 +790,7 @@ void Wal::BackgroundLoop() {
                absl::Now() - last_sync_ >= options_.sync_interval) {
       sync_wanted_ = std::max(sync_wanted_, written_lsn_);
       LeadLocked(done);
-    } else if (!io_busy_ && segments_.size() > 1 &&
+    } else if (!io_busy_ && !compact_failed_ && segments_.size() > 1 &&
                (segments_.front().live == 0 ||
                 segments_.front().live_bytes * 2 < segments_.front().size)) {
       CompactLocked(done);
@@ -855,7 +871,10 @@ void Wal::CompactLocked(Done& done) {
       }
       done_cv_.Wait(&mu_);
     }
-    if (!s.ok()) return;  // retried at the next roll
+    if (!s.ok()) {
+      compact_failed_ = true;  // tried again once a new segment starts
+      return;
+    }
     if (segments_.empty() || segments_.front().number != oldest.number ||
         segments_.front().live > 0) {
       return;
@@ -872,6 +891,7 @@ void Wal::CompactLocked(Done& done) {
     // Keep it in the model so the numbering stays contiguous; a later pass
     // tries again.
     segments_.push_front(Segment{oldest.number, oldest.size, 0, 0});
+    compact_failed_ = true;
   }
 }
 

@@ -90,7 +90,9 @@ struct RecoveredState {
   std::vector<ExchangeDecl> exchanges;
   std::vector<QueueDecl> queues;
   std::vector<wal::BindingOp> bindings;
-  std::vector<MessageState> messages;  // in id (publish) order
+  // The live messages in id (publish) order, pointing into `storage`.
+  std::vector<MessageState*> messages;
+  std::deque<MessageState> storage;
   std::vector<DedupEntry> dedup;
 };
 
@@ -193,6 +195,8 @@ class Wal {
   void ApplyLocked(const std::vector<wal::Effect>& effects,
                    std::string_view record, uint64_t segment)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Segment* FindSegmentLocked(uint64_t number)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetRefLocked(uint32_t queue_id, uint64_t msg_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BuildCheckpointLocked(wal::RecordBuilder& out)
@@ -226,6 +230,8 @@ class Wal {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool settling_ ABSL_GUARDED_BY(mu_) = true;
+  // A compaction failed: not tried again before the next segment.
+  bool compact_failed_ ABSL_GUARDED_BY(mu_) = false;
 
   // Pending records: bytes back to back, LSNs next_lsn_ - n .. next_lsn_-1.
   std::string pending_ ABSL_GUARDED_BY(mu_);
