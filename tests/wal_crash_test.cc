@@ -583,15 +583,15 @@ void RunCrashCycles(const CrashRunOptions& run) {
   }
 }
 
-TEST_CASE("WAL crash: kill -9 at random moments, then recover and check",
+TEST_CASE("WAL crash: SIGKILL at random moments then recovery is checked",
           "[wal][crash]") {
-  // Four cycles per sync policy, in a couple of seconds.
+  // Two cycles per sync policy, in a couple of seconds.
   RunCrashCycles({.cycles = 8, .max_run = std::chrono::milliseconds(80)});
 }
 
 TEST_CASE("WAL crash: 200 kill -9 cycles on one directory",
           "[wal][crash][stress]") {
-  RunCrashCycles({.cycles = 200, .max_run = std::chrono::milliseconds(40)});
+  RunCrashCycles({.cycles = 200, .max_run = std::chrono::milliseconds(120)});
 }
 
 TEST_CASE("WAL directory lock holds against another process", "[wal][crash]") {
