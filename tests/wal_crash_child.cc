@@ -27,10 +27,12 @@
 //                order, so the delivery, logged before Receive returned, is
 //                at least as durable as that ack)
 //
-// Once running it writes "ready\n" on stdout. It stops when stdin reaches
-// end of file (the parent went away) or after a minute. With hold=1 it only
-// opens the broker, says "ready", and closes the broker cleanly at end of
-// file on stdin (the directory-lock test).
+// Once every publisher has had a publish confirmed and every consumer an ack
+// returned (so that the parent's random timer starts in the steady state,
+// however slow a sanitizer makes the start), it writes "ready\n" on stdout. It
+// stops when stdin reaches end of file (the parent went away) or after a
+// minute. With hold=1 it only opens the broker, says "ready", and closes the
+// broker cleanly at end of file on stdin (the directory-lock test).
 //
 // Message bodies: "p<pub> s<seq> b<first>/<n> <padding>", where b names the
 // batch (first sequence number and size; b<seq>/1 for a single publish) and
@@ -180,6 +182,26 @@ Args ParseArgs(int argc, char** argv) {
   return a;
 }
 
+// Counts down once per worker thread, when the thread has done its first
+// piece of work.
+class Latch {
+ public:
+  explicit Latch(int n) : n_(n) {}
+  void CountDown() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return n_ <= 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int n_;
+};
+
 // Bounds the number of a publisher's unconfirmed asynchronous publishes.
 class InFlight {
  public:
@@ -211,7 +233,7 @@ void CheckOutcome(const absl::StatusOr<PublishOutcome>& r, const char* what,
         " queues");
 }
 
-void Publisher(Broker& broker, uint32_t pub, uint64_t seed) {
+void Publisher(Broker& broker, uint32_t pub, uint64_t seed, Latch& started) {
   std::mt19937_64 rng(seed);
   auto chance = [&](double p) {
     return std::uniform_real_distribution<double>(0, 1)(rng) < p;
@@ -245,13 +267,16 @@ void Publisher(Broker& broker, uint32_t pub, uint64_t seed) {
     const std::string_view exchange = via_exchange ? kExchange : "";
     const std::string_view key = via_exchange ? "k" : kQueue;
     const size_t queues = via_exchange ? 2 : 1;
-    const int kind = static_cast<int>(rng() % 100);
+    // The first publish is a synchronous one: once it returns, this
+    // publisher is running.
+    const int kind = seq == 0 ? 0 : static_cast<int>(rng() % 100);
     if (kind < 55) {
       const uint32_t s = ++seq;
       auto r = broker.Publish(
           exchange, key, Message(MakeBody(pub, s, s, 1, body_size())), options);
       CheckOutcome(r, "Publish", queues);
       Record('C', pub, s);
+      if (s == 1) started.CountDown();
     } else if (kind < 75) {
       const uint32_t s = ++seq;
       in_flight.Add();
@@ -307,7 +332,7 @@ struct Held {
 
 uint64_t Key(uint32_t pub, uint32_t seq) { return (uint64_t{pub} << 32) | seq; }
 
-void ConsumerLoop(Broker& broker, uint64_t seed) {
+void ConsumerLoop(Broker& broker, uint64_t seed, Latch& started) {
   std::mt19937_64 rng(seed);
   auto chance = [&](double p) {
     return std::uniform_real_distribution<double>(0, 1)(rng) < p;
@@ -317,6 +342,7 @@ void ConsumerLoop(Broker& broker, uint64_t seed) {
   Consumer& c = **consumer;
   std::vector<Held> held;  // in delivery order
   std::unordered_set<uint64_t> acked;
+  bool running = false;  // an ack returned
   // Received since the last successful Ack (their L lines are due).
   std::vector<std::pair<uint32_t, uint32_t>> uncovered;
 
@@ -336,6 +362,10 @@ void ConsumerLoop(Broker& broker, uint64_t seed) {
     for (const auto& [pub, seq] : uncovered) AppendEvent(acks, 'L', pub, seq);
     uncovered.clear();
     Record(acks);
+    if (!running) {
+      running = true;
+      started.CountDown();
+    }
     for (size_t j = from; j <= i; ++j) {
       acked.insert(Key(held[j].pub, held[j].seq));
     }
@@ -455,14 +485,18 @@ int Main(int argc, char** argv) {
   if (auto s = b.DeclareQueue("scratch"); !s.ok()) Die("DeclareQueue", s);
   if (auto s = b.Bind("scratch", kExchange, "k"); !s.ok()) Die("Bind", s);
 
+  Latch started(kPublishers + kConsumers);
   std::vector<std::thread> threads;
   for (int t = 0; t < kPublishers; ++t) {
     const uint32_t pub = args.cycle * 8 + static_cast<uint32_t>(t) + 1;
-    threads.emplace_back(Publisher, std::ref(b), pub, args.seed * 31 + t);
+    threads.emplace_back(Publisher, std::ref(b), pub, args.seed * 31 + t,
+                         std::ref(started));
   }
   for (int t = 0; t < kConsumers; ++t) {
-    threads.emplace_back(ConsumerLoop, std::ref(b), args.seed * 37 + t);
+    threads.emplace_back(ConsumerLoop, std::ref(b), args.seed * 37 + t,
+                         std::ref(started));
   }
+  started.Wait();
   WriteAll(STDOUT_FILENO, "ready\n");
 
   // The parent kills us; should it go away instead, stop.

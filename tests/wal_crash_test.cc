@@ -501,6 +501,8 @@ void RunCrashCycles(const CrashRunOptions& run) {
   Oracle oracle(tmp / "oracle");
   History history;
   uint64_t max_dir_bytes = 0;
+  // From spawning the last child that got running to its "ready".
+  std::chrono::microseconds startup(40'000);
   const SyncPolicy policies[] = {SyncPolicy::kNever, SyncPolicy::kInterval,
                                  SyncPolicy::kGroupCommit,
                                  SyncPolicy::kEveryPublish};
@@ -510,10 +512,12 @@ void RunCrashCycles(const CrashRunOptions& run) {
     const SyncPolicy policy = policies[(cycle + seed) % 4];
     const uint64_t segment = segments[rng() % 4];
     // Mostly killed a random time after it is running; sometimes a random
-    // time after it starts, which may be during recovery.
-    const bool early = rng() % 8 == 0;
+    // time after it starts, within how long the last one took to get
+    // running: during its recovery or its first publishes.
+    const bool early = cycle > 0 && rng() % 8 == 0;
     const auto delay = std::chrono::microseconds(
-        rng() % static_cast<uint64_t>(early ? 40'000 : run.max_run.count()));
+        rng() %
+        static_cast<uint64_t>(early ? startup.count() : run.max_run.count()));
     INFO("cycle " << cycle << ": sync=" << PolicyArg(policy)
                   << " segment=" << segment << " kill " << delay.count()
                   << " us after " << (early ? "start" : "ready"));
@@ -524,10 +528,15 @@ void RunCrashCycles(const CrashRunOptions& run) {
                    "cycle=" + std::to_string(cycle),
                    "seed=" + std::to_string(rng()),
                    std::string("topology=") + (oracle.topology() ? "1" : "0")});
+      const auto spawned = std::chrono::steady_clock::now();
       if (!early) {
         const std::string line = child.ReadLine();
         INFO("child said: " << line);
         REQUIRE(line == "ready");
+        startup =
+            std::max(std::chrono::microseconds(1),
+                     std::chrono::duration_cast<std::chrono::microseconds>(
+                         std::chrono::steady_clock::now() - spawned));
       }
       std::this_thread::sleep_for(delay);  // the random moment of the crash
       child.Kill();
@@ -541,9 +550,11 @@ void RunCrashCycles(const CrashRunOptions& run) {
     const size_t ready = CheckRecovery(dir, segment, oracle, history);
     if (verbose) {
       std::printf(
-          "cycle %d: sync=%s segment=%llu kill=%lldus%s ready=%zu "
+          "cycle %d: sync=%s segment=%llu startup=%lldus kill=%lldus%s "
+          "ready=%zu "
           "oracle=%zu lines, dir=%llu bytes in %llu files\n",
           cycle, PolicyArg(policy), static_cast<unsigned long long>(segment),
+          static_cast<long long>(startup.count()),
           static_cast<long long>(delay.count()), early ? " (early)" : "", ready,
           oracle.lines(), static_cast<unsigned long long>(usage.bytes),
           static_cast<unsigned long long>(usage.files));
