@@ -816,6 +816,7 @@ void Wal::CompactLocked(Done& done) {
   const std::string path = SegmentPath(oldest.number);
   if (oldest.live > 0) {
     // Write the live messages of the oldest segment again at the end.
+    std::vector<uint64_t> moved;
     mu_.Unlock();
     absl::Status s;
     {
@@ -847,6 +848,7 @@ void Wal::CompactLocked(Done& done) {
                         op.message, refs);
             const uint64_t segment = segments_.back().number;
             ApplyLocked(out.effects(), out.out(), segment);
+            moved.push_back(op.msg_id);
             pending_.append(out.out());
             pending_records_.push_back({pending_.size(), false});
             ++next_lsn_;
@@ -872,11 +874,30 @@ void Wal::CompactLocked(Done& done) {
       done_cv_.Wait(&mu_);
     }
     if (!s.ok()) {
+      // The copies may not be durable: the originals stay where they are.
+      for (uint64_t id : moved) {
+        auto it = live_.find(id);
+        if (it == live_.end() || it->second.segment == oldest.number) continue;
+        if (Segment* from = FindSegmentLocked(it->second.segment)) {
+          --from->live;
+          from->live_bytes -= it->second.bytes;
+        }
+        it->second.segment = oldest.number;
+        if (Segment* back = FindSegmentLocked(oldest.number)) {
+          ++back->live;
+          back->live_bytes += it->second.bytes;
+        }
+      }
       compact_failed_ = true;  // tried again once a new segment starts
       return;
     }
-    if (segments_.empty() || segments_.front().number != oldest.number ||
-        segments_.front().live > 0) {
+    if (segments_.empty() || segments_.front().number != oldest.number) {
+      return;
+    }
+    if (segments_.front().live > 0) {
+      // Some live messages were not found in it (their records landed in a
+      // later segment): keep it, and try again after the next segment.
+      compact_failed_ = true;
       return;
     }
     ++compactions_;

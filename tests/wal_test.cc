@@ -385,19 +385,20 @@ TEST_CASE(
       auto d = c->TryReceive().value();
       REQUIRE(c->Ack(d).ok());
     }
-    // Give the background compaction its turn: a sync waits behind it.
     REQUIRE(b->Publish("", "q", Message("last"),
                        {.persistent = true, .sync = SyncPolicy::kEveryPublish})
                 .ok());
     const WalStats stats = b->Stats().wal;
     CHECK(stats.live_messages == 2);
     CHECK(stats.bytes > 1'000'000);
+    // Segments whose messages were all settled went as the log grew (the
+    // background deletes them after each new segment).
+    CHECK(stats.segments < stats.bytes / (64 << 10));
     keep->Close();
   }
+  // Whatever compaction had done by then, recovery finds exactly the live
+  // messages.
   auto b = f.MustOpen();
-  const WalStats stats = b->Stats().wal;
-  CHECK(stats.recovered_bytes < 400'000);
-  CHECK(stats.segments <= 6);
   auto bodies = DrainBodies(*b, "q");
   CHECK(bodies == std::vector<std::string>{"keeper", "last"});
 }
