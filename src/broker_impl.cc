@@ -654,21 +654,29 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   WARREN_RETURN_IF_ERROR(
       ValidatePublish(exchange, routing_key, message, options));
   PendingPublish pending;
-  {
-    ReaderLock lock(&topo_mu_);
-    WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
-    thread_local wal::RecordBuilder record;
-    RoutePublishLocked(*target, routing_key, std::move(message), options,
-                       pending, record);
-    LogPublishes(record, options, &pending, 1);
-    EnqueuePublishLocked(options, pending);
-  }
+  WARREN_RETURN_IF_ERROR(
+      PublishOne(exchange, routing_key, std::move(message), options, pending));
   absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
   if (pending.lsn != 0) {
     // The confirm: the record is as durable as the policy promises.
     WARREN_RETURN_IF_ERROR(wal_->Wait(pending.lsn, pending.sync));
   }
   return outcome;
+}
+
+absl::Status BrokerImpl::PublishOne(std::string_view exchange,
+                                    std::string_view routing_key,
+                                    Message&& message,
+                                    const PublishOptions& options,
+                                    PendingPublish& pending) {
+  ReaderLock lock(&topo_mu_);
+  WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
+  thread_local wal::RecordBuilder record;
+  RoutePublishLocked(*target, routing_key, std::move(message), options, pending,
+                     record);
+  LogPublishes(record, options, &pending, 1);
+  EnqueuePublishLocked(options, pending);
+  return absl::OkStatus();
 }
 
 void BrokerImpl::PublishAsync(std::string_view exchange,
@@ -681,19 +689,11 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
     return;
   }
   PendingPublish pending;
-  {
-    ReaderLock lock(&topo_mu_);
-    absl::StatusOr<Exchange*> target = PublishTargetLocked(exchange);
-    if (!target.ok()) {
-      lock.Release();
-      std::move(done)(target.status());
-      return;
-    }
-    thread_local wal::RecordBuilder record;
-    RoutePublishLocked(**target, routing_key, std::move(message), options,
-                       pending, record);
-    LogPublishes(record, options, &pending, 1);
-    EnqueuePublishLocked(options, pending);
+  if (absl::Status s = PublishOne(exchange, routing_key, std::move(message),
+                                  options, pending);
+      !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
   }
   absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
   if (pending.lsn == 0) {

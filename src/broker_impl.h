@@ -144,6 +144,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
   void EnqueuePublishLocked(const PublishOptions& options,
                             PendingPublish& pending)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Routes, logs and enqueues one publish under the topology lock.
+  absl::Status PublishOne(std::string_view exchange,
+                          std::string_view routing_key, Message&& message,
+                          const PublishOptions& options,
+                          PendingPublish& pending)
+      ABSL_LOCKS_EXCLUDED(topo_mu_);
   // Appends `record` (if not empty) for `pending` publishes.
   void LogPublishes(wal::RecordBuilder& record, const PublishOptions& options,
                     PendingPublish* pending, size_t n);
