@@ -492,9 +492,8 @@ absl::Status BrokerImpl::Bind(std::string_view queue, std::string_view exchange,
   WARREN_RETURN_IF_ERROR(
       ValidateBindingArguments(*source, binding_key, arguments));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  source->AddBinding(Destination{q.get(), nullptr}, binding_key, arguments);
-  const uint64_t lsn =
-      LogBindingLocked(*source, q.get(), nullptr, binding_key, arguments, true);
+  const uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr},
+                                           binding_key, arguments, true);
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -510,9 +509,8 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
                           BindableExchangeLocked(exchange, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  source->RemoveBinding(Destination{q.get(), nullptr}, binding_key, arguments);
-  const uint64_t lsn = LogBindingLocked(*source, q.get(), nullptr, binding_key,
-                                        arguments, false);
+  const uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr},
+                                           binding_key, arguments, false);
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -529,9 +527,8 @@ absl::Status BrokerImpl::BindExchange(std::string_view destination,
                           BindableExchangeLocked(source, "source"));
   WARREN_RETURN_IF_ERROR(
       ValidateBindingArguments(*src, binding_key, arguments));
-  src->AddBinding(Destination{nullptr, dest}, binding_key, arguments);
   const uint64_t lsn =
-      LogBindingLocked(*src, nullptr, dest, binding_key, arguments, true);
+      ChangeBindingLocked(*src, {nullptr, dest}, binding_key, arguments, true);
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -547,25 +544,28 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
   WARREN_ASSIGN_OR_RETURN(Exchange * src,
                           BindableExchangeLocked(source, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
-  src->RemoveBinding(Destination{nullptr, dest}, binding_key, arguments);
   const uint64_t lsn =
-      LogBindingLocked(*src, nullptr, dest, binding_key, arguments, false);
+      ChangeBindingLocked(*src, {nullptr, dest}, binding_key, arguments, false);
   lock.Release();
   return AwaitLogged(lsn);
 }
 
-uint64_t BrokerImpl::LogBindingLocked(
-    const Exchange& source, const Queue* queue, const Exchange* exchange,
-    std::string_view key, const BindingArguments& arguments, bool bind) {
-  // A binding is durable when both its ends are.
-  if (wal_ == nullptr || !source.options().durable) return 0;
+uint64_t BrokerImpl::ChangeBindingLocked(Exchange& source,
+                                         const Destination& dest,
+                                         std::string_view key,
+                                         const BindingArguments& arguments,
+                                         bool bind) {
+  const bool changed = bind ? source.AddBinding(dest, key, arguments)
+                            : source.RemoveBinding(dest, key, arguments);
+  // A binding is durable when both its ends are; a no-op is not logged.
+  if (!changed || wal_ == nullptr || !source.options().durable) return 0;
   wal::BindingOp b;
-  if (queue != nullptr) {
-    if (queue->durable_id() == 0) return 0;
-    b.dest_queue_id = queue->durable_id();
+  if (dest.queue != nullptr) {
+    if (dest.queue->durable_id() == 0) return 0;
+    b.dest_queue_id = dest.queue->durable_id();
   } else {
-    if (!exchange->options().durable) return 0;
-    b.dest_exchange = exchange->name();
+    if (!dest.exchange->options().durable) return 0;
+    b.dest_exchange = dest.exchange->name();
   }
   b.source = source.name();
   b.key = std::string(key);

@@ -155,11 +155,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
                     PendingPublish* pending, size_t n);
   // Logs that durable queue `queue` did not take persistent message `id`.
   void LogNotTaken(const Queue& queue, const Envelope& envelope);
-  // Logs a (un)binding when both its ends are durable; returns its LSN or 0.
-  uint64_t LogBindingLocked(const Exchange& source, const Queue* queue,
-                            const Exchange* exchange, std::string_view key,
-                            const BindingArguments& arguments, bool bind)
-      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
+  // Adds (`bind`) or removes a binding, and logs the change when both its
+  // ends are durable; returns the record's LSN, or 0 when nothing was logged.
+  uint64_t ChangeBindingLocked(Exchange& source, const Destination& dest,
+                               std::string_view key,
+                               const BindingArguments& arguments, bool bind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
   // Waits for a logged topology change; OK without a log.
   absl::Status AwaitLogged(uint64_t lsn);
   // The sync policy of a publish.

@@ -396,20 +396,24 @@ uint32_t Wal::NewQueueId() {
 
 uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync) {
   uint64_t lsn;
-  bool wake = false;
+  bool wake;
   {
     MutexLock l(&mu_);
-    const uint64_t segment =
-        segments_.empty() ? next_segment_ : segments_.back().number;
-    ApplyLocked(record.effects(), record.out(), segment);
-    pending_.append(record.out());
-    pending_records_.push_back({pending_.size(), own_sync});
-    lsn = next_lsn_++;
+    lsn = AppendLocked(record, own_sync);
     wake = bg_sleeping_;
   }
   if (wake) bg_cv_.Signal();
   record.clear();
   return lsn;
+}
+
+uint64_t Wal::AppendLocked(const wal::RecordBuilder& record, bool own_sync) {
+  const uint64_t segment =
+      segments_.empty() ? next_segment_ : segments_.back().number;
+  ApplyLocked(record.effects(), record.out(), segment);
+  pending_.append(record.out());
+  pending_records_.push_back({pending_.size(), own_sync});
+  return next_lsn_++;
 }
 
 Wal::Segment* Wal::FindSegmentLocked(uint64_t number) {
@@ -527,13 +531,18 @@ void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
 }
 
 void Wal::Settled(uint32_t queue_id, uint64_t msg_id) {
-  {
-    MutexLock l(&mu_);
-    if (!settling_) return;
-  }
   thread_local wal::RecordBuilder record;
   record.Settle(queue_id, &msg_id, 1);
-  Append(record);
+  bool wake = false;
+  {
+    MutexLock l(&mu_);
+    if (settling_) {
+      AppendLocked(record, /*own_sync=*/false);
+      wake = bg_sleeping_;
+    }
+  }
+  if (wake) bg_cv_.Signal();
+  record.clear();
 }
 
 void Wal::StopSettling() {
@@ -622,9 +631,13 @@ void Wal::RecordFailureLocked(Failure f) {
 
 void Wal::LeadLocked(Done& done) {
   io_busy_ = true;
-  std::string batch;
+  // The writer's buffers trade places with the pending ones: no allocation
+  // per batch once both have grown.
+  std::string& batch = batch_;
+  std::vector<PendingRecord>& records = batch_records_;
+  batch.clear();
+  records.clear();
   batch.swap(pending_);
-  std::vector<PendingRecord> records;
   records.swap(pending_records_);
   const uint64_t first = next_lsn_ - records.size();
   const uint64_t last = next_lsn_ - 1;
@@ -846,12 +859,8 @@ void Wal::CompactLocked(Done& done) {
                                        it->second.refs.end());
             out.Publish(op.msg_id, op.exchange, op.routing_key, op.published_at,
                         op.message, refs);
-            const uint64_t segment = segments_.back().number;
-            ApplyLocked(out.effects(), out.out(), segment);
+            AppendLocked(out, /*own_sync=*/false);
             moved.push_back(op.msg_id);
-            pending_.append(out.out());
-            pending_records_.push_back({pending_.size(), false});
-            ++next_lsn_;
             out.clear();
           }
         }

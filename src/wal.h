@@ -192,6 +192,10 @@ class Wal {
 
   // Updates the model of live messages and topology for `effects` of a
   // record in segment `segment` (`record` holds their bytes).
+  // Append with mu_ held: updates the model and queues the record; returns
+  // its LSN.
+  uint64_t AppendLocked(const wal::RecordBuilder& record, bool own_sync)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ApplyLocked(const std::vector<wal::Effect>& effects,
                    std::string_view record, uint64_t segment)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -251,6 +255,9 @@ class Wal {
   std::unique_ptr<WritableFile> file_;
   std::unique_ptr<log::Writer> writer_;
   std::unique_ptr<FileLock> lock_;
+  // The batch being written.
+  std::string batch_;
+  std::vector<PendingRecord> batch_records_;
 
   // The model: segments, live messages, topology, deduplication entries.
   std::deque<Segment> segments_ ABSL_GUARDED_BY(mu_);

@@ -153,6 +153,7 @@ class RecordBuilder {
   void Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id);
 
   std::string& out() { return out_; }
+  const std::string& out() const { return out_; }
   const std::vector<Effect>& effects() const { return effects_; }
   bool empty() const { return out_.empty(); }
   void clear() {
