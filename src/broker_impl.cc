@@ -837,8 +837,10 @@ void BrokerImpl::LogPublishes(wal::RecordBuilder& record,
                               PendingPublish* pending, size_t n) {
   if (record.empty()) return;
   const SyncPolicy policy = PolicyOf(options);
+  // Every caller goes on to Wait or WhenDurable for the record.
   const uint64_t lsn =
-      wal_->Append(record, /*own_sync=*/policy == SyncPolicy::kEveryPublish);
+      wal_->Append(record, /*own_sync=*/policy == SyncPolicy::kEveryPublish,
+                   /*will_wait=*/true);
   for (size_t i = 0; i < n; ++i) {
     if (pending[i].envelope != nullptr && pending[i].envelope->wal_id != 0) {
       pending[i].lsn = lsn;

@@ -213,7 +213,7 @@ absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
     if (!ids.empty()) {
       thread_local wal::RecordBuilder record;
       record.Settle(queue_->durable_id(), ids.data(), ids.size());
-      lsn = wal->Append(record);
+      lsn = wal->Append(record, /*own_sync=*/false, /*will_wait=*/true);
     }
   }
   removed.clear();

@@ -359,9 +359,17 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
   }
   // Publish (id) order: the log's order differs only where publishers
   // raced or a compaction rewrote a message.
+  // Storage is in the order publishes were read (a settled message left
+  // behind emptied): nearly publish order already, and read sequentially.
   recovered->messages.reserve(replay.index.size());
-  for (auto& [id, m] : replay.index) {
-    auto& refs = m.state->refs;
+  live_.reserve(replay.index.size());
+  for (RecoveredState::MessageState& state : recovered->storage) {
+    if (state.refs.empty()) continue;
+    const uint64_t id = state.id;
+    auto found = replay.index.find(id);
+    if (found == replay.index.end() || found->second.state != &state) continue;
+    const Replay::Msg& m = found->second;
+    auto& refs = state.refs;
     refs.erase(std::remove_if(refs.begin(), refs.end(),
                               [&](const wal::Ref& r) {
                                 return !replay.queues.contains(r.queue_id);
@@ -376,10 +384,13 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
       ++s->live;
       s->live_bytes += m.bytes;
     }
-    recovered->messages.push_back(m.state);
+    recovered->messages.push_back(&state);
   }
-  std::sort(recovered->messages.begin(), recovered->messages.end(),
-            [](const auto* a, const auto* b) { return a->id < b->id; });
+  auto by_id = [](const auto* a, const auto* b) { return a->id < b->id; };
+  if (!std::is_sorted(recovered->messages.begin(), recovered->messages.end(),
+                      by_id)) {
+    std::sort(recovered->messages.begin(), recovered->messages.end(), by_id);
+  }
   recovered_messages_ = recovered->messages.size();
   return absl::OkStatus();
 }
@@ -394,13 +405,14 @@ uint32_t Wal::NewQueueId() {
   return next_queue_id_.fetch_add(1, std::memory_order_relaxed);
 }
 
-uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync) {
+uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync,
+                     bool will_wait) {
   uint64_t lsn;
   bool wake;
   {
     MutexLock l(&mu_);
     lsn = AppendLocked(record, own_sync);
-    wake = bg_sleeping_;
+    wake = bg_sleeping_ && !will_wait;
   }
   if (wake) bg_cv_.Signal();
   record.clear();

@@ -123,7 +123,10 @@ class Wal {
 
   // Appends `record` (cleared on return); returns its LSN. `own_sync`: the
   // record is synced by a sync of its own (SyncPolicy::kEveryPublish).
-  uint64_t Append(wal::RecordBuilder& record, bool own_sync = false);
+  // `will_wait`: the caller goes on to Wait or WhenDurable for it, so the
+  // background thread need not be woken to write it.
+  uint64_t Append(wal::RecordBuilder& record, bool own_sync = false,
+                  bool will_wait = false);
 
   // Whether `policy` confirms only after a sync.
   static bool NeedsSync(SyncPolicy policy) {
