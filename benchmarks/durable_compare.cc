@@ -1014,10 +1014,12 @@ void RunRecovery(DurableRun& run) {
                              },
                              {}};
   // What materialising the messages costs on this machine, whatever does
-  // it: as many fresh heap strings of the body size as the log holds
-  // messages, filled and freed, counted as GB/s of the same log bytes.
+  // it: as many heap strings of the body size as the log holds messages,
+  // allocated, filled and freed, counted as GB/s of the same log bytes (in
+  // this process, as warren's Open: memory freed by earlier rounds is
+  // reused for both).
   DurableContender fresh{
-      "fresh memory: one heap string per message, filled",
+      "one heap string per message, allocated and filled",
       [&] {
         const std::string body(kRecoveryBody, 'r');
         const auto t0 = SteadyClock::now();
