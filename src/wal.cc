@@ -357,10 +357,10 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
   for (auto& [q, entries] : dedup_) {
     std::sort(entries.begin(), entries.end());
   }
-  // Publish (id) order: the log's order differs only where publishers
-  // raced or a compaction rewrote a message.
-  // Storage is in the order publishes were read (a settled message left
-  // behind emptied): nearly publish order already, and read sequentially.
+  // Hand the live messages over in publish (id) order. Storage holds them
+  // in the order their publishes were read (settled ones left emptied), which
+  // differs from id order only where publishers raced or a compaction
+  // rewrote a message: sort only then.
   recovered->messages.reserve(replay.index.size());
   live_.reserve(replay.index.size());
   for (RecoveredState::MessageState& state : recovered->storage) {
