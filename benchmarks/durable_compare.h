@@ -45,7 +45,7 @@ namespace warren_bench {
 inline constexpr std::array<std::string_view, 4> kDurableRowIds = {"D1", "D2",
                                                                    "D3", "D4"};
 
-// One table row: the same columns as the runner's rows.
+// One table row of the runner's report (its rows are of this type too).
 struct DurableRow {
   std::string id;
   std::string workload;

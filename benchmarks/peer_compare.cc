@@ -91,9 +91,6 @@
 #ifndef WARREN_HAVE_ZMQ
 #define WARREN_HAVE_ZMQ 0
 #endif
-#ifndef WARREN_HAVE_RABBITMQ_C
-#define WARREN_HAVE_RABBITMQ_C 0
-#endif
 #ifndef WARREN_HAVE_SQLITE
 #define WARREN_HAVE_SQLITE 0
 #endif
@@ -121,15 +118,7 @@
 #if WARREN_HAVE_ZMQ
 #include <zmq.h>
 #endif
-#if WARREN_HAVE_RABBITMQ_C
-#if __has_include(<rabbitmq-c/amqp.h>)
-#include <rabbitmq-c/amqp.h>
-#include <rabbitmq-c/tcp_socket.h>
-#else
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
-#endif
-#endif
+#include "amqp_c.h"
 #if WARREN_HAVE_SQLITE
 #include <sqlite3.h>
 #endif
@@ -444,16 +433,8 @@ warren::ConsumeOptions Prefetch(uint32_t prefetch) {
 // --- The report
 // ---------------------------------------------------------------
 
-struct Row {
-  std::string id;
-  std::string workload;
-  std::string ours;
-  std::string peer;
-  std::string peer_value;
-  std::string ratio;
-  std::string goal;
-  std::string met;
-};
+// One table row (the durable rows' type: they fill the same columns).
+using Row = DurableRow;
 
 std::vector<Row> g_rows;
 std::vector<std::string> g_notes;
@@ -2181,11 +2162,7 @@ void RunDurable() {
   h.rabbitmq = g_config.rabbitmq;
   h.dir = g_config.durable_dir;
   h.progress = Progress;
-  h.add_row = [](DurableRow r) {
-    AddRow(Row{std::move(r.id), std::move(r.workload), std::move(r.ours),
-               std::move(r.peer), std::move(r.peer_value), std::move(r.ratio),
-               std::move(r.goal), std::move(r.met)});
-  };
+  h.add_row = AddRow;
   h.note = Note;
   h.bug = Bug;
   h.run_interleaved = [](const std::string& label,

@@ -22,20 +22,8 @@
 #include <thread>
 
 #include "absl/time/clock.h"
+#include "amqp_c.h"
 #include "fmt/core.h"
-
-#ifndef WARREN_HAVE_RABBITMQ_C
-#define WARREN_HAVE_RABBITMQ_C 0
-#endif
-#if WARREN_HAVE_RABBITMQ_C
-#if __has_include(<rabbitmq-c/amqp.h>)
-#include <rabbitmq-c/amqp.h>
-#include <rabbitmq-c/tcp_socket.h>
-#else
-#include <amqp.h>
-#include <amqp_tcp_socket.h>
-#endif
-#endif
 
 namespace warren_bench {
 
