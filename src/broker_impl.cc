@@ -241,18 +241,14 @@ void BrokerImpl::Restore(RecoveredState& state) {
       q->second->RestoreDedup(d.message_id, d.until);
     }
   }
-  for (RecoveredState::MessageState* m : state.messages) {
-    auto envelope =
-        MakeEnvelope(std::move(m->message), std::move(m->exchange),
-                     std::move(m->routing_key), m->published_at, m->id, wal_);
-    for (const wal::Ref& r : m->refs) {
+  for (RecoveredState::LiveMessage& m : state.messages) {
+    for (const wal::Ref& r : m.refs) {
       if (auto q = by_id.find(r.queue_id); q != by_id.end()) {
-        q->second->Restore(envelope, r.deliveries, r.ready_at);
+        q->second->Restore(m.envelope, r.deliveries, r.ready_at);
       }
     }
   }
   state.messages.clear();
-  state.storage.clear();
   // Messages whose time-to-live ran out while the broker was down.
   for (auto& [id, q] : by_id) q->FlushExpired();
 }

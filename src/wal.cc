@@ -104,7 +104,7 @@ absl::StatusOr<std::shared_ptr<Wal>> Wal::Open(const Options& options,
     return lock.status();
   }
   wal->lock_ = *std::move(lock);
-  WARREN_RETURN_IF_ERROR(wal->Recover(recovered));
+  WARREN_RETURN_IF_ERROR(wal->Recover(wal, recovered));
   WARREN_RETURN_IF_ERROR(wal->StartSegment());
   {
     MutexLock l(&wal->mu_);
@@ -123,33 +123,107 @@ struct Replay {
   std::map<std::string, RecoveredState::ExchangeDecl> exchanges;
   std::map<uint32_t, RecoveredState::QueueDecl> queues;
   std::map<std::string, wal::BindingOp> bindings;
+  // A message read so far: its envelope (null once settled everywhere), the
+  // segment of its newest publish op and that op's size, and its queues.
   struct Msg {
-    RecoveredState::MessageState* state;
+    std::shared_ptr<const Envelope> envelope;
     uint64_t segment = 0;
     uint32_t bytes = 0;
+    absl::InlinedVector<wal::Ref, 1> refs;
   };
-  explicit Replay(std::deque<RecoveredState::MessageState>* s) : storage(s) {}
-  // Messages in the order their first publish op was read (a settled one is
-  // left behind, emptied); `index` finds the live ones by id.
-  std::deque<RecoveredState::MessageState>* storage;
-  absl::flat_hash_map<uint64_t, Msg> index;
+  // In the order their first publish op was read; `index` finds the live
+  // ones by id.
+  std::vector<Msg> messages;
+  absl::flat_hash_map<uint64_t, size_t> index;
+  std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
+  uint64_t next_msg_id = 1;
+  uint32_t next_queue_id = 1;
+  // The log being opened: the recovered envelopes point to it.
+  const std::shared_ptr<Wal>& wal;
 
   Msg* Find(uint64_t id) {
     auto it = index.find(id);
-    return it == index.end() ? nullptr : &it->second;
+    return it == index.end() ? nullptr : &messages[it->second];
   }
   void Drop(uint64_t id) {
     auto it = index.find(id);
     if (it == index.end()) return;
-    it->second.state->refs.clear();
-    it->second.state->message = Message();
+    Msg& m = messages[it->second];
+    m.envelope.reset();
+    m.refs.clear();
     index.erase(it);
   }
-  std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
-  uint64_t next_msg_id = 1;
-  uint32_t next_queue_id = 1;
 
-  void Apply(wal::Op& op, uint64_t segment, uint32_t op_bytes) {
+  explicit Replay(const std::shared_ptr<Wal>& log) : wal(log) {}
+
+  // `op` is left with moved-from fields. `record_bytes`: the size of the
+  // record that holds it.
+  void Apply(wal::Op& op, uint64_t segment, uint32_t record_bytes) {
+    switch (op.type) {
+      case wal::OpType::kPublish:
+        ApplyPublish(op, segment, record_bytes);
+        break;
+      case wal::OpType::kSettle:
+        for (uint64_t id : op.ids) {
+          Msg* m = Find(id);
+          if (m == nullptr) continue;
+          auto& refs = m->refs;
+          refs.erase(std::remove_if(refs.begin(), refs.end(),
+                                    [&](const wal::Ref& ref) {
+                                      return ref.queue_id == op.queue_id;
+                                    }),
+                     refs.end());
+          if (refs.empty()) Drop(id);
+        }
+        break;
+      case wal::OpType::kDelivered:
+      case wal::OpType::kRetry: {
+        Msg* m = Find(op.msg_id);
+        if (m == nullptr) break;
+        for (wal::Ref& ref : m->refs) {
+          if (ref.queue_id != op.queue_id) continue;
+          if (op.type == wal::OpType::kDelivered) {
+            ++ref.deliveries;
+          } else {
+            ref.ready_at = op.at;
+          }
+        }
+        break;
+      }
+      default:
+        ApplyTopology(op);
+        break;
+    }
+  }
+
+  void ApplyPublish(wal::Op& op, uint64_t segment, uint32_t record_bytes) {
+    next_msg_id = std::max(next_msg_id, op.msg_id + 1);
+    const std::string& mid = op.message.properties().message_id;
+    if (!mid.empty()) {
+      for (const wal::Ref& ref : op.refs) {
+        auto q = queues.find(ref.queue_id);
+        if (q == queues.end() ||
+            q->second.options.dedup_window <= absl::ZeroDuration()) {
+          continue;
+        }
+        dedup.try_emplace({ref.queue_id, mid},
+                          op.published_at + q->second.options.dedup_window);
+      }
+    }
+    // A later publish of the same id (a compaction's rewrite) replaces the
+    // message's whole state.
+    auto [it, inserted] = index.try_emplace(op.msg_id, messages.size());
+    if (inserted) messages.emplace_back();
+    Msg& m = messages[it->second];
+    m.envelope = MakeEnvelope(std::move(op.message), std::move(op.exchange),
+                              std::move(op.routing_key), op.published_at,
+                              op.msg_id, wal);
+    m.segment = segment;
+    m.bytes = record_bytes;
+    m.refs.assign(op.refs.begin(), op.refs.end());
+  }
+
+  void ApplyTopology(const wal::Op& op) {
     switch (op.type) {
       case wal::OpType::kCheckpoint:
         exchanges.clear();
@@ -195,63 +269,10 @@ struct Replay {
       case wal::OpType::kUnbind:
         bindings.erase(BindingKey(op.binding));
         break;
-      case wal::OpType::kPublish: {
-        next_msg_id = std::max(next_msg_id, op.msg_id + 1);
-        const std::string& mid = op.message.properties().message_id;
-        if (!mid.empty()) {
-          for (const wal::Ref& r : op.refs) {
-            auto q = queues.find(r.queue_id);
-            if (q == queues.end() ||
-                q->second.options.dedup_window <= absl::ZeroDuration()) {
-              continue;
-            }
-            dedup.try_emplace({r.queue_id, mid},
-                              op.published_at + q->second.options.dedup_window);
-          }
-        }
-        auto [it, inserted] = index.try_emplace(op.msg_id);
-        Msg& m = it->second;
-        if (inserted) m.state = &storage->emplace_back();
-        m.segment = segment;
-        m.bytes = op_bytes;
-        RecoveredState::MessageState& st = *m.state;
-        st.id = op.msg_id;
-        st.exchange.swap(op.exchange);
-        st.routing_key.swap(op.routing_key);
-        st.published_at = op.published_at;
-        std::swap(st.message, op.message);
-        st.refs.swap(op.refs);
-        break;
-      }
-      case wal::OpType::kSettle:
-        for (uint64_t id : op.ids) {
-          Msg* m = Find(id);
-          if (m == nullptr) continue;
-          auto& refs = m->state->refs;
-          refs.erase(std::remove_if(refs.begin(), refs.end(),
-                                    [&](const wal::Ref& r) {
-                                      return r.queue_id == op.queue_id;
-                                    }),
-                     refs.end());
-          if (refs.empty()) Drop(id);
-        }
-        break;
-      case wal::OpType::kDelivered:
-      case wal::OpType::kRetry: {
-        Msg* m = Find(op.msg_id);
-        if (m == nullptr) break;
-        for (wal::Ref& r : m->state->refs) {
-          if (r.queue_id != op.queue_id) continue;
-          if (op.type == wal::OpType::kDelivered) {
-            ++r.deliveries;
-          } else {
-            r.ready_at = op.at;
-          }
-        }
-        break;
-      }
       case wal::OpType::kDedup:
         dedup[{op.queue_id, op.name}] = op.at;
+        break;
+      default:  // applied by Apply
         break;
     }
   }
@@ -259,7 +280,8 @@ struct Replay {
 
 }  // namespace
 
-absl::Status Wal::Recover(RecoveredState* recovered) {
+absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
+                          RecoveredState* recovered) {
   WARREN_ASSIGN_OR_RETURN(std::vector<std::string> children,
                           env_->GetChildren(options_.dir));
   std::vector<uint64_t> numbers;
@@ -276,8 +298,9 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
     }
   }
 
-  Replay replay(&recovered->storage);
+  Replay replay(self);
   std::string scratch;
+  std::vector<wal::Op> decoded;
   for (uint64_t number : numbers) {
     const std::string path = SegmentPath(number);
     WARREN_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
@@ -289,7 +312,6 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
                            ? log::Reader::OnCorruption::kSkip
                            : log::Reader::OnCorruption::kStop);
     std::string_view record;
-    std::vector<wal::Op> decoded;
     while (reader.ReadRecord(&record, &scratch)) {
       wal::RecordReader ops(record);
       // A record applies all or nothing: decode it whole first.
@@ -357,36 +379,35 @@ absl::Status Wal::Recover(RecoveredState* recovered) {
   for (auto& [q, entries] : dedup_) {
     std::sort(entries.begin(), entries.end());
   }
-  // Hand the live messages over in publish (id) order. Storage holds them
-  // in the order their publishes were read (settled ones left emptied), which
-  // differs from id order only where publishers raced or a compaction
-  // rewrote a message: sort only then.
+  // Hand the live messages over in publish (id) order. `messages` holds
+  // them in the order their publishes were read, which differs from id order
+  // only where publishers raced or a compaction rewrote a message: sort only
+  // then.
   recovered->messages.reserve(replay.index.size());
   live_.reserve(replay.index.size());
-  for (RecoveredState::MessageState& state : recovered->storage) {
-    if (state.refs.empty()) continue;
-    const uint64_t id = state.id;
-    auto found = replay.index.find(id);
-    if (found == replay.index.end() || found->second.state != &state) continue;
-    const Replay::Msg& m = found->second;
-    auto& refs = state.refs;
+  for (Replay::Msg& m : replay.messages) {
+    if (m.envelope == nullptr) continue;
+    auto& refs = m.refs;
     refs.erase(std::remove_if(refs.begin(), refs.end(),
                               [&](const wal::Ref& r) {
                                 return !replay.queues.contains(r.queue_id);
                               }),
                refs.end());
     if (refs.empty()) continue;
-    Entry& e = live_[id];
+    Entry& e = live_[m.envelope->wal_id];
     e.segment = m.segment;
     e.bytes = m.bytes;
-    e.refs.assign(refs.begin(), refs.end());
+    e.refs = refs;
     if (Segment* s = FindSegmentLocked(m.segment)) {
       ++s->live;
       s->live_bytes += m.bytes;
     }
-    recovered->messages.push_back(&state);
+    recovered->messages.push_back({std::move(m.envelope), std::move(refs)});
   }
-  auto by_id = [](const auto* a, const auto* b) { return a->id < b->id; };
+  auto by_id = [](const RecoveredState::LiveMessage& a,
+                  const RecoveredState::LiveMessage& b) {
+    return a.envelope->wal_id < b.envelope->wal_id;
+  };
   if (!std::is_sorted(recovered->messages.begin(), recovered->messages.end(),
                       by_id)) {
     std::sort(recovered->messages.begin(), recovered->messages.end(), by_id);

@@ -62,6 +62,8 @@
 
 namespace warren::internal {
 
+struct Envelope;
+
 // What recovery found, for the broker to rebuild.
 struct RecoveredState {
   struct ExchangeDecl {
@@ -74,13 +76,11 @@ struct RecoveredState {
     std::string name;
     QueueOptions options;
   };
-  struct MessageState {
-    uint64_t id = 0;
-    std::string exchange;
-    std::string routing_key;
-    absl::Time published_at;
-    Message message;
-    std::vector<wal::Ref> refs;
+  // A live message: its envelope (as the broker will share it) and the
+  // queues that hold it.
+  struct LiveMessage {
+    std::shared_ptr<const Envelope> envelope;
+    absl::InlinedVector<wal::Ref, 1> refs;
   };
   struct DedupEntry {
     uint32_t queue_id;
@@ -90,9 +90,8 @@ struct RecoveredState {
   std::vector<ExchangeDecl> exchanges;
   std::vector<QueueDecl> queues;
   std::vector<wal::BindingOp> bindings;
-  // The live messages in id (publish) order, pointing into `storage`.
-  std::vector<MessageState*> messages;
-  std::deque<MessageState> storage;
+  // The live messages in id (publish) order.
+  std::vector<LiveMessage> messages;
   std::vector<DedupEntry> dedup;
 };
 
@@ -188,9 +187,9 @@ class Wal {
       std::pair<absl::AnyInvocable<void(absl::Status) &&>, absl::Status>>;
 
   explicit Wal(const Options& options);
-  absl::Status Recover(RecoveredState* recovered);
-  absl::Status ReplaySegment(uint64_t number, RecoveredState* recovered,
-                             absl::flat_hash_map<uint64_t, size_t>& by_id);
+  // Replays the segments; `self` is this log, for the recovered envelopes.
+  absl::Status Recover(const std::shared_ptr<Wal>& self,
+                       RecoveredState* recovered);
   std::string SegmentPath(uint64_t number) const;
 
   // Updates the model of live messages and topology for `effects` of a
