@@ -15,6 +15,8 @@ namespace {
 
 constexpr uint64_t kMinSegmentBytes = 64 << 10;
 constexpr size_t kMaxFailures = 256;
+// The longest a sync leader waits for the publishers of the last group.
+constexpr absl::Duration kMaxGather = absl::Milliseconds(1);
 constexpr std::string_view kSuffix = ".wal";
 
 // "000042.wal" -> 42; nullopt for other names.
@@ -748,6 +750,8 @@ void Wal::LeadLocked(Done& done) {
       synced_lsn_ = std::max(synced_lsn_, target);
       ++syncs_;
       last_sync_ = now;
+      last_sync_took_ = absl::Now() - now;
+      group_size_ = sync_waiters_.size();
     } else {
       RecordFailureLocked({synced_lsn_ + 1, target, true, s});
     }
@@ -790,21 +794,65 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
   absl::Status result;
   {
     MutexLock l(&mu_);
-    if (sync) sync_wanted_ = std::max(sync_wanted_, lsn);
+    if (sync) {
+      sync_wanted_ = std::max(sync_wanted_, lsn);
+      sync_waiters_.push_back(lsn);
+      if (gathering_) gather_cv_.Signal();
+    }
     for (;;) {
       if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
         result = *std::move(s);
         break;
       }
-      if (!io_busy_ && WorkLocked()) {
-        LeadLocked(done);
+      if (!io_busy_ && !gathering_ && WorkLocked()) {
+        if (sync) GatherLocked();
+        if (!io_busy_ && WorkLocked()) {
+          LeadLocked(done);
+        } else if (sync) {
+          // Others waited while this thread gathered: one of them may lead.
+          done_cv_.SignalAll();
+        }
         continue;
       }
       done_cv_.Wait(&mu_);
     }
+    if (sync) {
+      sync_waiters_.erase(
+          std::find(sync_waiters_.begin(), sync_waiters_.end(), lsn));
+    }
   }
   RunDone(done);
   return result;
+}
+
+size_t Wal::UnsyncedWaitersLocked() const {
+  size_t n = 0;
+  for (uint64_t lsn : sync_waiters_) n += lsn > synced_lsn_ ? 1 : 0;
+  return n;
+}
+
+void Wal::GatherLocked() {
+  const size_t want = group_size_;
+  if (want <= 1 || last_sync_took_ <= absl::ZeroDuration() ||
+      UnsyncedWaitersLocked() >= want) {
+    return;
+  }
+  // Each arrival extends the wait by a gap; a group that stops arriving (a
+  // publisher went away) is not waited for long.
+  const absl::Time start = absl::Now();
+  const absl::Time limit = start + std::min(last_sync_took_ / 2, kMaxGather);
+  const absl::Duration gap = last_sync_took_ / 8;
+  gathering_ = true;
+  size_t seen = UnsyncedWaitersLocked();
+  absl::Time deadline = std::min(limit, start + gap);
+  while (seen < want && !stop_) {
+    const bool timed_out = gather_cv_.WaitWithDeadline(&mu_, deadline);
+    const size_t now_seen = UnsyncedWaitersLocked();
+    if (now_seen > seen) deadline = std::min(limit, absl::Now() + gap);
+    seen = now_seen;
+    if (timed_out && absl::Now() >= deadline) break;
+  }
+  gathering_ = false;
 }
 
 void Wal::WhenDurable(uint64_t lsn, bool sync,
@@ -829,7 +877,7 @@ void Wal::BackgroundLoop() {
   MutexLock l(&mu_);
   for (;;) {
     if (stop_) break;
-    if (!io_busy_ && WorkLocked()) {
+    if (!io_busy_ && !gathering_ && WorkLocked()) {
       LeadLocked(done);
     } else if (!io_busy_ && options_.sync == SyncPolicy::kInterval &&
                written_lsn_ > synced_lsn_ &&
@@ -966,6 +1014,7 @@ absl::Status Wal::Close() {
     settling_ = false;
   }
   bg_cv_.SignalAll();
+  gather_cv_.SignalAll();
   if (background_.joinable()) background_.join();
   Done done;
   absl::Status result;

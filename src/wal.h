@@ -212,6 +212,13 @@ class Wal {
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Threads in Wait whose record is not synced yet.
+  size_t UnsyncedWaitersLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Called by a waiter about to lead a sync: while fewer threads wait for a
+  // sync than waited when the last one finished (the rest are likely
+  // publishing their next record), waits for them, at most half as long as
+  // the last sync took.
+  void GatherLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes everything pending (and syncs when wanted); unlocks meanwhile.
   // Appends the callbacks now due to `done`.
   void LeadLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -230,8 +237,9 @@ class Wal {
   Env* const env_;
 
   mutable Mutex mu_;
-  CondVar done_cv_;  // writes finished, failures recorded
-  CondVar bg_cv_;    // work for the background thread
+  CondVar done_cv_;    // writes finished, failures recorded
+  CondVar bg_cv_;      // work for the background thread
+  CondVar gather_cv_;  // a sync waiter arrived while a leader gathers
   bool bg_sleeping_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -246,6 +254,13 @@ class Wal {
   uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sync_wanted_ ABSL_GUARDED_BY(mu_) = 0;
+  // Group commit: the LSNs of the threads in Wait for a sync; how many there
+  // were when the last sync finished, and how long it took; whether a
+  // leader is waiting for more of them (GatherLocked).
+  std::vector<uint64_t> sync_waiters_ ABSL_GUARDED_BY(mu_);
+  size_t group_size_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration last_sync_took_ ABSL_GUARDED_BY(mu_);
+  bool gathering_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_sync_ ABSL_GUARDED_BY(mu_);
   // True while a thread writes (the only one touching file_ and writer_).
   bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
