@@ -792,7 +792,8 @@ void BrokerImpl::RoutePublishLocked(Exchange& target,
                                     PendingPublish& p,
                                     wal::RecordBuilder& record) {
   RouteState state;
-  ResolveTargetsLocked(target, routing_key, message.headers(), state);
+  ResolveTargetsLocked(target, routing_key, std::as_const(message).headers(),
+                       state);
 
   target.CountPublished();
   PublishOutcome& outcome = p.outcome;
@@ -895,7 +896,7 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
                                    std::vector<std::shared_ptr<Queue>>& flush,
                                    QueuedMessage* source) {
   RouteState state;
-  ResolveTargetsLocked(exchange, key, message.headers(), state);
+  ResolveTargetsLocked(exchange, key, std::as_const(message).headers(), state);
   // Drop the targets that would close a dead-letter cycle.
   if (drop_cycles)
     state.queues.erase(

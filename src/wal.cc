@@ -200,7 +200,7 @@ struct Replay {
 
   void ApplyPublish(wal::Op& op, uint64_t segment, uint32_t record_bytes) {
     next_msg_id = std::max(next_msg_id, op.msg_id + 1);
-    const std::string& mid = op.message.properties().message_id;
+    const std::string& mid = std::as_const(op.message).properties().message_id;
     if (!mid.empty()) {
       for (const wal::Ref& ref : op.refs) {
         auto q = queues.find(ref.queue_id);

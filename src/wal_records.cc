@@ -273,22 +273,35 @@ class Decoder {
   }
   void MessageInto(Message* m) {
     m->mutable_body().assign(String());
-    Properties& p = m->properties();
-    for (std::string* s :
-         {&p.message_id, &p.correlation_id, &p.content_type,
-          &p.content_encoding, &p.reply_to, &p.type, &p.app_id, &p.user_id}) {
-      s->assign(String());
-    }
+    std::string_view strings[8];
+    for (std::string_view& s : strings) s = String();
     const absl::Time ts = Time();
-    p.timestamp = ts == absl::InfinitePast() ? std::nullopt
-                                             : std::optional<absl::Time>(ts);
     const int64_t prio = SVarint();
     if (prio < -1 || prio > 255) Fail();
+    const std::optional<absl::Duration> expiration = Duration();
+    Headers headers;
+    HeadersInto(&headers);
+    bool any = ts != absl::InfinitePast() || prio >= 0 ||
+               expiration.has_value() || !headers.empty();
+    for (std::string_view s : strings) any = any || !s.empty();
+    if (!any) {
+      // No properties: the message carries none (not an empty set).
+      *m = Message(std::move(m->mutable_body()));
+      return;
+    }
+    Properties& p = m->properties();
+    size_t i = 0;
+    for (std::string* f :
+         {&p.message_id, &p.correlation_id, &p.content_type,
+          &p.content_encoding, &p.reply_to, &p.type, &p.app_id, &p.user_id}) {
+      f->assign(strings[i++]);
+    }
+    p.timestamp = ts == absl::InfinitePast() ? std::nullopt
+                                             : std::optional<absl::Time>(ts);
     p.priority = prio < 0 ? std::nullopt
                           : std::optional<uint8_t>(static_cast<uint8_t>(prio));
-    p.expiration = Duration();
-    p.headers.clear();
-    HeadersInto(&p.headers);
+    p.expiration = expiration;
+    p.headers = std::move(headers);
   }
   void RetryInto(RetryPolicy* r) {
     r->max_attempts = Varint32();

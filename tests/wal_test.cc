@@ -86,6 +86,59 @@ TEST_CASE("Persistent messages in a durable queue survive a restart", "[wal]") {
   CHECK(b->Stats().wal.recovered_messages == 5);
 }
 
+TEST_CASE(
+    "Every property and header of a persistent message survives a restart, "
+    "and a message without properties comes back without any",
+    "[wal]") {
+  Fixture f;
+  Properties p;
+  p.message_id = "id-1";
+  p.correlation_id = "corr";
+  p.content_type = "application/json";
+  p.content_encoding = "gzip";
+  p.reply_to = "replies";
+  p.type = "order.created";
+  p.app_id = "shop";
+  p.user_id = "guest";
+  p.timestamp = absl::FromUnixSeconds(1700000000);
+  p.priority = 3;
+  p.expiration = absl::Hours(1);
+  p.headers["tenant"] = "acme";
+  p.headers["attempts"] = int64_t{2};
+  p.headers["tags"] = HeaderList{std::string("a"), true};
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Publish("", "q", Message("with", p), Persistent()).ok());
+    REQUIRE(b->Publish("", "q", Message("without"), Persistent()).ok());
+  }
+  auto b = f.MustOpen();
+  auto c = b->Consume("q").value();
+  auto with = c->TryReceive();
+  REQUIRE(with.ok());
+  CHECK(with->body() == "with");
+  const Properties& got = with->properties();
+  CHECK(got.message_id == p.message_id);
+  CHECK(got.correlation_id == p.correlation_id);
+  CHECK(got.content_type == p.content_type);
+  CHECK(got.content_encoding == p.content_encoding);
+  CHECK(got.reply_to == p.reply_to);
+  CHECK(got.type == p.type);
+  CHECK(got.app_id == p.app_id);
+  CHECK(got.user_id == p.user_id);
+  CHECK(got.timestamp == p.timestamp);
+  CHECK(got.priority == p.priority);
+  CHECK(got.expiration == p.expiration);
+  CHECK(got.headers == p.headers);
+  auto without = c->TryReceive();
+  REQUIRE(without.ok());
+  CHECK(without->body() == "without");
+  CHECK(without->properties().message_id.empty());
+  CHECK_FALSE(without->properties().priority.has_value());
+  CHECK_FALSE(without->properties().expiration.has_value());
+  CHECK(without->headers().empty());
+}
+
 TEST_CASE("A confirmed publish survives a process crash and a power loss",
           "[wal]") {
   for (auto kind : {FaultInjectionEnv::CrashKind::kProcess,

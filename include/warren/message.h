@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -138,7 +139,9 @@ struct Properties {
 };
 
 // A message: body bytes and properties. Movable and copyable; copying copies
-// the body. Thread-compatible.
+// the body and the properties. Thread-compatible. The properties live apart
+// from the message and only once something sets them, so a message without
+// properties costs its body and one pointer.
 class Message {
  public:
   Message() = default;
@@ -146,20 +149,49 @@ class Message {
   explicit Message(std::string_view body) : body_(body) {}
   explicit Message(const char* body) : body_(body) {}
   Message(std::string body, Properties properties)
-      : body_(std::move(body)), properties_(std::move(properties)) {}
+      : body_(std::move(body)),
+        properties_(std::make_unique<Properties>(std::move(properties))) {}
+
+  Message(const Message& other)
+      : body_(other.body_), properties_(CopyOf(other.properties_)) {}
+  Message& operator=(const Message& other) {
+    if (this != &other) {
+      body_ = other.body_;
+      properties_ = CopyOf(other.properties_);
+    }
+    return *this;
+  }
+  Message(Message&&) noexcept = default;
+  Message& operator=(Message&&) noexcept = default;
 
   std::string_view body() const { return body_; }
   std::string& mutable_body() { return body_; }
 
-  const Properties& properties() const { return properties_; }
-  Properties& properties() { return properties_; }
+  // All fields empty when none was set.
+  const Properties& properties() const {
+    return properties_ != nullptr ? *properties_ : NoProperties();
+  }
+  // Allocates the properties on first use.
+  Properties& properties() {
+    if (properties_ == nullptr) properties_ = std::make_unique<Properties>();
+    return *properties_;
+  }
 
-  const Headers& headers() const { return properties_.headers; }
-  Headers& headers() { return properties_.headers; }
+  const Headers& headers() const { return properties().headers; }
+  Headers& headers() { return properties().headers; }
 
  private:
+  static const Properties& NoProperties() {
+    static const Properties* const none = new Properties();
+    return *none;
+  }
+  static std::unique_ptr<Properties> CopyOf(
+      const std::unique_ptr<Properties>& p) {
+    return p != nullptr ? std::make_unique<Properties>(*p) : nullptr;
+  }
+
   std::string body_;
-  Properties properties_;
+  std::unique_ptr<Properties> properties_;  // null until set
 };
 
 }  // namespace warren
