@@ -15,7 +15,8 @@
 //       one row per commit and batched;
 //   D3  against RabbitMQ (durable queue, persistent messages, publisher
 //       confirms: wait for each, and a window of 256);
-//   D4  recovery: Broker::Open on a log of about 256 MiB, GB/s of log.
+//   D4  recovery: Broker::Open on a log of about 256 MiB, GB/s of log, in
+//       the runner's process and in a fresh one (what a restart costs).
 //
 // The runner (peer_compare.cc) owns the report; this file only measures and
 // hands back rows through a DurableHarness, which wraps the runner's own
@@ -97,6 +98,14 @@ struct DurableHarness {
 // Runs the durable rows for which `runs(id)` is true (nothing when none is).
 void RunDurableRows(const DurableHarness& h,
                     const std::function<bool(std::string_view)>& runs);
+
+// D4's measurements in a fresh process: the runner starts itself again with
+// `kChildFlag` followed by "open:DIR" (time Broker::Open on the log in DIR)
+// or "fill:COUNT" (time allocating and filling COUNT heap strings of the
+// recovery body size), and this prints "seconds bytes messages" on stdout.
+// Returns the process's exit status.
+inline constexpr std::string_view kChildFlag = "--d4-child=";
+int RunChild(std::string_view what);
 
 }  // namespace warren_bench
 

@@ -2267,6 +2267,9 @@ int Main(int argc, char** argv) {
   bool reps_set = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
+    if (arg.rfind(kChildFlag, 0) == 0) {
+      return RunChild(arg.substr(kChildFlag.size()));
+    }
     if (arg == "--quick") {
       g_config.quick = true;
     } else if (arg.rfind("--reps=", 0) == 0) {
