@@ -303,10 +303,21 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   Replay replay(self);
   std::string scratch;
   std::vector<wal::Op> decoded;
-  for (uint64_t number : numbers) {
+  // Each segment is opened one ahead of its replay, so the file system
+  // reads it in while the one before is decoded.
+  std::unique_ptr<SequentialFile> next;
+  if (!numbers.empty()) {
+    WARREN_ASSIGN_OR_RETURN(next,
+                            env_->NewSequentialFile(SegmentPath(numbers[0])));
+  }
+  for (size_t i = 0; i < numbers.size(); ++i) {
+    const uint64_t number = numbers[i];
     const std::string path = SegmentPath(number);
-    WARREN_ASSIGN_OR_RETURN(std::unique_ptr<SequentialFile> file,
-                            env_->NewSequentialFile(path));
+    std::unique_ptr<SequentialFile> file = std::move(next);
+    if (i + 1 < numbers.size()) {
+      WARREN_ASSIGN_OR_RETURN(
+          next, env_->NewSequentialFile(SegmentPath(numbers[i + 1])));
+    }
     CountingReporter reporter;
     log::Reader reader(file.get(), &reporter, /*checksum=*/true,
                        /*initial_offset=*/0,
