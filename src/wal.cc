@@ -808,7 +808,9 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
     if (sync) {
       sync_wanted_ = std::max(sync_wanted_, lsn);
       sync_waiters_.push_back(lsn);
-      if (gathering_) gather_cv_.Signal();
+      if (gathering_ && UnsyncedWaitersLocked() >= group_size_) {
+        gather_cv_.Signal();
+      }
     }
     for (;;) {
       if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
@@ -848,20 +850,25 @@ void Wal::GatherLocked() {
       UnsyncedWaitersLocked() >= want) {
     return;
   }
-  // Each arrival extends the wait by a gap; a group that stops arriving (a
-  // publisher went away) is not waited for long.
+  // The leader is woken once the group is complete. Until then it looks
+  // every `gap`: a group still arriving gets another gap, one that stopped
+  // (a publisher went away) is not waited for any longer.
   const absl::Time start = absl::Now();
   const absl::Time limit = start + std::min(last_sync_took_ / 2, kMaxGather);
   const absl::Duration gap = last_sync_took_ / 8;
   gathering_ = true;
   size_t seen = UnsyncedWaitersLocked();
   absl::Time deadline = std::min(limit, start + gap);
-  while (seen < want && !stop_) {
+  while (!stop_) {
     const bool timed_out = gather_cv_.WaitWithDeadline(&mu_, deadline);
     const size_t now_seen = UnsyncedWaitersLocked();
-    if (now_seen > seen) deadline = std::min(limit, absl::Now() + gap);
+    if (now_seen >= want) break;
+    if (timed_out) {
+      const absl::Time now = absl::Now();
+      if (now_seen == seen || now >= limit) break;
+      deadline = std::min(limit, now + gap);
+    }
     seen = now_seen;
-    if (timed_out && absl::Now() >= deadline) break;
   }
   gathering_ = false;
 }

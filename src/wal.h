@@ -216,8 +216,9 @@ class Wal {
   size_t UnsyncedWaitersLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called by a waiter about to lead a sync: while fewer threads wait for a
   // sync than waited when the last one finished (the rest are likely
-  // publishing their next record), waits for them, at most half as long as
-  // the last sync took.
+  // publishing their next record), waits for them: until the group is
+  // complete, no new one arrived in an eighth of the last sync's time, or
+  // half that sync's time (1 ms at most) has passed.
   void GatherLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes everything pending (and syncs when wanted); unlocks meanwhile.
   // Appends the callbacks now due to `done`.
