@@ -468,7 +468,7 @@ Wal::Segment* Wal::FindSegmentLocked(uint64_t number) {
   return i < segments_.size() ? &segments_[i] : nullptr;
 }
 
-void Wal::ApplyLocked(const std::vector<wal::Effect>& effects,
+void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
                       std::string_view record, uint64_t segment) {
   for (const wal::Effect& e : effects) {
     switch (e.type) {

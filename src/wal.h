@@ -52,6 +52,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "env.h"
 #include "log_writer.h"
 #include "sync.h"
@@ -198,7 +199,7 @@ class Wal {
   // its LSN.
   uint64_t AppendLocked(const wal::RecordBuilder& record, bool own_sync)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ApplyLocked(const std::vector<wal::Effect>& effects,
+  void ApplyLocked(absl::Span<const wal::Effect> effects,
                    std::string_view record, uint64_t segment)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Segment* FindSegmentLocked(uint64_t number)

@@ -350,8 +350,22 @@ class Decoder {
 // --- RecordBuilder ----------------------------------------------------------
 
 Effect& RecordBuilder::Begin(OpType type) {
-  Effect& e = effects_.emplace_back();
+  if (num_effects_ == effects_.size()) effects_.emplace_back();
+  Effect& e = effects_[num_effects_++];
+  // Reset a reused effect, keeping its buffers.
   e.type = type;
+  e.queue_id = 0;
+  e.msg_id = 0;
+  e.at = absl::Time();
+  e.name.clear();
+  e.refs.clear();
+  e.ids.clear();
+  e.binding.dest_queue_id = 0;
+  e.binding.dest_exchange.clear();
+  e.binding.source.clear();
+  e.binding.key.clear();
+  e.binding.arguments.clear();
+  e.dedup_window = absl::ZeroDuration();
   e.begin = out_.size();
   PutU8(out_, static_cast<uint8_t>(type));
   return e;
@@ -359,7 +373,7 @@ Effect& RecordBuilder::Begin(OpType type) {
 
 void RecordBuilder::Exchange(std::string_view name, ExchangeType type,
                              const ExchangeOptions& options) {
-  Begin(OpType::kExchange).name = std::string(name);
+  Begin(OpType::kExchange).name.assign(name);
   PutString(out_, name);
   PutU8(out_, static_cast<uint8_t>(type));
   PutU8(out_, (options.durable ? 1 : 0) | (options.auto_delete ? 2 : 0) |
@@ -369,7 +383,7 @@ void RecordBuilder::Exchange(std::string_view name, ExchangeType type,
 }
 
 void RecordBuilder::DeleteExchange(std::string_view name) {
-  Begin(OpType::kDeleteExchange).name = std::string(name);
+  Begin(OpType::kDeleteExchange).name.assign(name);
   PutString(out_, name);
   End();
 }
@@ -379,7 +393,7 @@ void RecordBuilder::Queue(uint32_t id, std::string_view name,
   {
     Effect& e = Begin(OpType::kQueue);
     e.queue_id = id;
-    e.name = std::string(name);
+    e.name.assign(name);
     e.dedup_window = options.dedup_window;
   }
   PutVarint(out_, id);
@@ -412,8 +426,8 @@ void RecordBuilder::Publish(uint64_t msg_id, std::string_view exchange,
     Effect& e = Begin(OpType::kPublish);
     e.msg_id = msg_id;
     e.at = published_at;
-    e.name = message.properties().message_id;
-    e.refs = refs;
+    e.name.assign(message.properties().message_id);
+    e.refs.assign(refs.begin(), refs.end());
   }
   PutVarint(out_, msg_id);
   PutString(out_, exchange);
@@ -471,7 +485,7 @@ void RecordBuilder::Dedup(uint32_t queue_id, std::string_view message_id,
   {
     Effect& e = Begin(OpType::kDedup);
     e.queue_id = queue_id;
-    e.name = std::string(message_id);
+    e.name.assign(message_id);
     e.at = until;
   }
   PutVarint(out_, queue_id);

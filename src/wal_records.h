@@ -75,6 +75,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "warren/broker.h"
 #include "warren/message.h"
 #include "warren/options.h"
@@ -154,19 +155,25 @@ class RecordBuilder {
 
   std::string& out() { return out_; }
   const std::string& out() const { return out_; }
-  const std::vector<Effect>& effects() const { return effects_; }
+  absl::Span<const Effect> effects() const {
+    return absl::MakeConstSpan(effects_.data(), num_effects_);
+  }
   bool empty() const { return out_.empty(); }
+  // Keeps the buffers (the record's and its effects') for the next record.
   void clear() {
     out_.clear();
-    effects_.clear();
+    num_effects_ = 0;
   }
 
  private:
   Effect& Begin(OpType type);
-  void End() { effects_.back().end = out_.size(); }
+  void End() { effects_[num_effects_ - 1].end = out_.size(); }
 
   std::string out_;
+  // The first num_effects_ are this record's; the rest are kept so that
+  // their vectors and strings are reused rather than allocated per record.
   std::vector<Effect> effects_;
+  size_t num_effects_ = 0;
 };
 
 // A decoded op; which fields are set depends on `type`.
