@@ -17,6 +17,7 @@
 #include "broker_impl.h"
 #include "catch2/catch.hpp"
 #include "fault_injection_env.h"
+#include "wal_records.h"
 #include "warren/warren.h"
 
 namespace warren {
@@ -137,6 +138,63 @@ TEST_CASE(
   CHECK_FALSE(without->properties().priority.has_value());
   CHECK_FALSE(without->properties().expiration.has_value());
   CHECK(without->headers().empty());
+}
+
+TEST_CASE(
+    "A record builder reused after clear describes only its new record, with "
+    "nothing left over from the ops before",
+    "[wal]") {
+  internal::wal::RecordBuilder b;
+  internal::wal::BindingOp bind;
+  bind.dest_queue_id = 3;
+  bind.source = "orders";
+  bind.key = "order.*";
+  bind.arguments["x-match"] = "all";
+  b.Bind(bind, true);
+  const uint64_t settled[] = {7, 8, 9};
+  b.Settle(3, settled, 3);
+  Message m("body");
+  m.properties().message_id = "a-message-id-longer-than-sso";
+  b.Publish(1, "orders", "order.created", absl::FromUnixSeconds(5), m,
+            {{.queue_id = 3}, {.queue_id = 4}});
+  REQUIRE(b.effects().size() == 3);
+
+  b.clear();
+  CHECK(b.empty());
+  CHECK(b.effects().empty());
+  // Each new op lands on an effect that held another kind before.
+  b.Publish(2, "", "q", absl::FromUnixSeconds(6), Message("x"),
+            {{.queue_id = 9, .deliveries = 1}});
+  b.DeleteQueue(5);
+  const uint64_t one[] = {2};
+  b.Settle(9, one, 1);
+  REQUIRE(b.effects().size() == 3);
+  const internal::wal::Effect& p = b.effects()[0];
+  CHECK(p.type == internal::wal::OpType::kPublish);
+  CHECK(p.msg_id == 2);
+  CHECK(p.at == absl::FromUnixSeconds(6));
+  CHECK(p.name.empty());
+  REQUIRE(p.refs.size() == 1);
+  CHECK(p.refs[0].queue_id == 9);
+  CHECK(p.refs[0].deliveries == 1);
+  CHECK(p.ids.empty());
+  CHECK(p.binding == internal::wal::BindingOp{});
+  CHECK(p.begin == 0);
+  const internal::wal::Effect& d = b.effects()[1];
+  CHECK(d.type == internal::wal::OpType::kDeleteQueue);
+  CHECK(d.queue_id == 5);
+  CHECK(d.ids.empty());
+  CHECK(d.begin == p.end);
+  const internal::wal::Effect& s = b.effects()[2];
+  CHECK(s.type == internal::wal::OpType::kSettle);
+  CHECK(s.queue_id == 9);
+  CHECK(s.msg_id == 0);
+  CHECK(s.at == absl::Time());
+  CHECK(s.name.empty());
+  CHECK(s.ids == std::vector<uint64_t>{2});
+  CHECK(s.refs.empty());
+  CHECK(s.begin == d.end);
+  CHECK(s.end == b.out().size());
 }
 
 TEST_CASE("A confirmed publish survives a process crash and a power loss",
