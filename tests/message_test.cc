@@ -65,5 +65,19 @@ TEST_CASE("Moving a message moves its properties", "[message]") {
   CHECK(moved.properties().type == "order");
 }
 
+TEST_CASE("Properties compare equal only when every field is equal",
+          "[message]") {
+  Properties a{.message_id = "m-1"};
+  a.headers["tenant"] = "acme";
+  Properties b = a;
+  CHECK(a == b);
+  b.priority = 0;
+  CHECK_FALSE(a == b);
+  b = a;
+  b.headers["tenant"] = "other";
+  CHECK_FALSE(a == b);
+  CHECK(Message("x").properties() == Properties{});
+}
+
 }  // namespace
 }  // namespace warren

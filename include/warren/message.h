@@ -136,6 +136,8 @@ struct Properties {
   // Per-message time-to-live, counted from the publish (AMQP `expiration`).
   std::optional<absl::Duration> expiration;
   Headers headers;
+
+  friend bool operator==(const Properties&, const Properties&) = default;
 };
 
 // A message: body bytes and properties. Movable and copyable; copying copies
