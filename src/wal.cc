@@ -128,10 +128,9 @@ struct Replay {
   // A message read so far: its envelope (null once settled everywhere), the
   // segment of its newest publish op and that op's size, and its queues.
   struct Msg {
-    std::shared_ptr<const Envelope> envelope;
+    RecoveredState::LiveMessage live;  // envelope and queues
     uint64_t segment = 0;
     uint32_t bytes = 0;
-    absl::InlinedVector<wal::Ref, 1> refs;
   };
   // In the order their first publish op was read; `index` finds the live
   // ones by id.
@@ -151,8 +150,7 @@ struct Replay {
     auto it = index.find(id);
     if (it == index.end()) return;
     Msg& m = messages[it->second];
-    m.envelope.reset();
-    m.refs.clear();
+    m.live = {};
     index.erase(it);
   }
 
@@ -169,7 +167,7 @@ struct Replay {
         for (uint64_t id : op.ids) {
           Msg* m = Find(id);
           if (m == nullptr) continue;
-          auto& refs = m->refs;
+          auto& refs = m->live.refs;
           refs.erase(std::remove_if(refs.begin(), refs.end(),
                                     [&](const wal::Ref& ref) {
                                       return ref.queue_id == op.queue_id;
@@ -182,7 +180,7 @@ struct Replay {
       case wal::OpType::kRetry: {
         Msg* m = Find(op.msg_id);
         if (m == nullptr) break;
-        for (wal::Ref& ref : m->refs) {
+        for (wal::Ref& ref : m->live.refs) {
           if (ref.queue_id != op.queue_id) continue;
           if (op.type == wal::OpType::kDelivered) {
             ++ref.deliveries;
@@ -217,12 +215,12 @@ struct Replay {
     auto [it, inserted] = index.try_emplace(op.msg_id, messages.size());
     if (inserted) messages.emplace_back();
     Msg& m = messages[it->second];
-    m.envelope = MakeEnvelope(std::move(op.message), std::move(op.exchange),
-                              std::move(op.routing_key), op.published_at,
-                              op.msg_id, wal);
+    m.live.envelope = MakeEnvelope(
+        std::move(op.message), std::move(op.exchange),
+        std::move(op.routing_key), op.published_at, op.msg_id, wal);
     m.segment = segment;
     m.bytes = record_bytes;
-    m.refs.assign(op.refs.begin(), op.refs.end());
+    m.live.refs.assign(op.refs.begin(), op.refs.end());
   }
 
   void ApplyTopology(const wal::Op& op) {
@@ -399,15 +397,15 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   recovered->messages.reserve(replay.index.size());
   live_.reserve(replay.index.size());
   for (Replay::Msg& m : replay.messages) {
-    if (m.envelope == nullptr) continue;
-    auto& refs = m.refs;
+    if (m.live.envelope == nullptr) continue;
+    auto& refs = m.live.refs;
     refs.erase(std::remove_if(refs.begin(), refs.end(),
                               [&](const wal::Ref& r) {
                                 return !replay.queues.contains(r.queue_id);
                               }),
                refs.end());
     if (refs.empty()) continue;
-    Entry& e = live_[m.envelope->wal_id];
+    Entry& e = live_[m.live.envelope->wal_id];
     e.segment = m.segment;
     e.bytes = m.bytes;
     e.refs = refs;
@@ -415,7 +413,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
       ++s->live;
       s->live_bytes += m.bytes;
     }
-    recovered->messages.push_back({std::move(m.envelope), std::move(refs)});
+    recovered->messages.push_back(std::move(m.live));
   }
   auto by_id = [](const RecoveredState::LiveMessage& a,
                   const RecoveredState::LiveMessage& b) {
