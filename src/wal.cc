@@ -781,16 +781,19 @@ void Wal::LeadLocked(Done& done) {
 }
 
 void Wal::CollectDoneLocked(Done& done) {
-  if (callbacks_.empty()) return;
-  std::vector<Callback> keep;
-  for (Callback& c : callbacks_) {
+  // The callbacks still pending close ranks in place, in their order.
+  size_t kept = 0;
+  for (size_t i = 0; i < callbacks_.size(); ++i) {
+    Callback& c = callbacks_[i];
     if (std::optional<absl::Status> s = DoneLocked(c.lsn, c.sync)) {
       done.emplace_back(std::move(c.done), *std::move(s));
     } else {
-      keep.push_back(std::move(c));
+      if (kept != i) callbacks_[kept] = std::move(c);
+      ++kept;
     }
   }
-  callbacks_.swap(keep);
+  callbacks_.erase(callbacks_.begin() + static_cast<ptrdiff_t>(kept),
+                   callbacks_.end());
 }
 
 void Wal::RunDone(Done& done) {
