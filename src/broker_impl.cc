@@ -10,6 +10,7 @@
 #include "death_history.h"
 #include "headers_match.h"
 #include "names.h"
+#include "pool.h"
 #include "status_macros.h"
 #include "str_util.h"
 #include "subscription_state.h"
@@ -696,15 +697,24 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
     std::move(done)(std::move(outcome));
     return;
   }
-  wal_->WhenDurable(pending.lsn, pending.sync,
-                    [outcome = std::move(outcome),
-                     done = std::move(done)](absl::Status s) mutable {
-                      if (s.ok()) {
-                        std::move(done)(std::move(outcome));
-                      } else {
-                        std::move(done)(std::move(s));
-                      }
-                    });
+  // The outcome waits for the log in a pooled block, so the callback the log
+  // keeps is one pointer, stored inline: a confirm allocates nothing once
+  // the pool is warm, and the thread that runs it hands the block back to
+  // the pool instead of to another thread's heap.
+  struct Confirm {
+    absl::StatusOr<PublishOutcome> outcome;
+    PublishCallback done;
+  };
+  wal_->WhenDurable(
+      pending.lsn, pending.sync,
+      [confirm = MakePooled<Confirm>(Confirm{
+           std::move(outcome), std::move(done)})](absl::Status s) mutable {
+        if (s.ok()) {
+          std::move(confirm->done)(std::move(confirm->outcome));
+        } else {
+          std::move(confirm->done)(std::move(s));
+        }
+      });
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>

@@ -601,6 +601,53 @@ TEST_CASE("PublishAsync confirms through a future and a callback", "[wal]") {
   CHECK(missing.get().status().code() == absl::StatusCode::kNotFound);
 }
 
+TEST_CASE(
+    "PublishAsync hands a disk error to its callback and confirms only what "
+    "is durable",
+    "[wal]") {
+  for (uint64_t index = 0; index < 12; ++index) {
+    CAPTURE(index);
+    Fixture f;
+    std::set<std::string> confirmed;
+    int failures = 0;
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+      f.env.InjectFault(f.env.call_count() + index,
+                        absl::StatusCode::kResourceExhausted);
+      std::vector<std::future<absl::StatusOr<PublishOutcome>>> outcomes;
+      std::vector<std::string> bodies;
+      for (int i = 0; i < 8; ++i) {
+        bodies.push_back(std::to_string(i));
+        std::promise<absl::StatusOr<PublishOutcome>> p;
+        outcomes.push_back(p.get_future());
+        b->PublishAsync(
+            "", "q", Message(bodies.back()), Persistent(),
+            [p = std::move(p)](absl::StatusOr<PublishOutcome> r) mutable {
+              p.set_value(std::move(r));
+            });
+      }
+      for (size_t i = 0; i < outcomes.size(); ++i) {
+        absl::StatusOr<PublishOutcome> r = outcomes[i].get();
+        if (r.ok()) {
+          CHECK(r->queues == 1);
+          confirmed.insert(bodies[i]);
+        } else {
+          ++failures;
+          CHECK(r.status().code() == absl::StatusCode::kResourceExhausted);
+        }
+      }
+      f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+    }
+    f.env.ClearFault();
+    auto b = f.MustOpen();
+    std::set<std::string> present;
+    for (auto& s : DrainBodies(*b, "q")) present.insert(s);
+    for (const std::string& s : confirmed) CHECK(present.contains(s));
+    if (index == 0) CHECK(failures > 0);
+  }
+}
+
 TEST_CASE("Durable queues refuse a custom backoff, which cannot be logged",
           "[wal]") {
   Fixture f;
