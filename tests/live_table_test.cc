@@ -66,8 +66,8 @@ TEST_CASE("A message that stays live does not keep the window growing",
     if (id >= 66) REQUIRE(t.Erase(id - 64));  // the rest settle in order
   }
   CHECK(t.size() == 1 + 64);
-  CHECK(t.window_chunks() <=
-        2 * (64 / Table::kChunk + 1) + Table::kSlackChunks + 1);
+  CHECK(t.window_chunks() <= 2 * (64 / Table::kChunk + 1) +
+                                 Table::kSlackChunks + 1);
   CHECK(t.overflow_size() == 1);
   REQUIRE(t.Find(1) != nullptr);
   CHECK(*t.Find(1) == 42);
@@ -88,10 +88,9 @@ TEST_CASE("An id far past the window moves the window there",
   CHECK(t.size() == 3);
 }
 
-TEST_CASE(
-    "An id in the overflow map is not inserted twice once the window "
-    "empties",
-    "[wal][live_table]") {
+TEST_CASE("An id in the overflow map is not inserted twice once the window "
+          "empties",
+          "[wal][live_table]") {
   Table t;
   t[1] = 7;
   for (uint64_t id = 2; id < 20 * Table::kChunk; ++id) {
