@@ -395,6 +395,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   // only where publishers raced or a compaction rewrote a message: sort only
   // then.
   recovered->messages.reserve(replay.index.size());
+  live_.reserve(replay.index.size());
   for (Replay::Msg& m : replay.messages) {
     if (m.live.envelope == nullptr) continue;
     auto& refs = m.live.refs;
@@ -485,11 +486,11 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         queues_.erase(e.queue_id);
         dedup_.erase(e.queue_id);
         std::vector<uint64_t> ids;
-        live_.ForEach([&](uint64_t id, const Entry& entry) {
+        for (auto& [id, entry] : live_) {
           for (const wal::Ref& r : entry.refs) {
             if (r.queue_id == e.queue_id) ids.push_back(id);
           }
-        });
+        }
         for (uint64_t id : ids) ForgetRefLocked(e.queue_id, id);
         break;
       }
@@ -529,7 +530,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             --s->live;
             s->live_bytes -= entry.bytes;
           }
-          live_.Erase(e.msg_id);
+          live_.erase(e.msg_id);
         }
         break;
       }
@@ -538,9 +539,9 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
-        Entry* entry = live_.Find(e.msg_id);
-        if (entry == nullptr) break;
-        for (wal::Ref& r : entry->refs) {
+        auto it = live_.find(e.msg_id);
+        if (it == live_.end()) break;
+        for (wal::Ref& r : it->second.refs) {
           if (r.queue_id != e.queue_id) continue;
           if (e.type == wal::OpType::kDelivered) {
             ++r.deliveries;
@@ -558,19 +559,19 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
 }
 
 void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
-  Entry* entry = live_.Find(msg_id);
-  if (entry == nullptr) return;
-  auto& refs = entry->refs;
+  auto it = live_.find(msg_id);
+  if (it == live_.end()) return;
+  auto& refs = it->second.refs;
   refs.erase(
       std::remove_if(refs.begin(), refs.end(),
                      [&](const wal::Ref& r) { return r.queue_id == queue_id; }),
       refs.end());
   if (!refs.empty()) return;
-  if (Segment* s = FindSegmentLocked(entry->segment)) {
+  if (Segment* s = FindSegmentLocked(it->second.segment)) {
     --s->live;
-    s->live_bytes -= entry->bytes;
+    s->live_bytes -= it->second.bytes;
   }
-  live_.Erase(msg_id);
+  live_.erase(it);
 }
 
 void Wal::Settled(uint32_t queue_id, uint64_t msg_id) {
@@ -950,11 +951,12 @@ void Wal::CompactLocked(Done& done) {
             if (!ops.Next(&op).ok()) break;
             if (op.type != wal::OpType::kPublish) continue;
             MutexLock l(&mu_);
-            const Entry* entry = live_.Find(op.msg_id);
-            if (entry == nullptr || entry->segment != oldest.number) {
+            auto it = live_.find(op.msg_id);
+            if (it == live_.end() || it->second.segment != oldest.number) {
               continue;
             }
-            std::vector<wal::Ref> refs(entry->refs.begin(), entry->refs.end());
+            std::vector<wal::Ref> refs(it->second.refs.begin(),
+                                       it->second.refs.end());
             out.Publish(op.msg_id, op.exchange, op.routing_key, op.published_at,
                         op.message, refs);
             AppendLocked(out, /*own_sync=*/false);
@@ -983,16 +985,16 @@ void Wal::CompactLocked(Done& done) {
     if (!s.ok()) {
       // The copies may not be durable: the originals stay where they are.
       for (uint64_t id : moved) {
-        Entry* entry = live_.Find(id);
-        if (entry == nullptr || entry->segment == oldest.number) continue;
-        if (Segment* from = FindSegmentLocked(entry->segment)) {
+        auto it = live_.find(id);
+        if (it == live_.end() || it->second.segment == oldest.number) continue;
+        if (Segment* from = FindSegmentLocked(it->second.segment)) {
           --from->live;
-          from->live_bytes -= entry->bytes;
+          from->live_bytes -= it->second.bytes;
         }
-        entry->segment = oldest.number;
+        it->second.segment = oldest.number;
         if (Segment* back = FindSegmentLocked(oldest.number)) {
           ++back->live;
-          back->live_bytes += entry->bytes;
+          back->live_bytes += it->second.bytes;
         }
       }
       compact_failed_ = true;  // tried again once a new segment starts

@@ -54,7 +54,6 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "env.h"
-#include "live_table.h"
 #include "log_writer.h"
 #include "sync.h"
 #include "wal_records.h"
@@ -282,7 +281,7 @@ class Wal {
   // The model: segments, live messages, topology, deduplication entries.
   std::deque<Segment> segments_ ABSL_GUARDED_BY(mu_);
   uint64_t next_segment_ ABSL_GUARDED_BY(mu_) = 1;
-  LiveTable<Entry> live_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Entry> live_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> exchanges_ ABSL_GUARDED_BY(mu_);
   struct QueueModel {
     std::string op;
