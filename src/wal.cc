@@ -178,15 +178,9 @@ struct Replay {
         break;
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
-        Msg* m = Find(op.msg_id);
-        if (m == nullptr) break;
-        for (wal::Ref& ref : m->live.refs) {
-          if (ref.queue_id != op.queue_id) continue;
-          if (op.type == wal::OpType::kDelivered) {
-            ++ref.deliveries;
-          } else {
-            ref.ready_at = op.at;
-          }
+        if (Msg* m = Find(op.msg_id)) {
+          wal::ApplyToRefs(op.type, op.queue_id, op.at,
+                           absl::MakeSpan(m->live.refs));
         }
         break;
       }
@@ -539,15 +533,9 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
-        auto it = live_.find(e.msg_id);
-        if (it == live_.end()) break;
-        for (wal::Ref& r : it->second.refs) {
-          if (r.queue_id != e.queue_id) continue;
-          if (e.type == wal::OpType::kDelivered) {
-            ++r.deliveries;
-          } else {
-            r.ready_at = e.at;
-          }
+        if (auto it = live_.find(e.msg_id); it != live_.end()) {
+          wal::ApplyToRefs(e.type, e.queue_id, e.at,
+                           absl::MakeSpan(it->second.refs));
         }
         break;
       }

@@ -104,6 +104,21 @@ struct Ref {
   absl::Time ready_at = absl::InfinitePast();  // InfinitePast: ready now
 };
 
+// Applies a kDelivered (counts a delivery) or kRetry (sets ready_at to `at`)
+// op for queue `queue_id` to a message's refs. Used by replay and by the
+// log's live model, so both read the ops alike.
+inline void ApplyToRefs(OpType type, uint32_t queue_id, absl::Time at,
+                        absl::Span<Ref> refs) {
+  for (Ref& ref : refs) {
+    if (ref.queue_id != queue_id) continue;
+    if (type == OpType::kDelivered) {
+      ++ref.deliveries;
+    } else {
+      ref.ready_at = at;
+    }
+  }
+}
+
 // A binding between durable ends. dest_queue_id 0: to `dest_exchange`.
 struct BindingOp {
   uint32_t dest_queue_id = 0;
