@@ -204,8 +204,8 @@ struct Replay {
                           op.published_at + q->second.options.dedup_window);
       }
     }
-    // A later publish of the same id (a compaction's rewrite) replaces the
-    // message's whole state.
+    // A later publish of the same id (a compaction's rewrite, or a move that
+    // no queue took) replaces the body and the references it names.
     auto [it, inserted] = index.try_emplace(op.msg_id, messages.size());
     if (inserted) messages.emplace_back();
     Msg& m = messages[it->second];
@@ -214,7 +214,7 @@ struct Replay {
         std::move(op.routing_key), op.published_at, op.msg_id, wal);
     m.segment = segment;
     m.bytes = record_bytes;
-    m.live.refs.assign(op.refs.begin(), op.refs.end());
+    wal::SetRefs(op.refs, m.live.refs);
   }
 
   void ApplyTopology(const wal::Op& op) {
@@ -504,7 +504,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         }
         entry.segment = segment;
         entry.bytes = static_cast<uint32_t>(e.end - e.begin);
-        entry.refs.assign(e.refs.begin(), e.refs.end());
+        wal::SetRefs(e.refs, entry.refs);
         if (Segment* s = FindSegmentLocked(segment)) {
           ++s->live;
           s->live_bytes += entry.bytes;

@@ -52,9 +52,12 @@
 //                     jitter_ratio:f64 seed:u64
 //
 // Meaning at recovery (records replayed in log order):
-//   * kPublish sets the message's whole state, replacing any earlier one (a
-//     compaction rewrites a live message as a new kPublish with its current
-//     references, deliveries and retry times).
+//   * kPublish sets the message's body and properties, and the references of
+//     the queues it names (deliveries and retry times included); a queue it
+//     does not name keeps its reference to an already live message. A
+//     compaction rewrites a live message as a new kPublish naming all its
+//     current references; a move that no queue took logs the message again
+//     for its source queue alone (see SetRefs).
 //   * kSettle removes a queue's reference; a message with none is gone. A
 //     settle of an unknown message is ignored (its publish was compacted
 //     away after it was settled).
@@ -67,6 +70,7 @@
 #ifndef WARREN_SRC_WAL_RECORDS_H_
 #define WARREN_SRC_WAL_RECORDS_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -115,6 +119,23 @@ inline void ApplyToRefs(OpType type, uint32_t queue_id, absl::Time at,
       ++ref.deliveries;
     } else {
       ref.ready_at = at;
+    }
+  }
+}
+
+// Applies a kPublish op's references to a message's: each queue the op names
+// gets the op's reference, the others keep theirs (a new message has none).
+// Used by replay and by the log's live model, so both read the ops alike.
+template <typename Refs>
+void SetRefs(absl::Span<const Ref> from, Refs& refs) {
+  for (const Ref& ref : from) {
+    auto it = std::find_if(refs.begin(), refs.end(), [&](const Ref& r) {
+      return r.queue_id == ref.queue_id;
+    });
+    if (it != refs.end()) {
+      *it = ref;
+    } else {
+      refs.push_back(ref);
     }
   }
 }

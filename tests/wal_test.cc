@@ -312,6 +312,37 @@ TEST_CASE("Dead-lettering moves a persistent message durably", "[wal]") {
 }
 
 TEST_CASE(
+    "A move that no queue takes leaves the message in all its durable queues",
+    "[wal]") {
+  Fixture f;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareExchange("fan", ExchangeType::kFanout, {.durable = true})
+                .ok());
+    REQUIRE(b->DeclareQueue("x", {.durable = true}).ok());
+    REQUIRE(b->DeclareQueue("y", {.durable = true}).ok());
+    // "x" is a dead-letter queue, so it can be redriven.
+    REQUIRE(b->DeclareQueue("work", {.durable = true,
+                                     .dead_letter_exchange = "",
+                                     .dead_letter_routing_key = "x"})
+                .ok());
+    REQUIRE(b->DeclareQueue("full", {.durable = true, .max_length = 1}).ok());
+    REQUIRE(b->Bind("x", "fan", "").ok());
+    REQUIRE(b->Bind("y", "fan", "").ok());
+    REQUIRE(b->Publish("", "full", Message("filler"), Persistent()).ok());
+    REQUIRE(b->Publish("fan", "", Message("both"), Persistent()).ok());
+    // "full" refuses it, so it stays in "x"; "y" keeps its own copy.
+    auto moved = b->Redrive("x", {.to_queue = "full"});
+    REQUIRE(moved.ok());
+    CHECK(*moved == 0);
+  }
+  auto b = f.MustOpen();
+  CHECK(DrainBodies(*b, "x") == std::vector<std::string>{"both"});
+  CHECK(DrainBodies(*b, "y") == std::vector<std::string>{"both"});
+  CHECK(DrainBodies(*b, "full") == std::vector<std::string>{"filler"});
+}
+
+TEST_CASE(
     "Retry backoff and delayed publishes keep their time across a "
     "restart",
     "[wal]") {
