@@ -295,7 +295,19 @@ absl::StatusOr<std::unique_ptr<WritableFile>> FaultInjectionEnv::OpenWritable(
 
 absl::StatusOr<std::unique_ptr<WritableFile>>
 FaultInjectionEnv::NewWritableFile(std::string_view path) {
+  std::function<void(std::string_view)> hook;
+  {
+    MutexLock lock(&mu_);
+    hook = create_hook_;
+  }
+  if (hook) hook(path);
   return OpenWritable(path, /*truncate=*/true);
+}
+
+void FaultInjectionEnv::SetCreateHook(
+    std::function<void(std::string_view path)> hook) {
+  MutexLock lock(&mu_);
+  create_hook_ = std::move(hook);
 }
 
 absl::StatusOr<std::unique_ptr<WritableFile>>

@@ -132,6 +132,13 @@ class FaultInjectionEnv final : public Env {
   // How many calls failed by injection since construction.
   uint64_t faults_injected() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Runs `hook(path)` at the start of every NewWritableFile, before the call
+  // is counted and with no lock of this env held, so that a test can act in
+  // the middle of the caller's work (say, while the log starts a segment).
+  // An empty function removes it.
+  void SetCreateHook(std::function<void(std::string_view path)> hook)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // --- Crashes --------------------------------------------------------------
 
   // Simulates a crash as the model above describes. Any armed fault stays
@@ -186,6 +193,7 @@ class FaultInjectionEnv final : public Env {
   absl::StatusCode fault_code_ ABSL_GUARDED_BY(mu_) = absl::StatusCode::kOk;
   FaultMode fault_mode_ ABSL_GUARDED_BY(mu_) = FaultMode::kOnce;
   uint64_t faults_injected_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(std::string_view)> create_hook_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace warren::internal
