@@ -349,6 +349,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
     recovered_bytes_ += file_size;
     MutexLock l(&mu_);
     segments_.push_back(Segment{number, file_size, 0, 0});
+    segments_.back().started = true;
     next_segment_ = number + 1;
   }
 
@@ -606,10 +607,14 @@ absl::Status Wal::StartSegment() {
   uint64_t number;
   {
     MutexLock l(&mu_);
-    number = next_segment_++;
+    if (segments_.empty() || segments_.back().started) {
+      segments_.push_back(Segment{next_segment_++, 0, 0, 0});
+    }
+    // Else the last start failed: its segment, with the records counted
+    // against it since, is started again under the same number.
+    number = segments_.back().number;
     compact_failed_ = false;
     BuildCheckpointLocked(checkpoint);
-    segments_.push_back(Segment{number, 0, 0, 0});
   }
   const std::string path = SegmentPath(number);
   absl::Status s;
@@ -619,22 +624,26 @@ absl::Status Wal::StartSegment() {
     file_ = *std::move(file);
     writer_ = std::make_unique<log::Writer>(file_.get());
     s = writer_->AddRecord(checkpoint.out());
+    // The checkpoint is synced at once: once older segments are deleted it
+    // is the only record of the durable topology.
+    if (s.ok()) s = writer_->Sync();
     if (s.ok()) s = env_->SyncDir(options_.dir);
   } else {
     s = file.status();
   }
-  MutexLock l(&mu_);
   if (!s.ok()) {
     writer_.reset();
     file_.reset();
     (void)env_->RemoveFile(path);
-    segments_.pop_back();
-    next_segment_ = number;
     return s;
   }
-  segments_.back().size = writer_->offset();
+  MutexLock l(&mu_);
+  Segment& segment = segments_.back();
+  segment.started = true;
+  segment.size = writer_->offset();
   bytes_ += writer_->offset();
   ++records_;
+  ++syncs_;
   return absl::OkStatus();
 }
 
@@ -653,7 +662,17 @@ std::optional<absl::Status> Wal::DoneLocked(uint64_t lsn, bool sync) const {
 
 bool Wal::WorkLocked() const {
   return !pending_records_.empty() ||
-         (sync_wanted_ > synced_lsn_ && written_lsn_ > synced_lsn_);
+         (sync_wanted_ > synced_lsn_ && UnsyncedLocked());
+}
+
+bool Wal::CompactionDueLocked() const {
+  return !compact_failed_ && segments_.size() > 1 &&
+         (segments_.front().live == 0 ||
+          segments_.front().live_bytes * 2 < segments_.front().size);
+}
+
+bool Wal::UnsyncedLocked() const {
+  return written_lsn_ > std::max(synced_lsn_, abandoned_lsn_);
 }
 
 void Wal::RecordFailureLocked(Failure f) {
@@ -734,7 +753,7 @@ void Wal::LeadLocked(Done& done) {
   }
   if (writer_ && !segments_.empty()) segments_.back().size = writer_->offset();
   const absl::Time now = absl::Now();
-  bool sync = s.ok() && writer_ && written_lsn_ > synced_lsn_ &&
+  bool sync = s.ok() && writer_ && UnsyncedLocked() &&
               (sync_wanted_ > synced_lsn_ ||
                (interval && now - last_sync_ >= options_.sync_interval) ||
                writer_->offset() >= options_.segment_bytes);
@@ -749,23 +768,36 @@ void Wal::LeadLocked(Done& done) {
       last_sync_ = now;
       last_sync_took_ = absl::Now() - now;
       group_size_ = sync_waiters_.size();
-    } else {
-      RecordFailureLocked({synced_lsn_ + 1, target, true, s});
     }
   }
   if (writer_ && (!s.ok() || writer_->offset() >= options_.segment_bytes)) {
     // Abandon a failed segment; close a full one. The next write starts a
     // new segment.
+    if (!s.ok()) {
+      // What the abandoned segment holds beyond its last sync is never
+      // synced: a later segment's sync must not confirm it.
+      const uint64_t from = std::max(synced_lsn_, abandoned_lsn_) + 1;
+      if (written_lsn_ >= from) {
+        RecordFailureLocked({from, written_lsn_, /*sync_only=*/true, s});
+      }
+      abandoned_lsn_ = written_lsn_;
+    }
     mu_.Unlock();
     if (s.ok()) (void)file_->Close();
     writer_.reset();
     file_.reset();
     mu_.Lock();
-    if (s.ok()) bg_cv_.Signal();  // compaction may have work
   }
   io_busy_ = false;
   CollectDoneLocked(done);
   done_cv_.SignalAll();
+  // The background thread writes what callers that do not wait
+  // (PublishAsync, settles) appended while this thread wrote, and compacts
+  // once a segment is full or a new one started: it may have looked while
+  // the writer was busy and gone back to sleep.
+  if (bg_sleeping_ && (WorkLocked() || CompactionDueLocked())) {
+    bg_cv_.Signal();
+  }
 }
 
 void Wal::CollectDoneLocked(Done& done) {
@@ -887,18 +919,16 @@ void Wal::BackgroundLoop() {
     if (!io_busy_ && !gathering_ && WorkLocked()) {
       LeadLocked(done);
     } else if (!io_busy_ && options_.sync == SyncPolicy::kInterval &&
-               written_lsn_ > synced_lsn_ &&
+               UnsyncedLocked() &&
                absl::Now() - last_sync_ >= options_.sync_interval) {
       sync_wanted_ = std::max(sync_wanted_, written_lsn_);
       LeadLocked(done);
-    } else if (!io_busy_ && !compact_failed_ && segments_.size() > 1 &&
-               (segments_.front().live == 0 ||
-                segments_.front().live_bytes * 2 < segments_.front().size)) {
+    } else if (!io_busy_ && CompactionDueLocked()) {
       CompactLocked(done);
     } else {
       bg_sleeping_ = true;
       const absl::Time deadline =
-          options_.sync == SyncPolicy::kInterval && written_lsn_ > synced_lsn_
+          options_.sync == SyncPolicy::kInterval && UnsyncedLocked()
               ? last_sync_ + options_.sync_interval
               : absl::InfiniteFuture();
       bg_cv_.WaitWithDeadline(&mu_, deadline);
@@ -918,6 +948,7 @@ void Wal::CompactLocked(Done& done) {
   if (oldest.live > 0) {
     // Write the live messages of the oldest segment again at the end.
     std::vector<uint64_t> moved;
+    uint64_t first_rewrite = 0;
     mu_.Unlock();
     absl::Status s;
     {
@@ -947,7 +978,8 @@ void Wal::CompactLocked(Done& done) {
                                        it->second.refs.end());
             out.Publish(op.msg_id, op.exchange, op.routing_key, op.published_at,
                         op.message, refs);
-            AppendLocked(out, /*own_sync=*/false);
+            const uint64_t lsn = AppendLocked(out, /*own_sync=*/false);
+            if (moved.empty()) first_rewrite = lsn;
             moved.push_back(op.msg_id);
             out.clear();
           }
@@ -956,20 +988,16 @@ void Wal::CompactLocked(Done& done) {
       }
     }
     mu_.Lock();
-    // The copies must be durable before the original goes.
+    // The copies must be durable before the original goes: every one of
+    // them, since another thread's batch may have taken (and failed) some.
     const uint64_t target = next_lsn_ - 1;
-    sync_wanted_ = std::max(sync_wanted_, target);
-    for (;;) {
-      if (std::optional<absl::Status> r = DoneLocked(target, true)) {
-        if (s.ok()) s = *r;
-        break;
+    absl::Status synced = SyncUpToLocked(target, done);
+    if (synced.ok() && !moved.empty()) {
+      if (std::optional<absl::Status> f = FailedLocked(first_rewrite, target)) {
+        synced = *f;
       }
-      if (!io_busy_ && WorkLocked()) {
-        LeadLocked(done);
-        continue;
-      }
-      done_cv_.Wait(&mu_);
     }
+    if (s.ok()) s = synced;
     if (!s.ok()) {
       // The copies may not be durable: the originals stay where they are.
       for (uint64_t id : moved) {
@@ -999,18 +1027,52 @@ void Wal::CompactLocked(Done& done) {
     }
     ++compactions_;
   }
-  // Every message of the oldest segment is settled (or written again).
+  // Every message of the oldest segment is settled (or written again). The
+  // records that settled or moved them must be durable before it goes.
+  if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_.empty() ||
+      segments_.front().number != oldest.number || segments_.front().live > 0) {
+    compact_failed_ = true;  // tried again once a new segment starts
+    return;
+  }
   segments_.pop_front();
   mu_.Unlock();
   absl::Status s = env_->RemoveFile(path);
-  if (s.ok()) s = env_->SyncDir(options_.dir);
+  if (absl::IsNotFound(s)) s = absl::OkStatus();  // removed by an earlier try
+  const bool removed = s.ok();
+  // A failed SyncDir leaves the removal undurable: after a power loss the
+  // segment may come back, which replay handles (its messages are settled
+  // by the later segments, which are all still there). The next segment's
+  // start syncs the directory again.
+  if (removed) (void)env_->SyncDir(options_.dir);
   mu_.Lock();
-  if (!s.ok()) {
+  if (!removed) {
     // Keep it in the model so the numbering stays contiguous; a later pass
     // tries again.
-    segments_.push_front(Segment{oldest.number, oldest.size, 0, 0});
+    Segment kept{oldest.number, oldest.size, 0, 0};
+    kept.started = true;
+    segments_.push_front(kept);
     compact_failed_ = true;
   }
+}
+
+absl::Status Wal::SyncUpToLocked(uint64_t target, Done& done) {
+  sync_wanted_ = std::max(sync_wanted_, target);
+  for (;;) {
+    if (std::optional<absl::Status> r = DoneLocked(target, true)) return *r;
+    if (!io_busy_ && WorkLocked()) {
+      LeadLocked(done);
+      continue;
+    }
+    done_cv_.Wait(&mu_);
+  }
+}
+
+std::optional<absl::Status> Wal::FailedLocked(uint64_t first,
+                                              uint64_t last) const {
+  for (const Failure& f : failures_) {
+    if (f.first <= last && first <= f.last) return f.status;
+  }
+  return std::nullopt;
 }
 
 absl::Status Wal::Close() {

@@ -163,6 +163,10 @@ class Wal {
     uint64_t size = 0;  // bytes written (final once closed)
     uint64_t live = 0;  // live messages whose newest record is here
     uint64_t live_bytes = 0;
+    // False until its file is created with its checkpoint; a segment whose
+    // start failed stays last in the model, unstarted, with the records
+    // counted against it, and the next start retries it.
+    bool started = false;
   };
   struct Entry {
     uint64_t segment = 0;
@@ -213,6 +217,19 @@ class Wal {
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits (leading writes when nobody else does) until record `target` is
+  // synced; its status.
+  absl::Status SyncUpToLocked(uint64_t target, Done& done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The status of a failure that covers any of records first..last.
+  std::optional<absl::Status> FailedLocked(uint64_t first, uint64_t last) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the oldest segment can go, or be compacted (it holds little
+  // live data).
+  bool CompactionDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether records were written that a sync of the current segment would
+  // make durable.
+  bool UnsyncedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Threads in Wait whose record is not synced yet.
   size_t UnsyncedWaitersLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Called by a waiter about to lead a sync: while fewer threads wait for a
@@ -256,6 +273,9 @@ class Wal {
   uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t sync_wanted_ ABSL_GUARDED_BY(mu_) = 0;
+  // The last LSN written to a segment abandoned after a failure: what it
+  // wrote after its last sync can never be synced.
+  uint64_t abandoned_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   // Group commit: the LSNs of the threads in Wait for a sync; how many there
   // were when the last sync finished, and how long it took; whether a
   // leader is waiting for more of them (GatherLocked).

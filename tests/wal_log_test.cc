@@ -1,0 +1,195 @@
+// Tests of the write-ahead log itself (src/wal.h), below the broker: what it
+// confirms after disk errors, when it deletes segments, and who writes a
+// record nobody waits for. The broker-level durability tests are in
+// wal_test.cc.
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "catch2/catch.hpp"
+#include "envelope.h"
+#include "fault_injection_env.h"
+#include "wal.h"
+#include "wal_records.h"
+#include "warren/clock.h"
+
+namespace warren::internal {
+namespace {
+
+constexpr char kDir[] = "/wal";
+
+struct LogFixture {
+  FaultInjectionEnv env;
+  ManualClock clock;
+  Wal::Options options;
+
+  LogFixture() {
+    options.dir = kDir;
+    options.env = &env;
+    options.clock = &clock;
+    options.sync = SyncPolicy::kGroupCommit;
+  }
+  std::shared_ptr<Wal> MustOpen() {
+    RecoveredState recovered;
+    auto wal = Wal::Open(options, &recovered);
+    REQUIRE(wal.ok());
+    return *std::move(wal);
+  }
+};
+
+// Appends a record the log's model ignores (a settle of an unknown message).
+uint64_t AppendFiller(Wal& wal, bool will_wait = true) {
+  wal::RecordBuilder record;
+  const uint64_t id = 1'000'000;
+  record.Settle(1, &id, 1);
+  return wal.Append(record, /*own_sync=*/false, will_wait);
+}
+
+TEST_CASE(
+    "A record written but not synced before a failed write is never "
+    "confirmed as synced",
+    "[wal]") {
+  LogFixture f;
+  auto wal = f.MustOpen();
+  // Written, not synced: nobody asked for a sync yet.
+  const uint64_t first = AppendFiller(*wal);
+  REQUIRE(wal->Wait(first, /*sync=*/false).ok());
+  // The next write fails, and its segment is abandoned.
+  f.env.ResetCallCount();
+  f.env.InjectFault(0, absl::StatusCode::kResourceExhausted,
+                    FaultInjectionEnv::FaultMode::kPersistent);
+  const uint64_t second = AppendFiller(*wal);
+  CHECK(wal->Wait(second, /*sync=*/true).code() ==
+        absl::StatusCode::kResourceExhausted);
+  f.env.ClearFault();
+  // A later record goes to a new segment and is synced there.
+  const uint64_t third = AppendFiller(*wal);
+  REQUIRE(wal->Wait(third, /*sync=*/true).ok());
+  // That sync did not make the first record durable: it stayed behind in
+  // the abandoned segment.
+  CHECK(wal->Wait(first, /*sync=*/true).code() ==
+        absl::StatusCode::kResourceExhausted);
+  CHECK(wal->Wait(first, /*sync=*/false).ok());  // it was written
+  REQUIRE(wal->Close().ok());
+}
+
+// Appends a record of 70 KiB that holds no live message, so the segment
+// that takes it (with the smallest segment size) is full after it.
+uint64_t AppendBig(Wal& wal, uint64_t msg_id) {
+  wal::RecordBuilder record;
+  record.Publish(msg_id, "", "", absl::UnixEpoch(),
+                 Message(std::string(70 << 10, 'z')), {});
+  return wal.Append(record, /*own_sync=*/false, /*will_wait=*/true);
+}
+
+// Waits until the log has `n` segment files, for at most 10 s.
+bool AwaitSegments(Wal& wal, uint64_t n) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (wal.Stats().segments != n) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST_CASE(
+    "A settled segment is deleted only once the records that settled it are "
+    "synced",
+    "[wal]") {
+  LogFixture f;
+  f.options.segment_bytes = 64 << 10;  // the smallest allowed
+  {
+    auto wal = f.MustOpen();
+    wal::RecordBuilder record;
+    record.Queue(1, "a", {.durable = true});
+    record.Queue(2, "b", {.durable = true});
+    record.Publish(1, "", "a", f.clock.Now(),
+                   Message(std::string(70 << 10, 'x')),
+                   {{1, 0, absl::InfinitePast()}});
+    // Synced, and past the segment's size: the next write starts segment 2.
+    REQUIRE(wal->Wait(wal->Append(record, false, true), /*sync=*/true).ok());
+    REQUIRE(wal->Stats().segments == 1);
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    REQUIRE(wal->Stats().segments == 2);
+    // Message 1 moves from queue 1 to queue 2 (as dead-lettering does), and
+    // nobody waits: the background thread writes the record, and segment 1,
+    // settled now, goes.
+    record.Publish(2, "", "b", f.clock.Now(), Message("moved"),
+                   {{2, 0, absl::InfinitePast()}});
+    const uint64_t id = 1;
+    record.Settle(1, &id, 1);
+    wal->Append(record);
+    REQUIRE(AwaitSegments(*wal, 1));
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  RecoveredState recovered;
+  auto wal = Wal::Open(f.options, &recovered);
+  REQUIRE(wal.ok());
+  REQUIRE(recovered.messages.size() == 1);
+  CHECK(recovered.messages[0].envelope->message.body() == "moved");
+  REQUIRE((*wal)->Close().ok());
+}
+
+TEST_CASE(
+    "A message logged while a segment's start fails is kept when the segment "
+    "starts again",
+    "[wal]") {
+  LogFixture f;
+  f.options.segment_bytes = 64 << 10;  // the smallest allowed
+  {
+    auto wal = f.MustOpen();
+    wal::RecordBuilder record;
+    record.Queue(1, "a", {.durable = true});
+    REQUIRE(wal->Wait(wal->Append(record, false, true), /*sync=*/true).ok());
+    // Segment 1 is full: the next write starts segment 2.
+    REQUIRE(wal->Wait(AppendBig(*wal, 100), /*sync=*/true).ok());
+    auto publish = [&](uint64_t id) {
+      wal::RecordBuilder r;
+      r.Publish(id, "", "a", f.clock.Now(), Message(std::to_string(id)),
+                {{1, 0, absl::InfinitePast()}});
+      return wal->Append(r, false, true);
+    };
+    // While segment 2's file is being created (and fails to be), another
+    // thread logs message 2.
+    uint64_t lsn2 = 0;
+    f.env.SetCreateHook([&](std::string_view) {
+      f.env.SetCreateHook(nullptr);
+      lsn2 = publish(2);
+      f.env.ResetCallCount();
+      f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
+    });
+    CHECK_FALSE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    REQUIRE(lsn2 != 0);
+    // The retry starts segment 2, which takes messages 2 and 3.
+    REQUIRE(wal->Wait(publish(3), /*sync=*/true).ok());
+    REQUIRE(wal->Wait(lsn2, /*sync=*/true).ok());
+    // Message 3 is settled; message 2 stays live.
+    wal::RecordBuilder settle;
+    const uint64_t id = 3;
+    settle.Settle(1, &id, 1);
+    REQUIRE(wal->Wait(wal->Append(settle, false, true), /*sync=*/true).ok());
+    // Fill segment 2 and start segment 3: segment 1 goes, and segment 2 goes
+    // only once message 2 is written again after it.
+    REQUIRE(wal->Wait(AppendBig(*wal, 101), /*sync=*/true).ok());
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    const bool one_left = AwaitSegments(*wal, 1);
+    INFO("segments " << wal->Stats().segments << ", live messages "
+                     << wal->Stats().live_messages);
+    REQUIRE(one_left);
+    REQUIRE(wal->Close().ok());
+  }
+  RecoveredState recovered;
+  auto wal = Wal::Open(f.options, &recovered);
+  REQUIRE(wal.ok());
+  REQUIRE(recovered.messages.size() == 1);
+  CHECK(recovered.messages[0].envelope->message.body() == "2");
+  REQUIRE((*wal)->Close().ok());
+}
+
+}  // namespace
+}  // namespace warren::internal
