@@ -792,10 +792,12 @@ void Wal::LeadLocked(Done& done) {
   CollectDoneLocked(done);
   done_cv_.SignalAll();
   // The background thread writes what callers that do not wait
-  // (PublishAsync, settles) appended while this thread wrote, and compacts
-  // once a segment is full or a new one started: it may have looked while
-  // the writer was busy and gone back to sleep.
-  if (bg_sleeping_ && (WorkLocked() || CompactionDueLocked())) {
+  // (PublishAsync, settles) appended while this thread wrote, unless a
+  // thread waiting for a sync will (after gathering its group), and
+  // compacts once a segment is full or a new one started: it may have
+  // looked while the writer was busy and gone back to sleep.
+  if (bg_sleeping_ && ((WorkLocked() && UnsyncedWaitersLocked() == 0) ||
+                       CompactionDueLocked())) {
     bg_cv_.Signal();
   }
 }
