@@ -39,14 +39,43 @@ struct LogFixture {
     REQUIRE(wal.ok());
     return *std::move(wal);
   }
+  // Opens with the smallest segments allowed (64 KiB) and declares durable
+  // queues 1..n.
+  std::shared_ptr<Wal> MustOpenSmallWithQueues(uint32_t n);
 };
 
+// Appends `record` and waits until it is synced.
+absl::Status Commit(Wal& wal, wal::RecordBuilder& record) {
+  return wal.Wait(wal.Append(record, /*own_sync=*/false, /*will_wait=*/true),
+                  /*sync=*/true);
+}
+
+std::shared_ptr<Wal> LogFixture::MustOpenSmallWithQueues(uint32_t n) {
+  options.segment_bytes = 64 << 10;
+  auto wal = MustOpen();
+  wal::RecordBuilder record;
+  for (uint32_t q = 1; q <= n; ++q) {
+    record.Queue(q, "q" + std::to_string(q), {.durable = true});
+  }
+  REQUIRE(Commit(*wal, record).ok());
+  return wal;
+}
+
+// A record that publishes message `id` to queue `queue`.
+wal::RecordBuilder PublishRecord(uint64_t id, uint32_t queue,
+                                 std::string body) {
+  wal::RecordBuilder record;
+  record.Publish(id, "", "", absl::UnixEpoch(), Message(std::move(body)),
+                 {{queue, 0, absl::InfinitePast()}});
+  return record;
+}
+
 // Appends a record the log's model ignores (a settle of an unknown message).
-uint64_t AppendFiller(Wal& wal, bool will_wait = true) {
+uint64_t AppendFiller(Wal& wal) {
   wal::RecordBuilder record;
   const uint64_t id = 1'000'000;
   record.Settle(1, &id, 1);
-  return wal.Append(record, /*own_sync=*/false, will_wait);
+  return wal.Append(record, /*own_sync=*/false, /*will_wait=*/true);
 }
 
 TEST_CASE(
@@ -102,25 +131,17 @@ TEST_CASE(
     "synced",
     "[wal]") {
   LogFixture f;
-  f.options.segment_bytes = 64 << 10;  // the smallest allowed
   {
-    auto wal = f.MustOpen();
-    wal::RecordBuilder record;
-    record.Queue(1, "a", {.durable = true});
-    record.Queue(2, "b", {.durable = true});
-    record.Publish(1, "", "a", f.clock.Now(),
-                   Message(std::string(70 << 10, 'x')),
-                   {{1, 0, absl::InfinitePast()}});
-    // Synced, and past the segment's size: the next write starts segment 2.
-    REQUIRE(wal->Wait(wal->Append(record, false, true), /*sync=*/true).ok());
-    REQUIRE(wal->Stats().segments == 1);
+    auto wal = f.MustOpenSmallWithQueues(2);
+    // Past the segment's size: the next write starts segment 2.
+    wal::RecordBuilder record = PublishRecord(1, 1, std::string(70 << 10, 'x'));
+    REQUIRE(Commit(*wal, record).ok());
     REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
     REQUIRE(wal->Stats().segments == 2);
     // Message 1 moves from queue 1 to queue 2 (as dead-lettering does), and
     // nobody waits: the background thread writes the record, and segment 1,
     // settled now, goes.
-    record.Publish(2, "", "b", f.clock.Now(), Message("moved"),
-                   {{2, 0, absl::InfinitePast()}});
+    record = PublishRecord(2, 2, "moved");
     const uint64_t id = 1;
     record.Settle(1, &id, 1);
     wal->Append(record);
@@ -140,39 +161,30 @@ TEST_CASE(
     "starts again",
     "[wal]") {
   LogFixture f;
-  f.options.segment_bytes = 64 << 10;  // the smallest allowed
   {
-    auto wal = f.MustOpen();
-    wal::RecordBuilder record;
-    record.Queue(1, "a", {.durable = true});
-    REQUIRE(wal->Wait(wal->Append(record, false, true), /*sync=*/true).ok());
+    auto wal = f.MustOpenSmallWithQueues(1);
     // Segment 1 is full: the next write starts segment 2.
     REQUIRE(wal->Wait(AppendBig(*wal, 100), /*sync=*/true).ok());
-    auto publish = [&](uint64_t id) {
-      wal::RecordBuilder r;
-      r.Publish(id, "", "a", f.clock.Now(), Message(std::to_string(id)),
-                {{1, 0, absl::InfinitePast()}});
-      return wal->Append(r, false, true);
-    };
     // While segment 2's file is being created (and fails to be), another
     // thread logs message 2.
     uint64_t lsn2 = 0;
     f.env.SetCreateHook([&](std::string_view) {
       f.env.SetCreateHook(nullptr);
-      lsn2 = publish(2);
+      wal::RecordBuilder record = PublishRecord(2, 1, "2");
+      lsn2 = wal->Append(record, false, true);
       f.env.ResetCallCount();
       f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
     });
     CHECK_FALSE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
     REQUIRE(lsn2 != 0);
     // The retry starts segment 2, which takes messages 2 and 3.
-    REQUIRE(wal->Wait(publish(3), /*sync=*/true).ok());
+    wal::RecordBuilder record = PublishRecord(3, 1, "3");
+    REQUIRE(Commit(*wal, record).ok());
     REQUIRE(wal->Wait(lsn2, /*sync=*/true).ok());
     // Message 3 is settled; message 2 stays live.
-    wal::RecordBuilder settle;
     const uint64_t id = 3;
-    settle.Settle(1, &id, 1);
-    REQUIRE(wal->Wait(wal->Append(settle, false, true), /*sync=*/true).ok());
+    record.Settle(1, &id, 1);
+    REQUIRE(Commit(*wal, record).ok());
     // Fill segment 2 and start segment 3: segment 1 goes, and segment 2 goes
     // only once message 2 is written again after it.
     REQUIRE(wal->Wait(AppendBig(*wal, 101), /*sync=*/true).ok());
