@@ -42,6 +42,19 @@ struct LogFixture {
   // Opens with the smallest segments allowed (64 KiB) and declares durable
   // queues 1..n.
   std::shared_ptr<Wal> MustOpenSmallWithQueues(uint32_t n);
+  // Opens the log again and returns the bodies of the messages it recovered,
+  // in order.
+  std::vector<std::string> RecoveredBodies() {
+    RecoveredState recovered;
+    auto wal = Wal::Open(options, &recovered);
+    REQUIRE(wal.ok());
+    std::vector<std::string> bodies;
+    for (const auto& m : recovered.messages) {
+      bodies.emplace_back(m.envelope->message.body());
+    }
+    REQUIRE((*wal)->Close().ok());
+    return bodies;
+  }
 };
 
 // Appends `record` and waits until it is synced.
@@ -148,12 +161,7 @@ TEST_CASE(
     REQUIRE(AwaitSegments(*wal, 1));
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
   }
-  RecoveredState recovered;
-  auto wal = Wal::Open(f.options, &recovered);
-  REQUIRE(wal.ok());
-  REQUIRE(recovered.messages.size() == 1);
-  CHECK(recovered.messages[0].envelope->message.body() == "moved");
-  REQUIRE((*wal)->Close().ok());
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"moved"});
 }
 
 TEST_CASE(
@@ -195,12 +203,7 @@ TEST_CASE(
     REQUIRE(one_left);
     REQUIRE(wal->Close().ok());
   }
-  RecoveredState recovered;
-  auto wal = Wal::Open(f.options, &recovered);
-  REQUIRE(wal.ok());
-  REQUIRE(recovered.messages.size() == 1);
-  CHECK(recovered.messages[0].envelope->message.body() == "2");
-  REQUIRE((*wal)->Close().ok());
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"2"});
 }
 
 }  // namespace
