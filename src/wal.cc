@@ -661,7 +661,7 @@ std::optional<absl::Status> Wal::DoneLocked(uint64_t lsn, bool sync) const {
 }
 
 bool Wal::WorkLocked() const {
-  return !pending_records_.empty() ||
+  return pending_records_.size() > retry_records_ ||
          (sync_wanted_ > synced_lsn_ && UnsyncedLocked());
 }
 
@@ -690,6 +690,7 @@ void Wal::LeadLocked(Done& done) {
   records.clear();
   batch.swap(pending_);
   records.swap(pending_records_);
+  retry_records_ = 0;
   const uint64_t first = next_lsn_ - records.size();
   const uint64_t last = next_lsn_ - 1;
   const bool interval = options_.sync == SyncPolicy::kInterval;
@@ -748,8 +749,9 @@ void Wal::LeadLocked(Done& done) {
   syncs_ += syncs;
   if (synced_upto > synced_lsn_) synced_lsn_ = synced_upto;
   if (durable_upto > written_lsn_) written_lsn_ = durable_upto;
-  if (!s.ok()) {
+  if (!s.ok() && durable_upto < last) {
     RecordFailureLocked({durable_upto + 1, last, false, s});
+    RequeueLocked(batch, records, durable_upto + 1 - first);
   }
   if (writer_ && !segments_.empty()) segments_.back().size = writer_->offset();
   const absl::Time now = absl::Now();
@@ -800,6 +802,22 @@ void Wal::LeadLocked(Done& done) {
                        CompactionDueLocked())) {
     bg_cv_.Signal();
   }
+}
+
+void Wal::RequeueLocked(const std::string& batch,
+                        const std::vector<PendingRecord>& records,
+                        size_t from) {
+  const size_t begin = from == 0 ? 0 : records[from - 1].end;
+  const size_t bytes = batch.size() - begin;
+  pending_.insert(0, batch, begin, bytes);
+  for (PendingRecord& r : pending_records_) r.end += bytes;
+  std::vector<PendingRecord> again;
+  again.reserve(records.size() - from);
+  for (size_t i = from; i < records.size(); ++i) {
+    again.push_back({records[i].end - begin, records[i].own_sync});
+  }
+  pending_records_.insert(pending_records_.begin(), again.begin(), again.end());
+  retry_records_ = again.size();
 }
 
 void Wal::CollectDoneLocked(Done& done) {
@@ -1093,7 +1111,12 @@ absl::Status Wal::Close() {
     MutexLock l(&mu_);
     sync_wanted_ = std::max(sync_wanted_, next_lsn_ - 1);
     const uint64_t target = next_lsn_ - 1;
+    retry_records_ = 0;  // records whose write failed get one more try
     for (;;) {
+      if (!io_busy_ && pending_records_.size() > retry_records_) {
+        LeadLocked(done);
+        continue;
+      }
       if (std::optional<absl::Status> s = DoneLocked(target, true)) {
         result = *s;
         break;

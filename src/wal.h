@@ -217,6 +217,11 @@ class Wal {
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts the records of a failed write from `records[from]` on back at the
+  // front of the pending ones (see retry_records_).
+  void RequeueLocked(const std::string& batch,
+                     const std::vector<PendingRecord>& records, size_t from)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits (leading writes when nobody else does) until record `target` is
   // synced; its status.
   absl::Status SyncUpToLocked(uint64_t target, Done& done)
@@ -269,6 +274,12 @@ class Wal {
   // Pending records: bytes back to back, LSNs next_lsn_ - n .. next_lsn_-1.
   std::string pending_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingRecord> pending_records_ ABSL_GUARDED_BY(mu_);
+  // The first retry_records_ pending records failed to be written once
+  // (their callers were told so). They are written again, ahead of the
+  // rest, with the next records or at Close, so the log catches up with
+  // memory once the disk recovers; they are not work on their own, so a
+  // failing disk is not retried in a loop.
+  size_t retry_records_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_lsn_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;

@@ -206,5 +206,46 @@ TEST_CASE(
   CHECK(f.RecoveredBodies() == std::vector<std::string>{"2"});
 }
 
+TEST_CASE(
+    "The records of a failed write are written again once the disk "
+    "recovers",
+    "[wal]") {
+  LogFixture f;
+  {
+    auto wal = f.MustOpenSmallWithQueues(2);
+    wal::RecordBuilder record = PublishRecord(1, 1, std::string(70 << 10, 'x'));
+    REQUIRE(Commit(*wal, record).ok());
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    // Message 1 moves from queue 1 to queue 2 (as dead-lettering does), but
+    // the write fails. Memory holds the move; the log must catch up.
+    f.env.ResetCallCount();
+    f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
+    record = PublishRecord(2, 2, "moved");
+    const uint64_t id = 1;
+    record.Settle(1, &id, 1);
+    CHECK(Commit(*wal, record).code() == absl::StatusCode::kResourceExhausted);
+    // The disk is back: the next write takes the move along, and segment 1,
+    // settled by it, goes.
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    REQUIRE(AwaitSegments(*wal, 2));
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"moved"});
+}
+
+TEST_CASE("Close writes again the records of a failed write", "[wal]") {
+  LogFixture f;
+  {
+    auto wal = f.MustOpenSmallWithQueues(1);
+    f.env.ResetCallCount();
+    f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
+    wal::RecordBuilder record = PublishRecord(1, 1, "late");
+    CHECK_FALSE(Commit(*wal, record).ok());
+    // Close writes it, though its status stays the failure it was given.
+    CHECK(wal->Close().code() == absl::StatusCode::kResourceExhausted);
+  }
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"late"});
+}
+
 }  // namespace
 }  // namespace warren::internal
