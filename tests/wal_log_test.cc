@@ -139,24 +139,36 @@ bool AwaitSegments(Wal& wal, uint64_t n) {
   return true;
 }
 
+// Opens with small segments and queues 1 and 2, and logs message 1 (70 KiB,
+// in queue 1) so that it fills segment 1; segment 2 is started.
+std::shared_ptr<Wal> OpenWithMessageInFullSegment(LogFixture& f) {
+  auto wal = f.MustOpenSmallWithQueues(2);
+  wal::RecordBuilder record = PublishRecord(1, 1, std::string(70 << 10, 'x'));
+  REQUIRE(Commit(*wal, record).ok());
+  REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+  REQUIRE(wal->Stats().segments == 2);
+  return wal;
+}
+
+// Moves message 1 from queue 1 to queue 2 as dead-lettering does: a new
+// message ("moved", id 2) and the old one's settle, in one record.
+wal::RecordBuilder MoveRecord() {
+  wal::RecordBuilder record = PublishRecord(2, 2, "moved");
+  const uint64_t id = 1;
+  record.Settle(1, &id, 1);
+  return record;
+}
+
 TEST_CASE(
     "A settled segment is deleted only once the records that settled it are "
     "synced",
     "[wal]") {
   LogFixture f;
   {
-    auto wal = f.MustOpenSmallWithQueues(2);
-    // Past the segment's size: the next write starts segment 2.
-    wal::RecordBuilder record = PublishRecord(1, 1, std::string(70 << 10, 'x'));
-    REQUIRE(Commit(*wal, record).ok());
-    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
-    REQUIRE(wal->Stats().segments == 2);
-    // Message 1 moves from queue 1 to queue 2 (as dead-lettering does), and
-    // nobody waits: the background thread writes the record, and segment 1,
-    // settled now, goes.
-    record = PublishRecord(2, 2, "moved");
-    const uint64_t id = 1;
-    record.Settle(1, &id, 1);
+    auto wal = OpenWithMessageInFullSegment(f);
+    // Message 1 moves to queue 2, and nobody waits: the background thread
+    // writes the record, and segment 1, settled now, goes.
+    wal::RecordBuilder record = MoveRecord();
     wal->Append(record);
     REQUIRE(AwaitSegments(*wal, 1));
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
@@ -212,17 +224,12 @@ TEST_CASE(
     "[wal]") {
   LogFixture f;
   {
-    auto wal = f.MustOpenSmallWithQueues(2);
-    wal::RecordBuilder record = PublishRecord(1, 1, std::string(70 << 10, 'x'));
-    REQUIRE(Commit(*wal, record).ok());
-    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
-    // Message 1 moves from queue 1 to queue 2 (as dead-lettering does), but
-    // the write fails. Memory holds the move; the log must catch up.
+    auto wal = OpenWithMessageInFullSegment(f);
+    // Message 1 moves to queue 2, but the write fails. Memory holds the
+    // move; the log must catch up.
     f.env.ResetCallCount();
     f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
-    record = PublishRecord(2, 2, "moved");
-    const uint64_t id = 1;
-    record.Settle(1, &id, 1);
+    wal::RecordBuilder record = MoveRecord();
     CHECK(Commit(*wal, record).code() == absl::StatusCode::kResourceExhausted);
     // The disk is back: the next write takes the move along, and segment 1,
     // settled by it, goes.
