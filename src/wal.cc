@@ -809,15 +809,19 @@ void Wal::RequeueLocked(const std::string& batch,
                         size_t from) {
   const size_t begin = from == 0 ? 0 : records[from - 1].end;
   const size_t bytes = batch.size() - begin;
+  const size_t n = records.size() - from;
   pending_.insert(0, batch, begin, bytes);
-  for (PendingRecord& r : pending_records_) r.end += bytes;
-  std::vector<PendingRecord> again;
-  again.reserve(records.size() - from);
-  for (size_t i = from; i < records.size(); ++i) {
-    again.push_back({records[i].end - begin, records[i].own_sync});
+  pending_records_.insert(pending_records_.begin(), records.begin() + from,
+                          records.end());
+  // Their ends were offsets in the batch; the others' move up by `bytes`.
+  for (size_t i = 0; i < pending_records_.size(); ++i) {
+    if (i < n) {
+      pending_records_[i].end -= begin;
+    } else {
+      pending_records_[i].end += bytes;
+    }
   }
-  pending_records_.insert(pending_records_.begin(), again.begin(), again.end());
-  retry_records_ = again.size();
+  retry_records_ = n;
 }
 
 void Wal::CollectDoneLocked(Done& done) {
@@ -1036,24 +1040,17 @@ void Wal::CompactLocked(Done& done) {
       compact_failed_ = true;  // tried again once a new segment starts
       return;
     }
-    if (segments_.empty() || segments_.front().number != oldest.number) {
-      return;
-    }
-    if (segments_.front().live > 0) {
-      // Some live messages were not found in it (their records landed in a
-      // later segment): keep it, and try again after the next segment.
-      compact_failed_ = true;
-      return;
-    }
-    ++compactions_;
   }
   // Every message of the oldest segment is settled (or written again). The
-  // records that settled or moved them must be durable before it goes.
+  // records that settled or moved them must be durable before it goes. Some
+  // may still be live if their records landed in a later segment than the
+  // one they are counted in: then it stays until the next segment starts.
   if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_.empty() ||
       segments_.front().number != oldest.number || segments_.front().live > 0) {
     compact_failed_ = true;  // tried again once a new segment starts
     return;
   }
+  if (oldest.live > 0) ++compactions_;
   segments_.pop_front();
   mu_.Unlock();
   absl::Status s = env_->RemoveFile(path);

@@ -352,20 +352,7 @@ class Decoder {
 Effect& RecordBuilder::Begin(OpType type) {
   if (num_effects_ == effects_.size()) effects_.emplace_back();
   Effect& e = effects_[num_effects_++];
-  // Reset a reused effect, keeping its buffers.
-  e.type = type;
-  e.queue_id = 0;
-  e.msg_id = 0;
-  e.at = absl::Time();
-  e.name.clear();
-  e.refs.clear();
-  e.ids.clear();
-  e.binding.dest_queue_id = 0;
-  e.binding.dest_exchange.clear();
-  e.binding.source.clear();
-  e.binding.key.clear();
-  e.binding.arguments.clear();
-  e.dedup_window = absl::ZeroDuration();
+  e.Reset(type);
   e.begin = out_.size();
   PutU8(out_, static_cast<uint8_t>(type));
   return e;

@@ -168,6 +168,24 @@ struct Effect {
   std::vector<uint64_t> ids;                           // kSettle
   BindingOp binding;                                   // kBind, kUnbind
   absl::Duration dedup_window = absl::ZeroDuration();  // kQueue
+
+  // Makes this a fresh effect of `t` (begin and end are the builder's),
+  // keeping the buffers of its strings and vectors for reuse.
+  void Reset(OpType t) {
+    type = t;
+    queue_id = 0;
+    msg_id = 0;
+    at = absl::Time();
+    name.clear();
+    refs.clear();
+    ids.clear();
+    binding.dest_queue_id = 0;
+    binding.dest_exchange.clear();
+    binding.source.clear();
+    binding.key.clear();
+    binding.arguments.clear();
+    dedup_window = absl::ZeroDuration();
+  }
 };
 
 // Appends ops to a record. The record is `out()`; `effects()` lists its ops.
