@@ -1072,13 +1072,15 @@ void RunRecovery(DurableRun& run) {
   DurableContender restart{"warren Open in a fresh process, page cache warm",
                            [&] { return child("open:" + dir, nullptr); },
                            {}};
+  // The floor in a fresh process, as GB/s of the log's bytes.
+  auto fill_in_child = [&](const std::string& env) {
+    double secs = 0;
+    child(fmt::format("fill:{}", published), &secs, env);
+    return secs > 0 ? static_cast<double>(log_bytes) / secs / 1e9 : 0;
+  };
   DurableContender restart_fill{
       "a fresh process allocating and filling one heap string per message",
-      [&] {
-        double secs = 0;
-        child(fmt::format("fill:{}", published), &secs);
-        return secs > 0 ? static_cast<double>(log_bytes) / secs / 1e9 : 0;
-      },
+      [&] { return fill_in_child(""); },
       {}};
   // The same two with glibc's malloc asking for transparent huge pages
   // (glibc 2.35 and later; the README's recipe for faster restarts): a
@@ -1088,15 +1090,11 @@ void RunRecovery(DurableRun& run) {
       "warren Open in a fresh process with " + std::string(kHugePageTunable),
       [&] { return child("open:" + dir, nullptr, huge); },
       {}};
-  DurableContender restart_fill_huge{
-      "a fresh process with " + std::string(kHugePageTunable) +
-          " filling one heap string per message",
-      [&] {
-        double secs = 0;
-        child(fmt::format("fill:{}", published), &secs, huge);
-        return secs > 0 ? static_cast<double>(log_bytes) / secs / 1e9 : 0;
-      },
-      {}};
+  DurableContender restart_fill_huge{"a fresh process with " +
+                                         std::string(kHugePageTunable) +
+                                         " filling one heap string per message",
+                                     [&] { return fill_in_child(huge); },
+                                     {}};
   h.run_interleaved("D4",
                     {&warm, &cold, &read_warm, &read_cold, &fresh, &restart,
                      &restart_fill, &restart_huge, &restart_fill_huge},
