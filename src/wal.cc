@@ -1,6 +1,7 @@
 #include "wal.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <utility>
 
@@ -9,6 +10,7 @@
 #include "log_reader.h"
 #include "status_macros.h"
 #include "str_util.h"
+#include "warren/mpmc_queue.h"  // internal::CpuRelax
 
 namespace warren::internal {
 namespace {
@@ -17,6 +19,16 @@ constexpr uint64_t kMinSegmentBytes = 64 << 10;
 constexpr size_t kMaxFailures = 256;
 // The longest a sync leader waits for the publishers of the last group.
 constexpr absl::Duration kMaxGather = absl::Milliseconds(1);
+// A thread waiting for a sync spins only when syncs take at most this long:
+// beyond it, a sleeping thread's wake-up is a small part of the wait.
+constexpr absl::Duration kMaxSpinSync = absl::Microseconds(500);
+// How it spins: this many pauses first, then yields; a yield that takes
+// longer than kSlowYield means other threads want the CPU, and after
+// kMaxSlowYields of them it sleeps instead (the scheme of RocksDB's write
+// thread).
+constexpr int kSpinPauses = 200;
+constexpr auto kSlowYield = std::chrono::microseconds(3);
+constexpr int kMaxSlowYields = 3;
 constexpr std::string_view kSuffix = ".wal";
 
 // "000042.wal" -> 42; nullopt for other names.
@@ -60,7 +72,9 @@ std::string BindingKey(const wal::BindingOp& b) {
 
 Wal::Wal(const Options& options)
     : options_(options),
-      env_(options.env != nullptr ? options.env : Env::Posix()) {}
+      env_(options.env != nullptr ? options.env : Env::Posix()),
+      spin_for_sync_(options.spin_for_sync.value_or(
+          std::thread::hardware_concurrency() >= 4)) {}
 
 Wal::~Wal() { (void)Close(); }
 
@@ -676,6 +690,7 @@ bool Wal::UnsyncedLocked() const {
 }
 
 void Wal::RecordFailureLocked(Failure f) {
+  failures_recorded_.fetch_add(1, std::memory_order_release);
   failures_.push_back(std::move(f));
   while (failures_.size() > kMaxFailures) failures_.pop_front();
 }
@@ -747,7 +762,7 @@ void Wal::LeadLocked(Done& done) {
   records_ += durable_upto - (first - 1);
   bytes_ += bytes;
   syncs_ += syncs;
-  if (synced_upto > synced_lsn_) synced_lsn_ = synced_upto;
+  SetSyncedLocked(synced_upto);
   if (durable_upto > written_lsn_) written_lsn_ = durable_upto;
   if (!s.ok() && durable_upto < last) {
     RecordFailureLocked({durable_upto + 1, last, false, s});
@@ -765,11 +780,11 @@ void Wal::LeadLocked(Done& done) {
     s = writer_->Sync();
     mu_.Lock();
     if (s.ok()) {
-      synced_lsn_ = std::max(synced_lsn_, target);
       ++syncs_;
       last_sync_ = now;
       last_sync_took_ = absl::Now() - now;
       group_size_ = sync_waiters_.size();
+      SetSyncedLocked(target);
     }
   }
   if (writer_ && (!s.ok() || writer_->offset() >= options_.segment_bytes)) {
@@ -791,6 +806,7 @@ void Wal::LeadLocked(Done& done) {
     mu_.Lock();
   }
   io_busy_ = false;
+  writes_done_.fetch_add(1, std::memory_order_release);
   CollectDoneLocked(done);
   done_cv_.SignalAll();
   // The background thread writes what callers that do not wait
@@ -848,39 +864,100 @@ void Wal::RunDone(Done& done) {
 absl::Status Wal::Wait(uint64_t lsn, bool sync) {
   Done done;
   absl::Status result;
-  {
-    MutexLock l(&mu_);
-    if (sync) {
-      sync_wanted_ = std::max(sync_wanted_, lsn);
-      sync_waiters_.push_back(lsn);
-      if (gathering_ && UnsyncedWaitersLocked() >= group_size_) {
-        gather_cv_.Signal();
-      }
-    }
-    for (;;) {
-      if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
-        result = *std::move(s);
-        break;
-      }
-      if (!io_busy_ && !gathering_ && WorkLocked()) {
-        if (sync) GatherLocked();
-        if (!io_busy_ && WorkLocked()) {
-          LeadLocked(done);
-        } else if (sync) {
-          // Others waited while this thread gathered: one of them may lead.
-          done_cv_.SignalAll();
-        }
-        continue;
-      }
-      done_cv_.Wait(&mu_);
-    }
-    if (sync) {
-      sync_waiters_.erase(
-          std::find(sync_waiters_.begin(), sync_waiters_.end(), lsn));
+  mu_.Lock();
+  if (sync) {
+    sync_wanted_ = std::max(sync_wanted_, lsn);
+    sync_waiters_.push_back(lsn);
+    if (gathering_ && UnsyncedWaitersLocked() >= group_size_) {
+      gather_cv_.Signal();
     }
   }
+  // Spinning time left to this call.
+  absl::Duration spin = sync ? SpinBudgetLocked() : absl::ZeroDuration();
+  for (;;) {
+    if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
+      result = *std::move(s);
+      break;
+    }
+    if (!io_busy_ && !gathering_ && WorkLocked()) {
+      if (sync) GatherLocked();
+      if (!io_busy_ && WorkLocked()) {
+        LeadLocked(done);
+      } else if (sync) {
+        // Others waited while this thread gathered: one of them may lead.
+        done_cv_.SignalAll();
+      }
+      continue;
+    }
+    if (spin > absl::ZeroDuration()) {
+      const uint64_t failures =
+          failures_recorded_.load(std::memory_order_relaxed);
+      const uint64_t writes = writes_done_.load(std::memory_order_relaxed);
+      mu_.Unlock();
+      const absl::Time start = absl::Now();
+      const bool synced = SpinForSync(lsn, failures, writes, spin);
+      spin -= absl::Now() - start;
+      if (synced) {
+        // SetSyncedLocked took this thread's entry out of sync_waiters_.
+        RunDone(done);
+        return absl::OkStatus();
+      }
+      mu_.Lock();
+      continue;
+    }
+    done_cv_.Wait(&mu_);
+  }
+  if (sync) {
+    // Gone already when a sync covered it.
+    auto it = std::find(sync_waiters_.begin(), sync_waiters_.end(), lsn);
+    if (it != sync_waiters_.end()) sync_waiters_.erase(it);
+  }
+  mu_.Unlock();
   RunDone(done);
   return result;
+}
+
+void Wal::SetSyncedLocked(uint64_t lsn) {
+  if (lsn <= synced_lsn_) return;
+  synced_lsn_ = lsn;
+  std::erase_if(sync_waiters_, [lsn](uint64_t w) { return w <= lsn; });
+  synced_hint_.store(lsn, std::memory_order_release);
+}
+
+absl::Duration Wal::SpinBudgetLocked() const {
+  if (!spin_for_sync_ || last_sync_took_ <= absl::ZeroDuration() ||
+      last_sync_took_ > kMaxSpinSync) {
+    return absl::ZeroDuration();
+  }
+  return 2 * last_sync_took_;
+}
+
+bool Wal::SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
+                      absl::Duration budget) const {
+  using SteadyClock = std::chrono::steady_clock;
+  const auto limit = SteadyClock::now() + absl::ToChronoNanoseconds(budget);
+  int slow_yields = 0;
+  for (int i = 0;; ++i) {
+    // A failure that covers `lsn` is counted before a sync can pass it.
+    if (synced_hint_.load(std::memory_order_acquire) >= lsn) {
+      return failures_recorded_.load(std::memory_order_acquire) == failures;
+    }
+    if (failures_recorded_.load(std::memory_order_acquire) != failures ||
+        writes_done_.load(std::memory_order_acquire) != writes) {
+      return false;
+    }
+    if (i < kSpinPauses) {
+      CpuRelax();
+      continue;
+    }
+    const auto before = SteadyClock::now();
+    if (before >= limit) return false;
+    std::this_thread::yield();
+    if (SteadyClock::now() - before > kSlowYield &&
+        ++slow_yields >= kMaxSlowYields) {
+      return false;
+    }
+  }
 }
 
 size_t Wal::UnsyncedWaitersLocked() const {

@@ -15,8 +15,11 @@
 // that needs an LSN written or synced calls Wait, with no broker lock held:
 // if nobody is writing it becomes the writer and writes everything pending in
 // one go (and syncs once, when anyone waiting needs a sync), so concurrent
-// waiters share one write and one fdatasync. A background thread writes what
-// nobody waits for, syncs on the interval, and compacts.
+// waiters share one write and one fdatasync. Where syncs are short and cores
+// spare, the others spin for the sync instead of sleeping, and return as
+// soon as it lands without taking the mutex again (Options::spin_for_sync).
+// A background thread writes what nobody waits for, syncs on the interval,
+// and compacts.
 //
 // Space: the log keeps, for each live persistent message (one not yet settled
 // by every durable queue it reached), the segment that holds its newest full
@@ -35,6 +38,7 @@
 #ifndef WARREN_SRC_WAL_H_
 #define WARREN_SRC_WAL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -106,6 +110,11 @@ class Wal {
     OnCorruption on_corruption = OnCorruption::kFail;
     Env* env = nullptr;
     Clock* clock = nullptr;
+    // Whether a thread waiting for a sync spins (then yields) for a while
+    // before it sleeps, so that it returns as soon as the sync lands rather
+    // than after a wake-up (see SpinBudgetLocked). Defaults to on when the
+    // machine has at least four hardware threads.
+    std::optional<bool> spin_for_sync;
   };
 
   // Locks the directory, replays its log into `*recovered`, and starts a new
@@ -237,6 +246,22 @@ class Wal {
   bool UnsyncedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Threads in Wait whose record is not synced yet.
   size_t UnsyncedWaitersLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets synced_lsn_ (and its mirror) to `lsn` when that is later, and
+  // drops the sync waiters it covers: their threads may return without
+  // taking mu_ again (SpinForSync).
+  void SetSyncedLocked(uint64_t lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How long a thread in Wait for a sync spins before it sleeps on
+  // done_cv_: about two of the last syncs, when those are short enough for
+  // a sleeping thread's wake-up to matter and the machine has cores to
+  // spare; zero otherwise.
+  absl::Duration SpinBudgetLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Without mu_: spins, then yields, until record `lsn` is synced (true),
+  // or until a failure is recorded, a write finishes without syncing it,
+  // `budget` runs out or the CPU turns out to be contended (false: the
+  // caller looks again under mu_). `failures` and `writes` are the values
+  // of failures_recorded_ and writes_done_ when the caller last looked.
+  bool SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
+                   absl::Duration budget) const ABSL_LOCKS_EXCLUDED(mu_);
   // Called by a waiter about to lead a sync: while fewer threads wait for a
   // sync than waited when the last one finished (the rest are likely
   // publishing their next record), waits for them: until the group is
@@ -259,6 +284,7 @@ class Wal {
 
   const Options options_;
   Env* const env_;
+  const bool spin_for_sync_;
 
   mutable Mutex mu_;
   CondVar done_cv_;    // writes finished, failures recorded
@@ -295,6 +321,13 @@ class Wal {
   absl::Duration last_sync_took_ ABSL_GUARDED_BY(mu_);
   bool gathering_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_sync_ ABSL_GUARDED_BY(mu_);
+  // For threads that wait for a sync by spinning, without mu_: a copy of
+  // synced_lsn_, and counts of the failures recorded and the writes
+  // finished. Stored under mu_; a failure is counted before the LSNs it
+  // covers can be synced by a later segment.
+  std::atomic<uint64_t> synced_hint_{0};
+  std::atomic<uint64_t> failures_recorded_{0};
+  std::atomic<uint64_t> writes_done_{0};
   // True while a thread writes (the only one touching file_ and writer_).
   bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Failure> failures_ ABSL_GUARDED_BY(mu_);
