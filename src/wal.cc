@@ -872,8 +872,7 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
       gather_cv_.Signal();
     }
   }
-  // Spinning time left to this call.
-  absl::Duration spin = sync ? SpinBudgetLocked() : absl::ZeroDuration();
+  const SteadyTime spin_until = sync ? SpinDeadlineLocked() : SteadyTime();
   for (;;) {
     if (std::optional<absl::Status> s = DoneLocked(lsn, sync)) {
       result = *std::move(s);
@@ -889,15 +888,12 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
       }
       continue;
     }
-    if (spin > absl::ZeroDuration()) {
+    if (spin_until != SteadyTime() && SteadyClock::now() < spin_until) {
       const uint64_t failures =
           failures_recorded_.load(std::memory_order_relaxed);
       const uint64_t writes = writes_done_.load(std::memory_order_relaxed);
       mu_.Unlock();
-      const absl::Time start = absl::Now();
-      const bool synced = SpinForSync(lsn, failures, writes, spin);
-      spin -= absl::Now() - start;
-      if (synced) {
+      if (SpinForSync(lsn, failures, writes, spin_until)) {
         // SetSyncedLocked took this thread's entry out of sync_waiters_.
         RunDone(done);
         return absl::OkStatus();
@@ -924,18 +920,16 @@ void Wal::SetSyncedLocked(uint64_t lsn) {
   synced_hint_.store(lsn, std::memory_order_release);
 }
 
-absl::Duration Wal::SpinBudgetLocked() const {
+Wal::SteadyTime Wal::SpinDeadlineLocked() const {
   if (!spin_for_sync_ || last_sync_took_ <= absl::ZeroDuration() ||
       last_sync_took_ > kMaxSpinSync) {
-    return absl::ZeroDuration();
+    return SteadyTime();
   }
-  return 2 * last_sync_took_;
+  return SteadyClock::now() + absl::ToChronoNanoseconds(2 * last_sync_took_);
 }
 
 bool Wal::SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
-                      absl::Duration budget) const {
-  using SteadyClock = std::chrono::steady_clock;
-  const auto limit = SteadyClock::now() + absl::ToChronoNanoseconds(budget);
+                      SteadyTime until) const {
   int slow_yields = 0;
   for (int i = 0;; ++i) {
     // A failure that covers `lsn` is counted before a sync can pass it.
@@ -950,8 +944,8 @@ bool Wal::SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
       CpuRelax();
       continue;
     }
-    const auto before = SteadyClock::now();
-    if (before >= limit) return false;
+    const SteadyTime before = SteadyClock::now();
+    if (before >= until) return false;
     std::this_thread::yield();
     if (SteadyClock::now() - before > kSlowYield &&
         ++slow_yields >= kMaxSlowYields) {

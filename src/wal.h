@@ -39,6 +39,7 @@
 #define WARREN_SRC_WAL_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -112,7 +113,7 @@ class Wal {
     Clock* clock = nullptr;
     // Whether a thread waiting for a sync spins (then yields) for a while
     // before it sleeps, so that it returns as soon as the sync lands rather
-    // than after a wake-up (see SpinBudgetLocked). Defaults to on when the
+    // than after a wake-up (see SpinDeadlineLocked). Defaults to on when the
     // machine has at least four hardware threads.
     std::optional<bool> spin_for_sync;
   };
@@ -250,18 +251,20 @@ class Wal {
   // drops the sync waiters it covers: their threads may return without
   // taking mu_ again (SpinForSync).
   void SetSyncedLocked(uint64_t lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // How long a thread in Wait for a sync spins before it sleeps on
-  // done_cv_: about two of the last syncs, when those are short enough for
-  // a sleeping thread's wake-up to matter and the machine has cores to
-  // spare; zero otherwise.
-  absl::Duration SpinBudgetLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using SteadyClock = std::chrono::steady_clock;
+  using SteadyTime = SteadyClock::time_point;
+  // Until when a thread that starts waiting for a sync now may spin before
+  // it sleeps on done_cv_: about two of the last syncs, when those are
+  // short enough for a sleeping thread's wake-up to matter and the machine
+  // has cores to spare; SteadyTime() (no spinning) otherwise.
+  SteadyTime SpinDeadlineLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Without mu_: spins, then yields, until record `lsn` is synced (true),
   // or until a failure is recorded, a write finishes without syncing it,
-  // `budget` runs out or the CPU turns out to be contended (false: the
-  // caller looks again under mu_). `failures` and `writes` are the values
-  // of failures_recorded_ and writes_done_ when the caller last looked.
+  // `until` passes or the CPU turns out to be contended (false: the caller
+  // looks again under mu_). `failures` and `writes` are the values of
+  // failures_recorded_ and writes_done_ when the caller last looked.
   bool SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
-                   absl::Duration budget) const ABSL_LOCKS_EXCLUDED(mu_);
+                   SteadyTime until) const ABSL_LOCKS_EXCLUDED(mu_);
   // Called by a waiter about to lead a sync: while fewer threads wait for a
   // sync than waited when the last one finished (the rest are likely
   // publishing their next record), waits for them: until the group is
