@@ -814,8 +814,8 @@ void Wal::LeadLocked(Done& done) {
   // thread waiting for a sync will (after gathering its group), and
   // compacts once a segment is full or a new one started: it may have
   // looked while the writer was busy and gone back to sleep.
-  if (bg_sleeping_ && ((WorkLocked() && UnsyncedWaitersLocked() == 0) ||
-                       CompactionDueLocked())) {
+  if (bg_sleeping_ &&
+      ((WorkLocked() && sync_waiters_.empty()) || CompactionDueLocked())) {
     bg_cv_.Signal();
   }
 }
@@ -865,10 +865,10 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
   Done done;
   absl::Status result;
   mu_.Lock();
-  if (sync) {
+  if (sync && lsn > synced_lsn_) {
     sync_wanted_ = std::max(sync_wanted_, lsn);
     sync_waiters_.push_back(lsn);
-    if (gathering_ && UnsyncedWaitersLocked() >= group_size_) {
+    if (gathering_ && sync_waiters_.size() >= group_size_) {
       gather_cv_.Signal();
     }
   }
@@ -904,7 +904,7 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
     done_cv_.Wait(&mu_);
   }
   if (sync) {
-    // Gone already when a sync covered it.
+    // Gone already when a sync covered it (or was never there).
     auto it = std::find(sync_waiters_.begin(), sync_waiters_.end(), lsn);
     if (it != sync_waiters_.end()) sync_waiters_.erase(it);
   }
@@ -954,16 +954,10 @@ bool Wal::SpinForSync(uint64_t lsn, uint64_t failures, uint64_t writes,
   }
 }
 
-size_t Wal::UnsyncedWaitersLocked() const {
-  size_t n = 0;
-  for (uint64_t lsn : sync_waiters_) n += lsn > synced_lsn_ ? 1 : 0;
-  return n;
-}
-
 void Wal::GatherLocked() {
   const size_t want = group_size_;
   if (want <= 1 || last_sync_took_ <= absl::ZeroDuration() ||
-      UnsyncedWaitersLocked() >= want) {
+      sync_waiters_.size() >= want) {
     return;
   }
   // The leader is woken once the group is complete. Until then it looks
@@ -973,11 +967,11 @@ void Wal::GatherLocked() {
   const absl::Time limit = start + std::min(last_sync_took_ / 2, kMaxGather);
   const absl::Duration gap = last_sync_took_ / 8;
   gathering_ = true;
-  size_t seen = UnsyncedWaitersLocked();
+  size_t seen = sync_waiters_.size();
   absl::Time deadline = std::min(limit, start + gap);
   while (!stop_) {
     const bool timed_out = gather_cv_.WaitWithDeadline(&mu_, deadline);
-    const size_t now_seen = UnsyncedWaitersLocked();
+    const size_t now_seen = sync_waiters_.size();
     if (now_seen >= want) break;
     if (timed_out) {
       const absl::Time now = absl::Now();

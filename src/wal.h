@@ -245,8 +245,6 @@ class Wal {
   // Whether records were written that a sync of the current segment would
   // make durable.
   bool UnsyncedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Threads in Wait whose record is not synced yet.
-  size_t UnsyncedWaitersLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets synced_lsn_ (and its mirror) to `lsn` when that is later, and
   // drops the sync waiters it covers: their threads may return without
   // taking mu_ again (SpinForSync).
@@ -316,9 +314,10 @@ class Wal {
   // The last LSN written to a segment abandoned after a failure: what it
   // wrote after its last sync can never be synced.
   uint64_t abandoned_lsn_ ABSL_GUARDED_BY(mu_) = 0;
-  // Group commit: the LSNs of the threads in Wait for a sync; how many there
-  // were when the last sync finished, and how long it took; whether a
-  // leader is waiting for more of them (GatherLocked).
+  // Group commit: the LSNs of the threads in Wait for a sync, all above
+  // synced_lsn_ (a sync drops those it covers); how many there were when
+  // the last sync finished, and how long it took; whether a leader is
+  // waiting for more of them (GatherLocked).
   std::vector<uint64_t> sync_waiters_ ABSL_GUARDED_BY(mu_);
   size_t group_size_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration last_sync_took_ ABSL_GUARDED_BY(mu_);
