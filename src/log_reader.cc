@@ -77,12 +77,19 @@ bool Reader::ReadNextBlock() {
   pos_ = 0;
   block_ = {};
   if (eof_) return false;
-  if (absl::Status s = src_->Read(kBlockSize, &backing_, &block_); !s.ok()) {
-    block_ = {};
-    status_ = std::move(s);
-    eof_ = true;
-    return false;
+  if (chunk_.empty()) {
+    // A read returns fewer bytes than asked for only at the end of the file.
+    if (absl::Status s =
+            src_->Read(kBlocksPerRead * kBlockSize, &backing_, &chunk_);
+        !s.ok()) {
+      chunk_ = {};
+      status_ = std::move(s);
+      eof_ = true;
+      return false;
+    }
   }
+  block_ = chunk_.substr(0, kBlockSize);
+  chunk_.remove_prefix(block_.size());
   if (block_.size() < kBlockSize) eof_ = true;
   return !block_.empty();
 }

@@ -85,6 +85,10 @@ class Reader {
                             ByteRange range) = 0;
   };
 
+  // The file is read this many blocks at a time (1 MiB): one read per block
+  // would cost a system call per 32 KiB.
+  static constexpr size_t kBlocksPerRead = 32;
+
   enum class OnCorruption {
     kStop,  // ReadRecord returns false at the first damage; status() says why.
     kSkip,  // Report the damage and continue with the next valid record.
@@ -164,8 +168,11 @@ class Reader {
   const uint64_t initial_offset_;
   const OnCorruption on_corruption_;
 
-  // The current block: file bytes [block_start_, block_start_ + size).
+  // The last read (of kBlocksPerRead blocks) into backing_: what of it
+  // follows block_.
   std::string backing_;
+  std::string_view chunk_;
+  // The current block: file bytes [block_start_, block_start_ + size).
   std::string_view block_;
   uint64_t block_start_ = 0;
   // The position of the next header in block_.

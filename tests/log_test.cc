@@ -317,6 +317,72 @@ TEST_CASE_METHOD(LogTest, "LogTest.AlignedEof", "[log]") {
   CHECK(DroppedBytes() == 0);
 }
 
+// The reader reads Reader::kBlocksPerRead blocks at a time: what a read
+// boundary cuts through is read as if it were one block boundary among others.
+TEST_CASE_METHOD(LogTest,
+                 "A log longer than one read is read whole, whether it ends "
+                 "on a read's boundary or not and wherever a record spans two "
+                 "reads",
+                 "[log]") {
+  const size_t per_read = Reader::kBlocksPerRead;
+  std::vector<std::string> written;
+  auto write = [&](std::string payload) {
+    Write(payload);
+    written.push_back(std::move(payload));
+  };
+  SECTION("the file ends where a read ends") {
+    for (size_t i = 0; i < per_read; ++i) {
+      write(BigString(NumberString(static_cast<int>(i)),
+                      kBlockSize - kHeaderSize));
+    }
+    REQUIRE(WrittenBytes() == per_read * kBlockSize);
+  }
+  SECTION("the file ends one record into the next read") {
+    for (size_t i = 0; i < per_read; ++i) {
+      write(BigString(NumberString(static_cast<int>(i)),
+                      kBlockSize - kHeaderSize));
+    }
+    write("last");
+    REQUIRE(WrittenBytes() == per_read * kBlockSize + kHeaderSize + 4);
+  }
+  SECTION("a record's fragments span two reads") {
+    for (size_t i = 0; i + 1 < per_read; ++i) {
+      write(BigString(NumberString(static_cast<int>(i)),
+                      kBlockSize - kHeaderSize));
+    }
+    write(BigString("span", 2 * kBlockSize));  // FIRST, MIDDLE, LAST
+    write("after");
+    REQUIRE(WrittenBytes() > (per_read + 1) * kBlockSize);
+  }
+  for (const std::string& payload : written) REQUIRE(Read() == payload);
+  CHECK(Read() == "EOF");
+  CHECK(reader().status().ok());
+  CHECK(reader().torn_tail().empty());
+  CHECK(DroppedBytes() == 0);
+}
+
+TEST_CASE_METHOD(LogTest,
+                 "A record torn in the read after the one holding its start "
+                 "is a torn tail",
+                 "[log]") {
+  const size_t per_read = Reader::kBlocksPerRead;
+  for (size_t i = 0; i + 1 < per_read; ++i) {
+    Write(
+        BigString(NumberString(static_cast<int>(i)), kBlockSize - kHeaderSize));
+  }
+  Write(BigString("span", 2 * kBlockSize));
+  ShrinkSize(1);
+  for (size_t i = 0; i + 1 < per_read; ++i) {
+    REQUIRE(Read() == BigString(NumberString(static_cast<int>(i)),
+                                kBlockSize - kHeaderSize));
+  }
+  CHECK(Read() == "EOF");
+  CHECK(reader().status().ok());
+  CHECK(reader().torn_tail() ==
+        Reader::ByteRange{(per_read - 1) * kBlockSize, WrittenBytes()});
+  CHECK(DroppedBytes() == 0);
+}
+
 TEST_CASE_METHOD(LogTest, "LogTest.EofBeforeTrailer", "[log]") {
   // The file ends 3 bytes before the block's end: the trailer is written only
   // when a next record comes.
