@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "envelope.h"
 #include "log_reader.h"
+#include "segment_reader.h"
 #include "status_macros.h"
 #include "str_util.h"
 #include "warren/mpmc_queue.h"  // internal::CpuRelax
@@ -307,31 +308,22 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   }
 
   Replay replay(self);
-  std::string scratch;
-  std::vector<wal::Op> decoded;
-  // Each segment is opened one ahead of its replay, so the file system
-  // reads it in while the one before is decoded.
-  std::unique_ptr<SequentialFile> next;
-  if (!numbers.empty()) {
-    WARREN_ASSIGN_OR_RETURN(next,
-                            env_->NewSequentialFile(SegmentPath(numbers[0])));
+  // Another thread reads the segments and checks their records ahead of this
+  // one, which decodes and applies them in log order.
+  std::vector<SegmentReader::Segment> paths;
+  paths.reserve(numbers.size());
+  for (const uint64_t number : numbers) {
+    paths.emplace_back(number, SegmentPath(number));
   }
-  for (size_t i = 0; i < numbers.size(); ++i) {
-    const uint64_t number = numbers[i];
-    const std::string path = SegmentPath(number);
-    std::unique_ptr<SequentialFile> file = std::move(next);
-    if (i + 1 < numbers.size()) {
-      WARREN_ASSIGN_OR_RETURN(
-          next, env_->NewSequentialFile(SegmentPath(numbers[i + 1])));
-    }
-    CountingReporter reporter;
-    log::Reader reader(file.get(), &reporter, /*checksum=*/true,
-                       /*initial_offset=*/0,
+  SegmentReader reader(env_, std::move(paths),
                        options_.on_corruption == OnCorruption::kSkip
                            ? log::Reader::OnCorruption::kSkip
                            : log::Reader::OnCorruption::kStop);
-    std::string_view record;
-    while (reader.ReadRecord(&record, &scratch)) {
+  std::vector<wal::Op> decoded;
+  while (std::unique_ptr<RecordBatch> batch = reader.Next()) {
+    if (!batch->status.ok()) return batch->status;
+    for (const RecordBatch::Record& r : batch->records) {
+      const std::string_view record = batch->record(r);
       wal::RecordReader ops(record);
       // A record applies all or nothing: decode it whole first.
       size_t n = 0;
@@ -339,32 +331,26 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
         if (n == decoded.size()) decoded.emplace_back();
         absl::Status s = ops.Next(&decoded[n]);
         if (!s.ok()) {
-          return absl::DataLossError(StrCat(path, " at offset ",
-                                            reader.LastRecordOffset(), ": ",
+          return absl::DataLossError(StrCat(SegmentPath(batch->segment),
+                                            " at offset ", r.offset, ": ",
                                             std::string(s.message())));
         }
         ++n;
       }
       for (size_t i = 0; i < n; ++i) {
-        replay.Apply(decoded[i], number, static_cast<uint32_t>(record.size()));
+        replay.Apply(decoded[i], batch->segment,
+                     static_cast<uint32_t>(record.size()));
       }
     }
-    if (!reader.status().ok()) {
-      if (absl::IsDataLoss(reader.status())) {
-        return absl::DataLossError(
-            StrCat("the WAL is damaged: ", path, ": ",
-                   std::string(reader.status().message()),
-                   " (open with OnCorruption::kSkip to skip the damage)"));
-      }
-      return reader.status();
+    if (batch->segment_end) {
+      skipped_bytes_ += batch->skipped_bytes;
+      recovered_bytes_ += batch->file_size;
+      MutexLock l(&mu_);
+      segments_.push_back(Segment{batch->segment, batch->file_size, 0, 0});
+      segments_.back().started = true;
+      next_segment_ = batch->segment + 1;
     }
-    skipped_bytes_ += reporter.bytes;
-    WARREN_ASSIGN_OR_RETURN(const uint64_t file_size, env_->GetFileSize(path));
-    recovered_bytes_ += file_size;
-    MutexLock l(&mu_);
-    segments_.push_back(Segment{number, file_size, 0, 0});
-    segments_.back().started = true;
-    next_segment_ = number + 1;
+    reader.Recycle(std::move(batch));
   }
 
   // Rebuild the model and hand the state over.
