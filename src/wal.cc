@@ -47,15 +47,6 @@ std::optional<uint64_t> ParseSegmentName(std::string_view name) {
   return n;
 }
 
-class CountingReporter final : public log::Reader::Reporter {
- public:
-  void Corruption(size_t dropped, const absl::Status& /*reason*/,
-                  log::Reader::ByteRange /*range*/) override {
-    bytes += dropped;
-  }
-  uint64_t bytes = 0;
-};
-
 }  // namespace
 
 QueuedMessage::~QueuedMessage() {
@@ -1031,8 +1022,8 @@ void Wal::CompactLocked(Done& done) {
           env_->NewSequentialFile(path);
       s = file.status();
       if (s.ok()) {
-        CountingReporter ignored;
-        log::Reader reader(file->get(), &ignored, /*checksum=*/true,
+        log::Reader reader(file->get(), /*reporter=*/nullptr,
+                           /*checksum=*/true,
                            /*initial_offset=*/0,
                            log::Reader::OnCorruption::kSkip);
         std::string scratch;
