@@ -90,12 +90,24 @@ std::string Payload(uint64_t segment, size_t i, size_t size) {
   return s;
 }
 
-TEST_CASE(
+// An in-memory file system holding the log's directory.
+struct SegmentReaderTest {
+  SegmentReaderTest() { REQUIRE(env.CreateDir(kDir).ok()); }
+  FaultInjectionEnv env;
+};
+
+// `count` payloads of `size` bytes for segment `segment`.
+std::vector<std::string> Payloads(uint64_t segment, size_t count, size_t size) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < count; ++i) out.push_back(Payload(segment, i, size));
+  return out;
+}
+
+TEST_CASE_METHOD(
+    SegmentReaderTest,
     "The segment reader hands over every record of every segment in log "
     "order, with each segment's size",
     "[wal][log]") {
-  FaultInjectionEnv env;
-  REQUIRE(env.CreateDir(kDir).ok());
   // Segment 1 holds more than the batches the reader may run ahead by, so
   // it waits for the replay and refills recycled batches; some records are
   // fragmented across blocks, one is larger than a batch.
@@ -134,12 +146,11 @@ TEST_CASE(
         std::vector<End>{{1, size1, 0}, {2, size2, 0}, {3, size3, 0}});
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    SegmentReaderTest,
     "Damage in the middle of a segment ends the segment reader's sequence "
     "with kDataLoss naming the segment, or is skipped and counted",
     "[wal][log]") {
-  FaultInjectionEnv env;
-  REQUIRE(env.CreateDir(kDir).ok());
   const uint64_t size1 = WriteSegment(env, 1, {"first", "second", "third"});
   WriteSegment(env, 2, {"fourth"});
   // Flip a byte of "second"'s payload: a valid record follows it.
@@ -171,15 +182,13 @@ TEST_CASE(
   }
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    SegmentReaderTest,
     "Every failed file call of the segment reader ends its sequence with "
     "that call's error",
     "[wal][log][fault]") {
-  FaultInjectionEnv env;
-  REQUIRE(env.CreateDir(kDir).ok());
-  std::vector<std::string> records;
-  for (size_t i = 0; i < 200; ++i) records.push_back(Payload(1, i, 9000));
-  WriteSegment(env, 1, records);  // several reads of kBlocksPerRead blocks
+  // Several reads of kBlocksPerRead blocks.
+  WriteSegment(env, 1, Payloads(1, 200, 9000));
   WriteSegment(env, 2, {"x", "y"});
   WriteSegment(env, 3, {});
 
@@ -203,17 +212,14 @@ TEST_CASE(
   }
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    SegmentReaderTest,
     "A segment reader destroyed before the replay took everything stops "
     "its thread",
     "[wal][log]") {
-  FaultInjectionEnv env;
-  REQUIRE(env.CreateDir(kDir).ok());
-  std::vector<std::string> records;
   // Far more than kMaxBatches batches: the thread is left waiting for room.
-  for (size_t i = 0; i < 4 * SegmentReader::kMaxBatches; ++i) {
-    records.push_back(Payload(1, i, SegmentReader::kBatchBytes));
-  }
+  const std::vector<std::string> records =
+      Payloads(1, 4 * SegmentReader::kMaxBatches, SegmentReader::kBatchBytes);
   WriteSegment(env, 1, records);
   WriteSegment(env, 2, records);
   env.ResetCallCount();
