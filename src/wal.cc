@@ -644,6 +644,9 @@ std::optional<absl::Status> Wal::DoneLocked(uint64_t lsn, bool sync) const {
       return f.status;
     }
   }
+  if (std::optional<absl::Status> f = ForgottenLocked(lsn, lsn, sync)) {
+    return f;
+  }
   if ((sync ? synced_lsn_ : written_lsn_) >= lsn) return absl::OkStatus();
   if (closed_) {
     return absl::FailedPreconditionError("the broker's WAL is closed");
@@ -669,7 +672,31 @@ bool Wal::UnsyncedLocked() const {
 void Wal::RecordFailureLocked(Failure f) {
   failures_recorded_.fetch_add(1, std::memory_order_release);
   failures_.push_back(std::move(f));
-  while (failures_.size() > kMaxFailures) failures_.pop_front();
+  while (failures_.size() > kMaxFailures) {
+    Failure& old = failures_.front();
+    Forgotten& range = forgotten_[old.sync_only ? 1 : 0];
+    range.first = std::min(range.first, old.first);
+    range.last = std::max(range.last, old.last);
+    range.status = std::move(old.status);
+    failures_.pop_front();
+  }
+}
+
+std::optional<absl::Status> Wal::ForgottenLocked(uint64_t first, uint64_t last,
+                                                 bool sync) const {
+  for (int i = 0; i < (sync ? 2 : 1); ++i) {
+    const Forgotten& range = forgotten_[i];
+    if (range.first <= last && first <= range.last) {
+      return absl::Status(
+          range.status.code(),
+          StrCat("the write-ahead log failed more than ", kMaxFailures,
+                 " times while this record waited for its confirm, and no "
+                 "longer knows whether it is durable; the latest of those "
+                 "failures: ",
+                 std::string(range.status.message())));
+    }
+  }
+  return std::nullopt;
 }
 
 void Wal::LeadLocked(Done& done) {
@@ -1131,7 +1158,7 @@ std::optional<absl::Status> Wal::FailedLocked(uint64_t first,
   for (const Failure& f : failures_) {
     if (f.first <= last && first <= f.last) return f.status;
   }
-  return std::nullopt;
+  return ForgottenLocked(first, last, /*sync=*/true);
 }
 
 absl::Status Wal::Close() {

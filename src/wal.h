@@ -42,6 +42,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -239,6 +240,11 @@ class Wal {
   // The status of a failure that covers any of records first..last.
   std::optional<absl::Status> FailedLocked(uint64_t first, uint64_t last) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An error when a forgotten failure may cover any of records first..last
+  // (sync-only ones too when `sync`).
+  std::optional<absl::Status> ForgottenLocked(uint64_t first, uint64_t last,
+                                              bool sync) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether the oldest segment can go, or be compacted (it holds little
   // live data).
   bool CompactionDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -332,7 +338,21 @@ class Wal {
   std::atomic<uint64_t> writes_done_{0};
   // True while a thread writes (the only one touching file_ and writer_).
   bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
+  // The latest kMaxFailures failures; older ones are folded into
+  // forgotten_.
   std::deque<Failure> failures_ ABSL_GUARDED_BY(mu_);
+  // The records covered by the failures dropped from failures_, as one range
+  // each for write failures ([0]) and sync-only ones ([1]), and the latest
+  // such failure's status. A record in a range may or may not have failed:
+  // only a waiter that has not looked while kMaxFailures failures were
+  // recorded can hold one (a failure covers records appended before it), and
+  // it is not confirmed.
+  struct Forgotten {
+    uint64_t first = std::numeric_limits<uint64_t>::max();
+    uint64_t last = 0;
+    absl::Status status;
+  };
+  Forgotten forgotten_[2] ABSL_GUARDED_BY(mu_);
   std::vector<Callback> callbacks_ ABSL_GUARDED_BY(mu_);
 
   // The writer's, touched only with io_busy_ set (or before the log is

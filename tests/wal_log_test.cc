@@ -121,6 +121,38 @@ TEST_CASE(
   REQUIRE(wal->Close().ok());
 }
 
+TEST_CASE(
+    "A record whose failure was followed by many more is still not "
+    "confirmed as synced",
+    "[wal]") {
+  LogFixture f;
+  auto wal = f.MustOpen();
+  // Written, not synced; then its segment is abandoned after a failed write.
+  const uint64_t first = AppendFiller(*wal);
+  REQUIRE(wal->Wait(first, /*sync=*/false).ok());
+  f.env.ResetCallCount();
+  f.env.InjectFault(0, absl::StatusCode::kResourceExhausted,
+                    FaultInjectionEnv::FaultMode::kPersistent);
+  const uint64_t second = AppendFiller(*wal);
+  REQUIRE_FALSE(wal->Wait(second, /*sync=*/true).ok());
+  // Far more failures than the log keeps a record of, while the thread that
+  // appended `first` has not looked yet.
+  for (int i = 0; i < 1000; ++i) {
+    REQUIRE_FALSE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+  }
+  f.env.ClearFault();
+  const uint64_t later = AppendFiller(*wal);
+  REQUIRE(wal->Wait(later, /*sync=*/true).ok());
+  // The log cannot say any more which failure covered `first`, but it must
+  // not confirm it as synced; that it was written still holds.
+  CHECK(wal->Wait(first, /*sync=*/true).code() ==
+        absl::StatusCode::kResourceExhausted);
+  CHECK(wal->Wait(first, /*sync=*/false).ok());
+  // A record appended after all of that is confirmed as before.
+  CHECK(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+  REQUIRE(wal->Close().ok());
+}
+
 // Appends a record of 70 KiB that holds no live message, so the segment
 // that takes it (with the smallest segment size) is full after it.
 uint64_t AppendBig(Wal& wal, uint64_t msg_id) {
