@@ -381,7 +381,6 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   // only where publishers raced or a compaction rewrote a message: sort only
   // then.
   recovered->messages.reserve(replay.index.size());
-  live_.reserve(replay.index.size());
   for (Replay::Msg& m : replay.messages) {
     if (m.live.envelope == nullptr) continue;
     auto& refs = m.live.refs;
@@ -391,7 +390,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
                               }),
                refs.end());
     if (refs.empty()) continue;
-    Entry& e = live_[m.live.envelope->wal_id];
+    Entry& e = live_.FindOrInsert(m.live.envelope->wal_id);
     e.segment = m.segment;
     e.bytes = m.bytes;
     e.refs = refs;
@@ -472,11 +471,11 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         queues_.erase(e.queue_id);
         dedup_.erase(e.queue_id);
         std::vector<uint64_t> ids;
-        for (auto& [id, entry] : live_) {
+        live_.ForEach([&](uint64_t id, const Entry& entry) {
           for (const wal::Ref& r : entry.refs) {
             if (r.queue_id == e.queue_id) ids.push_back(id);
           }
-        }
+        });
         for (uint64_t id : ids) ForgetRefLocked(e.queue_id, id);
         break;
       }
@@ -488,7 +487,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         bindings_.erase(BindingKey(e.binding));
         break;
       case wal::OpType::kPublish: {
-        Entry& entry = live_[e.msg_id];
+        Entry& entry = live_.FindOrInsert(e.msg_id);
         if (Segment* old = FindSegmentLocked(entry.segment);
             old != nullptr && !entry.refs.empty()) {
           --old->live;
@@ -516,7 +515,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             --s->live;
             s->live_bytes -= entry.bytes;
           }
-          live_.erase(e.msg_id);
+          live_.Erase(e.msg_id);
         }
         break;
       }
@@ -525,9 +524,9 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
-        if (auto it = live_.find(e.msg_id); it != live_.end()) {
+        if (Entry* entry = live_.Find(e.msg_id)) {
           wal::ApplyToRefs(e.type, e.queue_id, e.at,
-                           absl::MakeSpan(it->second.refs));
+                           absl::MakeSpan(entry->refs));
         }
         break;
       }
@@ -539,19 +538,19 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
 }
 
 void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
-  auto it = live_.find(msg_id);
-  if (it == live_.end()) return;
-  auto& refs = it->second.refs;
+  Entry* entry = live_.Find(msg_id);
+  if (entry == nullptr) return;
+  auto& refs = entry->refs;
   refs.erase(
       std::remove_if(refs.begin(), refs.end(),
                      [&](const wal::Ref& r) { return r.queue_id == queue_id; }),
       refs.end());
   if (!refs.empty()) return;
-  if (Segment* s = FindSegmentLocked(it->second.segment)) {
+  if (Segment* s = FindSegmentLocked(entry->segment)) {
     --s->live;
-    s->live_bytes -= it->second.bytes;
+    s->live_bytes -= entry->bytes;
   }
-  live_.erase(it);
+  live_.Erase(msg_id);
 }
 
 void Wal::Settled(uint32_t queue_id, uint64_t msg_id) {
@@ -1063,12 +1062,11 @@ void Wal::CompactLocked(Done& done) {
             if (!ops.Next(&op).ok()) break;
             if (op.type != wal::OpType::kPublish) continue;
             MutexLock l(&mu_);
-            auto it = live_.find(op.msg_id);
-            if (it == live_.end() || it->second.segment != oldest.number) {
+            const Entry* entry = live_.Find(op.msg_id);
+            if (entry == nullptr || entry->segment != oldest.number) {
               continue;
             }
-            std::vector<wal::Ref> refs(it->second.refs.begin(),
-                                       it->second.refs.end());
+            std::vector<wal::Ref> refs(entry->refs.begin(), entry->refs.end());
             out.Publish(op.msg_id, op.exchange, op.routing_key, op.published_at,
                         op.message, refs);
             const uint64_t lsn = AppendLocked(out, /*own_sync=*/false);
@@ -1094,16 +1092,16 @@ void Wal::CompactLocked(Done& done) {
     if (!s.ok()) {
       // The copies may not be durable: the originals stay where they are.
       for (uint64_t id : moved) {
-        auto it = live_.find(id);
-        if (it == live_.end() || it->second.segment == oldest.number) continue;
-        if (Segment* from = FindSegmentLocked(it->second.segment)) {
+        Entry* entry = live_.Find(id);
+        if (entry == nullptr || entry->segment == oldest.number) continue;
+        if (Segment* from = FindSegmentLocked(entry->segment)) {
           --from->live;
-          from->live_bytes -= it->second.bytes;
+          from->live_bytes -= entry->bytes;
         }
-        it->second.segment = oldest.number;
+        entry->segment = oldest.number;
         if (Segment* back = FindSegmentLocked(oldest.number)) {
           ++back->live;
-          back->live_bytes += it->second.bytes;
+          back->live_bytes += entry->bytes;
         }
       }
       compact_failed_ = true;  // tried again once a new segment starts

@@ -59,6 +59,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "dense_id_map.h"
 #include "env.h"
 #include "log_writer.h"
 #include "sync.h"
@@ -367,7 +368,7 @@ class Wal {
   // The model: segments, live messages, topology, deduplication entries.
   std::deque<Segment> segments_ ABSL_GUARDED_BY(mu_);
   uint64_t next_segment_ ABSL_GUARDED_BY(mu_) = 1;
-  absl::flat_hash_map<uint64_t, Entry> live_ ABSL_GUARDED_BY(mu_);
+  DenseIdMap<Entry> live_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> exchanges_ ABSL_GUARDED_BY(mu_);
   struct QueueModel {
     std::string op;
