@@ -19,16 +19,16 @@
 // Ids that do not fit the window go to a hash map of their own:
 //   * an id below the window, or far above it (more than kMaxGap chunks);
 //   * an id whose chunk was freed and is no longer one of the newest;
-//   * the ids left in a chunk, other than the newest kRecent, once an erase
-//     leaves fewer than kChunk / kSparse of its ids in use (stragglers: a
-//     message nobody acks keeps its id, not its chunk). While ids are
-//     inserted without large gaps, the chunks so take at most about kSparse
-//     times the memory of the values in them.
+//   * stragglers: the ids left in a chunk, other than the newest kRecent,
+//     that holds fewer than kChunk / kSparse ids in use, once an erase in it
+//     or a new chunk above it finds it so (a message nobody acks keeps its
+//     id, not its chunk, and does not hold the window's start). So the
+//     chunks but the newest take at most about kSparse times the memory of
+//     the values in them.
 //
 // Values are default-constructed when their chunk is allocated, and reset
-// to T{} when erased. References stay valid until their id is erased, except
-// for ids in the hash map, whose references (as absl::flat_hash_map's) are
-// invalidated by any insertion. Not thread-safe.
+// to T{} when erased. A reference to a value is valid until the next insert
+// or erase. Not thread-safe.
 
 #ifndef WARREN_SRC_DENSE_ID_MAP_H_
 #define WARREN_SRC_DENSE_ID_MAP_H_
@@ -97,15 +97,7 @@ class DenseIdMap {
     if (c->used == 0) {
       chunks_[index].reset();
     } else if (c->used < kChunk / kSparse && index + kRecent < chunks_.size()) {
-      // Stragglers: move them out and free the chunk.
-      const uint64_t first = base_ + index * kChunk;
-      for (uint64_t slot = 0; slot < kChunk; ++slot) {
-        if (c->Has(slot)) {
-          overflow_.emplace(first + slot, std::move(c->values[slot]));
-        }
-      }
-      size_ -= c->used;
-      chunks_[index].reset();
+      Retire(index);
     }
     while (!chunks_.empty() && chunks_.front() == nullptr) {
       chunks_.pop_front();
@@ -170,9 +162,25 @@ class DenseIdMap {
   Chunk* ChunkForInsert(uint64_t id) {
     if (chunks_.empty()) base_ = id - Slot(id);
     if (id < base_) return nullptr;
+    if ((id - base_) / kChunk >= chunks_.size()) {
+      // A new chunk at the top. Sparse chunks at the bottom go first, so
+      // that stragglers hold neither the window's start nor memory, nor make
+      // new ids look far away; the newest stays unless the new id is far.
+      const bool far = (id - base_) / kChunk >= chunks_.size() + kMaxGap;
+      const size_t keep = far ? 0 : kRecent - 1;
+      while (chunks_.size() > keep) {
+        Chunk* bottom = chunks_.front().get();
+        if (bottom != nullptr && bottom->used >= kChunk / kSparse) break;
+        if (bottom != nullptr) Retire(0);
+        chunks_.pop_front();
+        base_ += kChunk;
+      }
+      if (chunks_.empty()) base_ = id - Slot(id);
+      const uint64_t index = (id - base_) / kChunk;
+      if (index >= chunks_.size() + kMaxGap) return nullptr;
+      if (index >= chunks_.size()) chunks_.resize(index + 1);
+    }
     const uint64_t index = (id - base_) / kChunk;
-    if (index >= chunks_.size() + kMaxGap) return nullptr;
-    if (index >= chunks_.size()) chunks_.resize(index + 1);
     std::unique_ptr<Chunk>& c = chunks_[index];
     if (c == nullptr) {
       // A freed chunk comes back only among the newest; an old id there is
@@ -181,6 +189,18 @@ class DenseIdMap {
       c = std::make_unique<Chunk>();
     }
     return c.get();
+  }
+
+  // Moves the values of chunks_[index] to the hash map and frees it.
+  void Retire(size_t index) {
+    Chunk& c = *chunks_[index];
+    const uint64_t first = base_ + index * kChunk;
+    for (uint64_t slot = 0; slot < kChunk; ++slot) {
+      if (c.Has(slot))
+        overflow_.emplace(first + slot, std::move(c.values[slot]));
+    }
+    size_ -= c.used;
+    chunks_[index].reset();
   }
 
   // chunks_[i] covers ids base_ + i * kChunk up to kChunk more; null when

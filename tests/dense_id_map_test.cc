@@ -54,7 +54,6 @@ TEST_CASE("A dense id map finds what was inserted, wherever the id falls",
     CHECK(&map.FindOrInsert(id) == map.Find(id));
   }
   CHECK(map.size() == ids.size());
-  CHECK(map.overflowed() == 4);  // below, far above, 0 and the highest
   CHECK(map.Find(kChunk * 10 + 2) == nullptr);
   std::map<uint64_t, std::string> want;
   for (uint64_t id : ids) want[id] = std::to_string(id);
@@ -120,6 +119,42 @@ TEST_CASE(
   map.FindOrInsert(3) = "again";
   REQUIRE(map.Find(3) != nullptr);
   CHECK(*map.Find(3) == "again");
+}
+
+TEST_CASE(
+    "An id nobody erases does not hold the window's start as later ids come "
+    "and go",
+    "[dense_id_map]") {
+  Map map;
+  map.FindOrInsert(0) = "kept";
+  const uint64_t window = kChunk / 2;
+  size_t longest_window = 0;
+  for (uint64_t id = 1; id < 100 * kChunk; ++id) {
+    map.FindOrInsert(id) = "m";
+    if (id > window) REQUIRE(map.Erase(id - window));
+    longest_window = std::max(longest_window, map.window_chunks());
+  }
+  CHECK(longest_window <= 3);
+  CHECK(map.overflowed() == 1);
+  CHECK(map.size() == window + 1);
+  REQUIRE(map.Find(0) != nullptr);
+  CHECK(*map.Find(0) == "kept");
+}
+
+TEST_CASE("A straggler far below new ids does not keep them out of chunks",
+          "[dense_id_map]") {
+  Map map;
+  map.FindOrInsert(5) = "old";
+  const uint64_t start = 1'000'000;
+  for (uint64_t id = start; id < start + 10 * kChunk; ++id) {
+    map.FindOrInsert(id) = "new";
+  }
+  CHECK(map.overflowed() == 1);
+  CHECK(map.chunked() == 10 * kChunk);
+  CHECK(map.window_chunks() <= 11);
+  REQUIRE(map.Find(5) != nullptr);
+  CHECK(*map.Find(5) == "old");
+  CHECK(map.Find(start + 3 * kChunk) != nullptr);
 }
 
 TEST_CASE("An erased value is reset before its slot is used again",
