@@ -99,10 +99,7 @@ class DenseIdMap {
     } else if (c->used < kChunk / kSparse && index + kRecent < chunks_.size()) {
       Retire(index);
     }
-    while (!chunks_.empty() && chunks_.front() == nullptr) {
-      chunks_.pop_front();
-      base_ += kChunk;
-    }
+    TrimBottom(/*keep=*/0, /*min_used=*/0);
     return true;
   }
 
@@ -162,25 +159,18 @@ class DenseIdMap {
   Chunk* ChunkForInsert(uint64_t id) {
     if (chunks_.empty()) base_ = id - Slot(id);
     if (id < base_) return nullptr;
-    if ((id - base_) / kChunk >= chunks_.size()) {
+    uint64_t index = (id - base_) / kChunk;
+    if (index >= chunks_.size()) {
       // A new chunk at the top. Sparse chunks at the bottom go first, so
       // that stragglers hold neither the window's start nor memory, nor make
       // new ids look far away; the newest stays unless the new id is far.
-      const bool far = (id - base_) / kChunk >= chunks_.size() + kMaxGap;
-      const size_t keep = far ? 0 : kRecent - 1;
-      while (chunks_.size() > keep) {
-        Chunk* bottom = chunks_.front().get();
-        if (bottom != nullptr && bottom->used >= kChunk / kSparse) break;
-        if (bottom != nullptr) Retire(0);
-        chunks_.pop_front();
-        base_ += kChunk;
-      }
+      const bool far = index >= chunks_.size() + kMaxGap;
+      TrimBottom(far ? 0 : kRecent - 1, kChunk / kSparse);
       if (chunks_.empty()) base_ = id - Slot(id);
-      const uint64_t index = (id - base_) / kChunk;
+      index = (id - base_) / kChunk;
       if (index >= chunks_.size() + kMaxGap) return nullptr;
-      if (index >= chunks_.size()) chunks_.resize(index + 1);
+      chunks_.resize(index + 1);
     }
-    const uint64_t index = (id - base_) / kChunk;
     std::unique_ptr<Chunk>& c = chunks_[index];
     if (c == nullptr) {
       // A freed chunk comes back only among the newest; an old id there is
@@ -189,6 +179,19 @@ class DenseIdMap {
       c = std::make_unique<Chunk>();
     }
     return c.get();
+  }
+
+  // Drops chunks from the bottom of the window while they are freed or hold
+  // fewer than `min_used` values (which move to the hash map), keeping the
+  // newest `keep`.
+  void TrimBottom(size_t keep, uint64_t min_used) {
+    while (chunks_.size() > keep) {
+      Chunk* bottom = chunks_.front().get();
+      if (bottom != nullptr && bottom->used >= min_used) return;
+      if (bottom != nullptr) Retire(0);
+      chunks_.pop_front();
+      base_ += kChunk;
+    }
   }
 
   // Moves the values of chunks_[index] to the hash map and frees it.

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "envelope.h"
 #include "log_reader.h"
