@@ -651,27 +651,25 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   WARREN_RETURN_IF_ERROR(
       ValidatePublish(exchange, routing_key, message, options));
   PendingPublish pending;
-  WARREN_RETURN_IF_ERROR(
-      PublishOne(exchange, routing_key, std::move(message), options, pending));
+  WARREN_RETURN_IF_ERROR(PublishOne(exchange, routing_key, std::move(message),
+                                    options, ConfirmBy::kWait, pending));
   absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
-  if (pending.lsn != 0) {
+  if (pending.logged.lsn != 0) {
     // The confirm: the record is as durable as the policy promises.
-    WARREN_RETURN_IF_ERROR(wal_->Wait(pending.lsn, pending.sync));
+    WARREN_RETURN_IF_ERROR(wal_->Wait(pending.logged));
   }
   return outcome;
 }
 
-absl::Status BrokerImpl::PublishOne(std::string_view exchange,
-                                    std::string_view routing_key,
-                                    Message&& message,
-                                    const PublishOptions& options,
-                                    PendingPublish& pending) {
+absl::Status BrokerImpl::PublishOne(
+    std::string_view exchange, std::string_view routing_key, Message&& message,
+    const PublishOptions& options, ConfirmBy confirm, PendingPublish& pending) {
   ReaderLock lock(&topo_mu_);
   WARREN_ASSIGN_OR_RETURN(Exchange * target, PublishTargetLocked(exchange));
   thread_local wal::RecordBuilder record;
   RoutePublishLocked(*target, routing_key, std::move(message), options, pending,
                      record);
-  LogPublishes(record, options, &pending, 1);
+  LogPublishes(record, options, confirm, &pending, 1);
   EnqueuePublishLocked(options, pending);
   return absl::OkStatus();
 }
@@ -687,13 +685,13 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
   }
   PendingPublish pending;
   if (absl::Status s = PublishOne(exchange, routing_key, std::move(message),
-                                  options, pending);
+                                  options, ConfirmBy::kCallback, pending);
       !s.ok()) {
     std::move(done)(std::move(s));
     return;
   }
   absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
-  if (pending.lsn == 0) {
+  if (pending.logged.lsn == 0) {
     std::move(done)(std::move(outcome));
     return;
   }
@@ -706,7 +704,7 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
     PublishCallback done;
   };
   wal_->WhenDurable(
-      pending.lsn, pending.sync,
+      pending.logged.lsn, pending.logged.sync,
       [confirm = MakePooled<Confirm>(Confirm{
            std::move(outcome), std::move(done)})](absl::Status s) mutable {
         if (s.ok()) {
@@ -737,24 +735,22 @@ BrokerImpl::PublishBatch(std::string_view exchange,
                          std::move(messages[i].message), options, pending[i],
                          record);
     }
-    LogPublishes(record, options, pending.data(), pending.size());
+    LogPublishes(record, options, ConfirmBy::kWait, pending.data(),
+                 pending.size());
     for (PendingPublish& p : pending) EnqueuePublishLocked(options, p);
   }
   std::vector<absl::StatusOr<PublishOutcome>> outcomes;
   outcomes.reserve(pending.size());
-  uint64_t lsn = 0;
-  bool sync = false;
+  // The batch's persistent messages share one record, and so one ticket.
+  const Wal::Ticket* logged = nullptr;
   for (PendingPublish& p : pending) {
     outcomes.push_back(FinishPublish(p, options));
-    if (p.lsn != 0) {
-      lsn = p.lsn;
-      sync = p.sync;
-    }
+    if (p.logged.lsn != 0) logged = &p.logged;
   }
-  if (lsn != 0) {
-    if (absl::Status s = wal_->Wait(lsn, sync); !s.ok()) {
+  if (logged != nullptr) {
+    if (absl::Status s = wal_->Wait(*logged); !s.ok()) {
       for (size_t i = 0; i < pending.size(); ++i) {
-        if (pending[i].lsn != 0 && outcomes[i].ok()) outcomes[i] = s;
+        if (pending[i].logged.lsn != 0 && outcomes[i].ok()) outcomes[i] = s;
       }
     }
   }
@@ -840,18 +836,23 @@ void BrokerImpl::RoutePublishLocked(Exchange& target,
 }
 
 void BrokerImpl::LogPublishes(wal::RecordBuilder& record,
-                              const PublishOptions& options,
+                              const PublishOptions& options, ConfirmBy confirm,
                               PendingPublish* pending, size_t n) {
   if (record.empty()) return;
   const SyncPolicy policy = PolicyOf(options);
-  // Every caller goes on to Wait or WhenDurable for the record.
-  const uint64_t lsn =
-      wal_->Append(record, /*own_sync=*/policy == SyncPolicy::kEveryPublish,
-                   /*will_wait=*/true);
+  const bool own_sync = policy == SyncPolicy::kEveryPublish;
+  const bool sync = Wal::NeedsSync(policy);
+  Wal::Ticket logged;
+  if (confirm == ConfirmBy::kWait) {
+    // The caller goes on to Wait, once, with this ticket.
+    logged = wal_->AppendForWait(record, own_sync, sync);
+  } else {
+    logged.lsn = wal_->Append(record, own_sync, /*will_wait=*/true);
+    logged.sync = sync;
+  }
   for (size_t i = 0; i < n; ++i) {
     if (pending[i].envelope != nullptr && pending[i].envelope->wal_id != 0) {
-      pending[i].lsn = lsn;
-      pending[i].sync = Wal::NeedsSync(policy);
+      pending[i].logged = logged;
     }
   }
 }

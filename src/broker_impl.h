@@ -123,11 +123,13 @@ class BrokerImpl final : public Broker, private QueueOwner {
     std::vector<std::shared_ptr<Queue>> flush;
     // Where routing sent it (valid under the topology lock).
     absl::InlinedVector<Queue*, 8> targets;
-    // The log record of a persistent publish (0: none) and what its confirm
-    // waits for.
-    uint64_t lsn = 0;
-    bool sync = false;
+    // The log record of a persistent publish (lsn 0: none) and what its
+    // confirm waits for.
+    Wal::Ticket logged;
   };
+  // How a publish's confirm waits for its log record: the publishing thread
+  // in Wal::Wait, or a callback (Wal::WhenDurable).
+  enum class ConfirmBy { kWait, kCallback };
   static absl::Status ValidatePublish(std::string_view exchange,
                                       std::string_view routing_key,
                                       const Message& message,
@@ -147,12 +149,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Routes, logs and enqueues one publish under the topology lock.
   absl::Status PublishOne(std::string_view exchange,
                           std::string_view routing_key, Message&& message,
-                          const PublishOptions& options,
+                          const PublishOptions& options, ConfirmBy confirm,
                           PendingPublish& pending)
       ABSL_LOCKS_EXCLUDED(topo_mu_);
   // Appends `record` (if not empty) for `pending` publishes.
   void LogPublishes(wal::RecordBuilder& record, const PublishOptions& options,
-                    PendingPublish* pending, size_t n);
+                    ConfirmBy confirm, PendingPublish* pending, size_t n);
   // Logs that durable queue `queue` did not take persistent message `id`.
   void LogNotTaken(const Queue& queue, const Envelope& envelope);
   // Adds (`bind`) or removes a binding, and logs the change when both its

@@ -31,6 +31,9 @@ constexpr absl::Duration kMaxSpinSync = absl::Microseconds(500);
 constexpr int kSpinPauses = 200;
 constexpr auto kSlowYield = std::chrono::microseconds(3);
 constexpr int kMaxSlowYields = 3;
+// A leader gathering its group by spinning looks at the count of waiters
+// after this many pauses.
+constexpr int kGatherPauses = 32;
 constexpr std::string_view kSuffix = ".wal";
 
 // "000042.wal" -> 42; nullopt for other names.
@@ -435,6 +438,33 @@ uint64_t Wal::Append(wal::RecordBuilder& record, bool own_sync,
   if (wake) bg_cv_.Signal();
   record.clear();
   return lsn;
+}
+
+Wal::Ticket Wal::AppendForWait(wal::RecordBuilder& record, bool own_sync,
+                               bool sync) {
+  Ticket t;
+  t.sync = sync;
+  {
+    MutexLock l(&mu_);
+    t.lsn = AppendLocked(record, own_sync);
+    if (sync) {
+      AddSyncWaiterLocked(t.lsn);
+      t.registered = true;
+      t.spin_until = SpinDeadlineLocked();
+      t.joined = gathering_ && t.spin_until != SteadyTime();
+      t.failures = failures_recorded_.load(std::memory_order_relaxed);
+      t.writes = writes_done_.load(std::memory_order_relaxed);
+    }
+  }
+  record.clear();
+  return t;
+}
+
+void Wal::AddSyncWaiterLocked(uint64_t lsn) {
+  sync_wanted_ = std::max(sync_wanted_, lsn);
+  sync_waiters_.push_back(lsn);
+  sync_waiter_count_.store(sync_waiters_.size(), std::memory_order_release);
+  if (gathering_ && sync_waiters_.size() >= group_size_) gather_cv_.Signal();
 }
 
 uint64_t Wal::AppendLocked(const wal::RecordBuilder& record, bool own_sync) {
@@ -865,16 +895,20 @@ void Wal::RunDone(Done& done) {
   done.clear();
 }
 
-absl::Status Wal::Wait(uint64_t lsn, bool sync) {
+absl::Status Wal::Wait(const Ticket& ticket) {
+  const uint64_t lsn = ticket.lsn;
+  const bool sync = ticket.sync;
+  if (ticket.joined &&
+      SpinForSync(lsn, ticket.failures, ticket.writes, ticket.spin_until)) {
+    // The gathering leader's sync covered it, and took it out of
+    // sync_waiters_.
+    return absl::OkStatus();
+  }
   Done done;
   absl::Status result;
   mu_.Lock();
-  if (sync && lsn > synced_lsn_) {
-    sync_wanted_ = std::max(sync_wanted_, lsn);
-    sync_waiters_.push_back(lsn);
-    if (gathering_ && sync_waiters_.size() >= group_size_) {
-      gather_cv_.Signal();
-    }
+  if (sync && !ticket.registered && lsn > synced_lsn_) {
+    AddSyncWaiterLocked(lsn);
   }
   const SteadyTime spin_until = sync ? SpinDeadlineLocked() : SteadyTime();
   for (;;) {
@@ -910,7 +944,10 @@ absl::Status Wal::Wait(uint64_t lsn, bool sync) {
   if (sync) {
     // Gone already when a sync covered it (or was never there).
     auto it = std::find(sync_waiters_.begin(), sync_waiters_.end(), lsn);
-    if (it != sync_waiters_.end()) sync_waiters_.erase(it);
+    if (it != sync_waiters_.end()) {
+      sync_waiters_.erase(it);
+      sync_waiter_count_.store(sync_waiters_.size(), std::memory_order_release);
+    }
   }
   mu_.Unlock();
   RunDone(done);
@@ -921,6 +958,7 @@ void Wal::SetSyncedLocked(uint64_t lsn) {
   if (lsn <= synced_lsn_) return;
   synced_lsn_ = lsn;
   std::erase_if(sync_waiters_, [lsn](uint64_t w) { return w <= lsn; });
+  sync_waiter_count_.store(sync_waiters_.size(), std::memory_order_release);
   synced_hint_.store(lsn, std::memory_order_release);
 }
 
@@ -962,6 +1000,33 @@ void Wal::GatherLocked() {
   const size_t want = group_size_;
   if (want <= 1 || last_sync_took_ <= absl::ZeroDuration() ||
       sync_waiters_.size() >= want) {
+    return;
+  }
+  if (spin_for_sync_) {
+    // Spinning: its group spins for the sync too, so there are cores to
+    // spare, and a wake-up here would delay every waiter's sync.
+    gathering_ = true;
+    const SteadyTime start = SteadyClock::now();
+    const SteadyTime limit = start + absl::ToChronoNanoseconds(std::min(
+                                         last_sync_took_ / 2, kMaxGather));
+    const auto gap = absl::ToChronoNanoseconds(last_sync_took_ / 8);
+    size_t seen = sync_waiters_.size();
+    SteadyTime deadline = std::min(limit, start + gap);
+    mu_.Unlock();
+    for (;;) {
+      for (int i = 0; i < kGatherPauses; ++i) CpuRelax();
+      const size_t now_seen =
+          sync_waiter_count_.load(std::memory_order_acquire);
+      if (now_seen >= want) break;
+      const SteadyTime now = SteadyClock::now();
+      if (now_seen != seen) {
+        seen = now_seen;
+        deadline = std::min(limit, now + gap);
+      }
+      if (now >= deadline) break;
+    }
+    mu_.Lock();
+    gathering_ = false;
     return;
   }
   // The leader is woken once the group is complete. Until then it looks

@@ -131,12 +131,37 @@ class Wal {
   uint64_t NewMessageId();
   uint32_t NewQueueId();
 
+  using SteadyClock = std::chrono::steady_clock;
+  using SteadyTime = SteadyClock::time_point;
+
   // Appends `record` (cleared on return); returns its LSN. `own_sync`: the
   // record is synced by a sync of its own (SyncPolicy::kEveryPublish).
   // `will_wait`: the caller goes on to Wait or WhenDurable for it, so the
   // background thread need not be woken to write it.
   uint64_t Append(wal::RecordBuilder& record, bool own_sync = false,
                   bool will_wait = false);
+
+  // What AppendForWait hands the caller, for Wait.
+  struct Ticket {
+    uint64_t lsn = 0;
+    bool sync = false;
+    // Append counted the caller among the threads waiting for a sync.
+    bool registered = false;
+    // ...while a leader was gathering its group (GatherLocked): the record
+    // is in that leader's write, so Wait first spins for its sync without
+    // taking the mutex, until `spin_until`, a failure (`failures` counts
+    // those recorded before) or the end of a write (`writes`).
+    bool joined = false;
+    uint64_t failures = 0;
+    uint64_t writes = 0;
+    SteadyTime spin_until;
+  };
+  // Appends `record` (cleared on return) for a caller that goes on to
+  // Wait(ticket) for it, written or (with `sync`) synced. A caller that waits
+  // for a sync counts as a sync waiter from here on, so a leader gathering
+  // its group does not wait for it to reach Wait, and the caller takes the
+  // log's mutex once instead of twice when it joins a gathering group.
+  Ticket AppendForWait(wal::RecordBuilder& record, bool own_sync, bool sync);
 
   // Whether `policy` confirms only after a sync.
   static bool NeedsSync(SyncPolicy policy) {
@@ -146,7 +171,14 @@ class Wal {
 
   // Blocks until record `lsn` is written (or synced, with `sync`), writing
   // it itself when nobody else is. Call with no broker lock held.
-  absl::Status Wait(uint64_t lsn, bool sync);
+  absl::Status Wait(uint64_t lsn, bool sync) {
+    Ticket ticket;
+    ticket.lsn = lsn;
+    ticket.sync = sync;
+    return Wait(ticket);
+  }
+  // The same for a record appended with AppendForWait; call it once.
+  absl::Status Wait(const Ticket& ticket);
 
   // Runs `done` once record `lsn` is written (or synced): on the thread that
   // wrote it, or at once (on this thread) if it already is.
@@ -254,8 +286,8 @@ class Wal {
   // drops the sync waiters it covers: their threads may return without
   // taking mu_ again (SpinForSync).
   void SetSyncedLocked(uint64_t lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  using SteadyClock = std::chrono::steady_clock;
-  using SteadyTime = SteadyClock::time_point;
+  // Counts `lsn` among the threads waiting for a sync.
+  void AddSyncWaiterLocked(uint64_t lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Until when a thread that starts waiting for a sync now may spin before
   // it sleeps on done_cv_: about two of the last syncs, when those are
   // short enough for a sleeping thread's wake-up to matter and the machine
@@ -272,7 +304,9 @@ class Wal {
   // sync than waited when the last one finished (the rest are likely
   // publishing their next record), waits for them: until the group is
   // complete, no new one arrived in an eighth of the last sync's time, or
-  // half that sync's time (1 ms at most) has passed.
+  // half that sync's time (1 ms at most) has passed. Where waiters spin for
+  // syncs (spin_for_sync_), it spins too, without mu_, rather than sleep
+  // until the last one wakes it.
   void GatherLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes everything pending (and syncs when wanted); unlocks meanwhile.
   // Appends the callbacks now due to `done`.
@@ -319,8 +353,9 @@ class Wal {
   // The last LSN written to a segment abandoned after a failure: what it
   // wrote after its last sync can never be synced.
   uint64_t abandoned_lsn_ ABSL_GUARDED_BY(mu_) = 0;
-  // Group commit: the LSNs of the threads in Wait for a sync, all above
-  // synced_lsn_ (a sync drops those it covers); how many there were when
+  // Group commit: the LSNs of the threads waiting for a sync (in Wait, or
+  // between AppendForWait and Wait), all above synced_lsn_ (a sync drops
+  // those it covers); how many there were when
   // the last sync finished, and how long it took; whether a leader is
   // waiting for more of them (GatherLocked).
   std::vector<uint64_t> sync_waiters_ ABSL_GUARDED_BY(mu_);
@@ -335,6 +370,8 @@ class Wal {
   std::atomic<uint64_t> synced_hint_{0};
   std::atomic<uint64_t> failures_recorded_{0};
   std::atomic<uint64_t> writes_done_{0};
+  // sync_waiters_.size(), for a leader gathering without mu_.
+  std::atomic<size_t> sync_waiter_count_{0};
   // True while a thread writes (the only one touching file_ and writer_).
   bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
   // The latest kMaxFailures failures; older ones are folded into

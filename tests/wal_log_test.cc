@@ -270,6 +270,11 @@ TEST_CASE(
     "Threads that spin for a group commit are confirmed only for records a "
     "sync covered, while writes and syncs fail at random",
     "[wal]") {
+  // Registered: each thread appends with AppendForWait, as a synchronous
+  // publish does, and so may join a group being gathered and spin for its
+  // sync without taking the log's mutex.
+  const bool registered = GENERATE(false, true);
+  CAPTURE(registered);
   LogFixture f;
   f.options.spin_for_sync = true;
   constexpr int kThreads = 4;
@@ -277,6 +282,7 @@ TEST_CASE(
   std::vector<std::vector<std::string>> confirmed(kThreads);
   std::atomic<int> commits{0};
   std::atomic<int> failed{0};
+  std::atomic<int> joined{0};
   std::atomic<bool> cut{false};
   {
     auto wal = f.MustOpenSmallWithQueues(1);
@@ -288,7 +294,15 @@ TEST_CASE(
               "t" + std::to_string(t) + "-" + std::to_string(i);
           wal::RecordBuilder record =
               PublishRecord(uint64_t(i) * kThreads + uint64_t(t) + 1, 1, body);
-          const absl::Status s = Commit(*wal, record);
+          absl::Status s;
+          if (registered) {
+            const Wal::Ticket ticket =
+                wal->AppendForWait(record, /*own_sync=*/false, /*sync=*/true);
+            if (ticket.joined) joined.fetch_add(1);
+            s = wal->Wait(ticket);
+          } else {
+            s = Commit(*wal, record);
+          }
           // Confirmed before the power cut began: it must survive it.
           if (s.ok() && !cut.load()) confirmed[t].push_back(body);
           if (!s.ok()) failed.fetch_add(1);
@@ -313,7 +327,8 @@ TEST_CASE(
     for (std::thread& t : threads) t.join();
     f.env.ClearFault();
   }
-  INFO(failed.load() << " of " << commits.load() << " commits failed");
+  INFO(failed.load() << " of " << commits.load() << " commits failed, "
+                     << joined.load() << " joined a gathering group");
   CHECK(failed.load() > 0);
   // Every confirmed message survived the power cut, in its thread's order.
   std::vector<std::vector<std::string>> recovered(kThreads);
