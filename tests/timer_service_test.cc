@@ -421,21 +421,23 @@ TEST_CASE(
     if (std::this_thread::get_id() == test_thread) on_other_thread = false;
     cv.notify_all();
   };
-  timers.Schedule(start + absl::Milliseconds(30), [&] { record(30); });
-  timers.Schedule(start + absl::Milliseconds(10), [&] { record(10); });
-  timers.Schedule(start + absl::Milliseconds(20), [&] { record(20); });
+  // The deadlines are far enough apart that scheduling all five (slow under
+  // a sanitizer on a loaded machine) takes less than the first one's 100 ms.
+  timers.Schedule(start + absl::Milliseconds(300), [&] { record(30); });
+  timers.Schedule(start + absl::Milliseconds(100), [&] { record(10); });
+  timers.Schedule(start + absl::Milliseconds(200), [&] { record(20); });
   timers.Schedule(start - absl::Seconds(1), [&] { record(0); });  // past
   const TimerId cancelled =
-      timers.Schedule(start + absl::Milliseconds(15), [&] { record(15); });
+      timers.Schedule(start + absl::Milliseconds(150), [&] { record(15); });
   REQUIRE(timers.Cancel(cancelled));
   REQUIRE(WaitFor(mu, cv, [&] { return ran.size() == 4; }));
 
   std::lock_guard<std::mutex> lock(mu);
   CHECK(ran == std::vector<int>{0, 10, 20, 30});
   CHECK(on_other_thread);
-  CHECK(ran_at[1] >= start + absl::Milliseconds(10));
-  CHECK(ran_at[2] >= start + absl::Milliseconds(20));
-  CHECK(ran_at[3] >= start + absl::Milliseconds(30));
+  CHECK(ran_at[1] >= start + absl::Milliseconds(100));
+  CHECK(ran_at[2] >= start + absl::Milliseconds(200));
+  CHECK(ran_at[3] >= start + absl::Milliseconds(300));
   CHECK(timers.pending() == 0);
 }
 
