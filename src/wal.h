@@ -18,6 +18,9 @@
 // waiters share one write and one fdatasync. Where syncs are short and cores
 // spare, the others spin for the sync instead of sleeping, and return as
 // soon as it lands without taking the mutex again (Options::spin_for_sync).
+// A caller that goes on to wait appends with AppendForWait, which counts it
+// as a sync waiter at once: one that joins a group its leader is gathering
+// spins for that sync without taking the mutex a second time.
 // A background thread writes what nobody waits for, syncs on the interval,
 // and compacts.
 //
