@@ -653,11 +653,18 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   PendingPublish pending;
   WARREN_RETURN_IF_ERROR(PublishOne(exchange, routing_key, std::move(message),
                                     options, ConfirmBy::kWait, pending));
-  absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
-  if (pending.logged.lsn != 0) {
-    // The confirm: the record is as durable as the policy promises.
-    WARREN_RETURN_IF_ERROR(wal_->Wait(pending.logged));
+  // The confirm: the record is as durable as the policy promises. A publish
+  // about to wait for room in a full queue waits for it first: it counts as
+  // a sync waiter since its append, and others rely on such a waiter to lead
+  // the next write soon.
+  absl::Status logged;
+  if (pending.logged.lsn != 0 && !pending.blocked.empty()) {
+    logged = wal_->Wait(pending.logged);
+    pending.logged.lsn = 0;
   }
+  absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
+  if (pending.logged.lsn != 0) logged = wal_->Wait(pending.logged);
+  WARREN_RETURN_IF_ERROR(logged);
   return outcome;
 }
 
@@ -741,17 +748,23 @@ BrokerImpl::PublishBatch(std::string_view exchange,
   }
   std::vector<absl::StatusOr<PublishOutcome>> outcomes;
   outcomes.reserve(pending.size());
-  // The batch's persistent messages share one record, and so one ticket.
-  const Wal::Ticket* logged = nullptr;
+  // The batch's persistent messages share one record, and so one ticket,
+  // waited for before any wait for room in a full queue (see Publish).
+  std::optional<Wal::Ticket> ticket;
+  bool blocks = false;
+  for (const PendingPublish& p : pending) {
+    if (p.logged.lsn != 0) ticket = p.logged;
+    blocks = blocks || !p.blocked.empty();
+  }
+  absl::Status logged;
+  if (ticket.has_value() && blocks) logged = wal_->Wait(*ticket);
   for (PendingPublish& p : pending) {
     outcomes.push_back(FinishPublish(p, options));
-    if (p.logged.lsn != 0) logged = &p.logged;
   }
-  if (logged != nullptr) {
-    if (absl::Status s = wal_->Wait(*logged); !s.ok()) {
-      for (size_t i = 0; i < pending.size(); ++i) {
-        if (pending[i].logged.lsn != 0 && outcomes[i].ok()) outcomes[i] = s;
-      }
+  if (ticket.has_value() && !blocks) logged = wal_->Wait(*ticket);
+  if (!logged.ok()) {
+    for (size_t i = 0; i < pending.size(); ++i) {
+      if (pending[i].logged.lsn != 0 && outcomes[i].ok()) outcomes[i] = logged;
     }
   }
   return outcomes;

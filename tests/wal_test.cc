@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <set>
@@ -615,6 +616,38 @@ TEST_CASE("Concurrent group-commit publishers share syncs and lose nothing",
   b.reset();
   auto r = f.MustOpen();
   CHECK(r->GetQueueStats("q")->ready == 800);
+}
+
+TEST_CASE(
+    "A synchronous persistent publish that waits for room in a full queue "
+    "has its record synced while it waits",
+    "[wal]") {
+  Fixture f;
+  auto b = f.MustOpen();
+  REQUIRE(b->DeclareQueue(
+               "q",
+               {.durable = true, .max_length = 1, .overflow = Overflow::kBlock})
+              .ok());
+  REQUIRE(b->Publish("", "q", Message("first"), Persistent()).ok());
+  const uint64_t syncs = b->Stats().wal.syncs;
+  absl::StatusOr<PublishOutcome> waited;
+  std::thread publisher(
+      [&] { waited = b->Publish("", "q", Message("second"), Persistent()); });
+  // Nothing else writes to the log: its sync is the publisher's own.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (b->Stats().wal.syncs == syncs &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  CHECK(b->Stats().wal.syncs > syncs);
+  CHECK(b->GetQueueStats("q")->ready == 1);  // still waiting for room
+  auto c = b->Consume("q").value();
+  REQUIRE(c->Ack(c->Receive(absl::Seconds(30)).value()).ok());  // makes room
+  publisher.join();
+  REQUIRE(waited.ok());
+  CHECK(waited->queues == 1);
+  CHECK(c->Receive(absl::Seconds(30)).value().body() == "second");
 }
 
 TEST_CASE("PublishAsync confirms through a future and a callback", "[wal]") {
