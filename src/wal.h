@@ -66,6 +66,7 @@
 #include "sync.h"
 #include "wal_records.h"
 #include "warren/clock.h"
+#include "warren/mpmc_queue.h"  // kCacheLineSize
 #include "warren/options.h"
 #include "warren/stats.h"
 
@@ -369,14 +370,17 @@ class Wal {
   // For threads that wait for a sync by spinning, without mu_: a copy of
   // synced_lsn_, and counts of the failures recorded and the writes
   // finished. Stored under mu_; a failure is counted before the LSNs it
-  // covers can be synced by a later segment.
-  std::atomic<uint64_t> synced_hint_{0};
+  // covers can be synced by a later segment. On a cache line of their own,
+  // which only the writer stores to: the spinners poll it, and every append
+  // writes the fields around it.
+  alignas(kCacheLineSize) std::atomic<uint64_t> synced_hint_{0};
   std::atomic<uint64_t> failures_recorded_{0};
   std::atomic<uint64_t> writes_done_{0};
-  // sync_waiters_.size(), for a leader gathering without mu_.
-  std::atomic<size_t> sync_waiter_count_{0};
+  // sync_waiters_.size(), for a leader gathering without mu_ (on the next
+  // line: each sync waiter's append stores it).
+  alignas(kCacheLineSize) std::atomic<size_t> sync_waiter_count_{0};
   // True while a thread writes (the only one touching file_ and writer_).
-  bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
+  alignas(kCacheLineSize) bool io_busy_ ABSL_GUARDED_BY(mu_) = false;
   // The latest kMaxFailures failures; older ones are folded into
   // forgotten_.
   std::deque<Failure> failures_ ABSL_GUARDED_BY(mu_);
