@@ -949,7 +949,14 @@ absl::Status Wal::Wait(const Ticket& ticket) {
       sync_waiter_count_.store(sync_waiters_.size(), std::memory_order_release);
     }
   }
+  // A writer that finished while this thread waited left what others
+  // appended meanwhile to the sync waiters (see LeadLocked). This one leaves
+  // without writing when its record failed: if it was the last, the
+  // background thread writes the rest.
+  const bool wake =
+      !result.ok() && bg_sleeping_ && sync_waiters_.empty() && WorkLocked();
   mu_.Unlock();
+  if (wake) bg_cv_.Signal();
   RunDone(done);
   return result;
 }
