@@ -27,7 +27,7 @@ namespace warren::internal {
 //
 // On a machine with at least four hardware threads, Lock spins briefly
 // (trying again after 1, 2, 4 ... 32 pauses, 256 pauses in all) before it
-// blocks, as glibc's adaptive mutexes and absl::Mutex do: warren's critical
+// blocks, as glibc's adaptive mutexes do: warren's critical
 // sections are short, and when several threads arrive at once (publishers
 // whose group commit just landed, say) each would otherwise sleep in the
 // kernel and wait to be woken, one after another.

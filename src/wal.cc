@@ -36,6 +36,36 @@ constexpr int kMaxSlowYields = 3;
 constexpr int kGatherPauses = 32;
 constexpr std::string_view kSuffix = ".wal";
 
+// When a leader gathering its group stops waiting for it (the group's
+// arrival ends it earlier): it looks every eighth of the last sync's time; a
+// group still arriving gets another look, one that stopped (a publisher went
+// away) is not waited for any longer, and half the last sync's time (1 ms at
+// most) is the limit.
+class GatherDeadline {
+ public:
+  GatherDeadline(absl::Duration last_sync, size_t seen, absl::Time now)
+      : limit_(now + std::min(last_sync / 2, kMaxGather)),
+        gap_(last_sync / 8),
+        seen_(seen),
+        at_(std::min(limit_, now + gap_)) {}
+
+  absl::Time at() const { return at_; }
+  // Called once at() has passed, with `seen` threads gathered: whether to
+  // stop; if not, the next look is due one gap from `now`.
+  bool Passed(size_t seen, absl::Time now) {
+    if (seen == seen_ || now >= limit_) return true;
+    seen_ = seen;
+    at_ = std::min(limit_, now + gap_);
+    return false;
+  }
+
+ private:
+  const absl::Time limit_;
+  const absl::Duration gap_;
+  size_t seen_;
+  absl::Time at_;
+};
+
 // "000042.wal" -> 42; nullopt for other names.
 std::optional<uint64_t> ParseSegmentName(std::string_view name) {
   if (name.size() <= kSuffix.size() ||
@@ -1009,52 +1039,28 @@ void Wal::GatherLocked() {
       sync_waiters_.size() >= want) {
     return;
   }
+  GatherDeadline deadline(last_sync_took_, sync_waiters_.size(), absl::Now());
+  gathering_ = true;
   if (spin_for_sync_) {
     // Spinning: its group spins for the sync too, so there are cores to
     // spare, and a wake-up here would delay every waiter's sync.
-    gathering_ = true;
-    const SteadyTime start = SteadyClock::now();
-    const SteadyTime limit = start + absl::ToChronoNanoseconds(std::min(
-                                         last_sync_took_ / 2, kMaxGather));
-    const auto gap = absl::ToChronoNanoseconds(last_sync_took_ / 8);
-    size_t seen = sync_waiters_.size();
-    SteadyTime deadline = std::min(limit, start + gap);
     mu_.Unlock();
     for (;;) {
       for (int i = 0; i < kGatherPauses; ++i) CpuRelax();
-      const size_t now_seen =
-          sync_waiter_count_.load(std::memory_order_acquire);
-      if (now_seen >= want) break;
-      const SteadyTime now = SteadyClock::now();
-      if (now_seen != seen) {
-        seen = now_seen;
-        deadline = std::min(limit, now + gap);
-      }
-      if (now >= deadline) break;
+      const size_t seen = sync_waiter_count_.load(std::memory_order_acquire);
+      if (seen >= want) break;
+      const absl::Time now = absl::Now();
+      if (now >= deadline.at() && deadline.Passed(seen, now)) break;
     }
     mu_.Lock();
-    gathering_ = false;
-    return;
-  }
-  // The leader is woken once the group is complete. Until then it looks
-  // every `gap`: a group still arriving gets another gap, one that stopped
-  // (a publisher went away) is not waited for any longer.
-  const absl::Time start = absl::Now();
-  const absl::Time limit = start + std::min(last_sync_took_ / 2, kMaxGather);
-  const absl::Duration gap = last_sync_took_ / 8;
-  gathering_ = true;
-  size_t seen = sync_waiters_.size();
-  absl::Time deadline = std::min(limit, start + gap);
-  while (!stop_) {
-    const bool timed_out = gather_cv_.WaitWithDeadline(&mu_, deadline);
-    const size_t now_seen = sync_waiters_.size();
-    if (now_seen >= want) break;
-    if (timed_out) {
-      const absl::Time now = absl::Now();
-      if (now_seen == seen || now >= limit) break;
-      deadline = std::min(limit, now + gap);
+  } else {
+    // Woken once the group is complete.
+    while (!stop_) {
+      const bool timed_out = gather_cv_.WaitWithDeadline(&mu_, deadline.at());
+      const size_t seen = sync_waiters_.size();
+      if (seen >= want) break;
+      if (timed_out && deadline.Passed(seen, absl::Now())) break;
     }
-    seen = now_seen;
   }
   gathering_ = false;
 }
