@@ -480,10 +480,15 @@ Wal::Ticket Wal::AppendForWait(wal::RecordBuilder& record, bool own_sync,
     if (sync) {
       AddSyncWaiterLocked(t.lsn);
       t.registered = true;
-      t.spin_until = SpinDeadlineLocked();
-      t.joined = gathering_ && t.spin_until != SteadyTime();
-      t.failures = failures_recorded_.load(std::memory_order_relaxed);
-      t.writes = writes_done_.load(std::memory_order_relaxed);
+      // Only a caller that joins a gathering group needs the spin's terms
+      // now (Wait works them out itself otherwise): no clock read under the
+      // mutex for the others.
+      if (gathering_) {
+        t.spin_until = SpinDeadlineLocked();
+        t.joined = t.spin_until != SteadyTime();
+        t.failures = failures_recorded_.load(std::memory_order_relaxed);
+        t.writes = writes_done_.load(std::memory_order_relaxed);
+      }
     }
   }
   record.clear();
