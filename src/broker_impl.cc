@@ -657,13 +657,13 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   // about to wait for room in a full queue waits for it first: it counts as
   // a sync waiter since its append, and others rely on such a waiter to lead
   // the next write soon.
+  const bool logged_first = pending.logged.lsn != 0 && !pending.blocked.empty();
   absl::Status logged;
-  if (pending.logged.lsn != 0 && !pending.blocked.empty()) {
-    logged = wal_->Wait(pending.logged);
-    pending.logged.lsn = 0;
-  }
+  if (logged_first) logged = wal_->Wait(pending.logged);
   absl::StatusOr<PublishOutcome> outcome = FinishPublish(pending, options);
-  if (pending.logged.lsn != 0) logged = wal_->Wait(pending.logged);
+  if (pending.logged.lsn != 0 && !logged_first) {
+    logged = wal_->Wait(pending.logged);
+  }
   WARREN_RETURN_IF_ERROR(logged);
   return outcome;
 }
