@@ -59,8 +59,10 @@ std::string CPath(std::string_view path) { return std::string(path); }
 
 class PosixWritableFile final : public WritableFile {
  public:
-  PosixWritableFile(std::string path, int fd)
-      : path_(std::move(path)), fd_(fd) {}
+  // `zero_ahead`: see Env::NewLogFile (0 for none); only for a file
+  // written from its start.
+  PosixWritableFile(std::string path, int fd, uint64_t zero_ahead = 0)
+      : path_(std::move(path)), fd_(fd), zero_ahead_(zero_ahead) {}
 
   ~PosixWritableFile() override {
     if (fd_ >= 0) (void)Close();
@@ -90,6 +92,7 @@ class PosixWritableFile final : public WritableFile {
   absl::Status Sync() override {
     if (absl::Status s = CheckUsable(); !s.ok()) return s;
     if (absl::Status s = FlushBuffer(); !s.ok()) return s;
+    ZeroAhead();
     if (::fdatasync(fd_) != 0) {
       // After a failed fsync the kernel may have dropped the dirty pages and
       // report success next time: remember the failure for good.
@@ -134,13 +137,42 @@ class PosixWritableFile final : public WritableFile {
         return ErrnoToStatus(errno, "append", path_);
       }
       data.remove_prefix(static_cast<size_t>(n));
+      end_ += static_cast<uint64_t>(n);
     }
     return absl::OkStatus();
+  }
+
+  // Keeps zeroes written past the data, up to zero_ahead_ bytes beyond it,
+  // so that the next syncs find the file's size and blocks already durable
+  // (see Env::NewLogFile). Written at most once per zero_ahead_ / 2 bytes of
+  // data, with pwrite, which leaves the file position (where the next append
+  // goes) alone. A failure stops it for good and is otherwise ignored: the
+  // zeroes past the data, however many were written, read as unused space.
+  void ZeroAhead() {
+    if (zero_ahead_ == 0 || end_ + zero_ahead_ / 2 < zeroed_end_) return;
+    static constexpr char kZeroes[64 << 10] = {};
+    uint64_t at = std::max(end_, zeroed_end_);
+    const uint64_t until = end_ + zero_ahead_;
+    while (at < until) {
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(sizeof(kZeroes), until - at));
+      const ssize_t w = ::pwrite(fd_, kZeroes, n, static_cast<off_t>(at));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        zero_ahead_ = 0;
+        return;
+      }
+      at += static_cast<uint64_t>(w);
+    }
+    zeroed_end_ = until;
   }
 
   const std::string path_;
   int fd_;
   absl::Status sync_error_;
+  uint64_t zero_ahead_;      // 0 once writing zeroes failed
+  uint64_t end_ = 0;         // bytes of data handed to the file system
+  uint64_t zeroed_end_ = 0;  // zeroes are written up to here (when > end_)
   size_t pos_ = 0;
   char buffer_[kWritableFileBufferSize];
 };
@@ -226,6 +258,15 @@ class PosixEnv final : public Env {
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(
       std::string_view path) override {
     return OpenWritable(path, O_TRUNC, "create");
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewLogFile(
+      std::string_view path, uint64_t zero_ahead) override {
+    std::string p = CPath(path);
+    const int fd =
+        ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_TRUNC, kFileMode);
+    if (fd < 0) return ErrnoToStatus(errno, "create", p);
+    return std::make_unique<PosixWritableFile>(std::move(p), fd, zero_ahead);
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewAppendableFile(

@@ -1,5 +1,6 @@
 #include "segment_reader.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "str_util.h"
@@ -165,6 +166,8 @@ bool SegmentReader::ReadSegment(size_t i,
   }
   batch->segment_end = true;
   batch->file_size = *size;
+  const log::Reader::ByteRange tail = reader.torn_tail();
+  batch->log_end = tail.empty() ? *size : std::min(*size, tail.begin);
   batch->skipped_bytes = reporter.bytes;
   return Hand(std::move(batch));
 }

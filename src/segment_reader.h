@@ -67,10 +67,13 @@ struct RecordBatch {
   uint64_t segment = 0;
   std::string bytes;  // the records' payloads, back to back
   std::vector<Record> records;
-  // The last batch of its segment: the segment's size, and the bytes the log
-  // reader skipped as damage (OnCorruption::kSkip).
+  // The last batch of its segment: the segment's size, where its log ends
+  // (the start of a torn tail, such as the zeroes a segment keeps written
+  // ahead of its records; else file_size), and the bytes the log reader
+  // skipped as damage (OnCorruption::kSkip).
   bool segment_end = false;
   uint64_t file_size = 0;
+  uint64_t log_end = 0;
   uint64_t skipped_bytes = 0;
   // Not OK: the sequence ends here, and the batch holds nothing to apply.
   absl::Status status;
@@ -84,6 +87,7 @@ struct RecordBatch {
     records.clear();
     segment_end = false;
     file_size = 0;
+    log_end = 0;
     skipped_bytes = 0;
     status = absl::OkStatus();
   }

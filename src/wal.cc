@@ -24,6 +24,9 @@ constexpr absl::Duration kMaxGather = absl::Milliseconds(1);
 // A thread waiting for a sync spins only when syncs take at most this long:
 // beyond it, a sleeping thread's wake-up is a small part of the wait.
 constexpr absl::Duration kMaxSpinSync = absl::Microseconds(500);
+// Zeroes a segment keeps written past its records (Env::NewLogFile), so a
+// sync persists the records alone, not a new file size as well.
+constexpr uint64_t kZeroAhead = uint64_t{1} << 20;
 // How it spins: this many pauses first, then yields; a yield that takes
 // longer than kSlowYield means other threads want the CPU, and after
 // kMaxSlowYields of them it sleeps instead (the scheme of RocksDB's write
@@ -369,9 +372,11 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
     }
     if (batch->segment_end) {
       skipped_bytes_ += batch->skipped_bytes;
-      recovered_bytes_ += batch->file_size;
+      // The zeroes a segment keeps written ahead of its records, like any
+      // torn tail, are neither replayed nor counted as its size.
+      recovered_bytes_ += batch->log_end;
       MutexLock l(&mu_);
-      segments_.push_back(Segment{batch->segment, batch->file_size, 0, 0});
+      segments_.push_back(Segment{batch->segment, batch->log_end, 0, 0});
       segments_.back().started = true;
       next_segment_ = batch->segment + 1;
     }
@@ -675,7 +680,7 @@ absl::Status Wal::StartSegment() {
   const std::string path = SegmentPath(number);
   absl::Status s;
   absl::StatusOr<std::unique_ptr<WritableFile>> file =
-      env_->NewWritableFile(path);
+      env_->NewLogFile(path, std::min(kZeroAhead, options_.segment_bytes));
   if (file.ok()) {
     file_ = *std::move(file);
     writer_ = std::make_unique<log::Writer>(file_.get());

@@ -300,5 +300,101 @@ TEST_CASE("EnvTest.PosixLogRoundTrip", "[env]") {
   CHECK(read == records);
 }
 
+TEST_CASE(
+    "A log file keeps zeroes written ahead of its data and appends over them",
+    "[env]") {
+  Env* env = Env::Posix();
+  TempDir dir;
+  const std::string path = dir.Child("000001.log");
+  constexpr uint64_t kAhead = 64 << 10;
+  auto file = env->NewLogFile(path, kAhead);
+  REQUIRE(file.ok());
+  const std::string first(1000, 'a');
+  REQUIRE((*file)->Append(first).ok());
+  // Appended but not synced: no zeroes yet.
+  REQUIRE((*file)->Flush().ok());
+  CHECK(env->GetFileSize(path).value() == first.size());
+  // A sync writes them past the data first.
+  REQUIRE((*file)->Sync().ok());
+  CHECK(env->GetFileSize(path).value() == first.size() + kAhead);
+  std::string contents = ReadFile(env, path);
+  CHECK(contents == first + std::string(kAhead, '\0'));
+
+  // Data goes over the zeroes, and a sync that leaves more than half of them
+  // writes no more.
+  const std::string second(kAhead / 4, 'b');
+  REQUIRE((*file)->Append(second).ok());
+  REQUIRE((*file)->Sync().ok());
+  CHECK(env->GetFileSize(path).value() == first.size() + kAhead);
+  contents = ReadFile(env, path);
+  CHECK(contents.substr(0, first.size() + second.size()) == first + second);
+  CHECK(contents.find_first_not_of('\0', first.size() + second.size()) ==
+        std::string::npos);
+
+  // Once half or less is left, the next sync renews them from the data's end.
+  const std::string third(kAhead / 2, 'c');
+  REQUIRE((*file)->Append(third).ok());
+  REQUIRE((*file)->Sync().ok());
+  const uint64_t data = first.size() + second.size() + third.size();
+  CHECK(env->GetFileSize(path).value() == data + kAhead);
+  contents = ReadFile(env, path);
+  CHECK(contents.substr(0, data) == first + second + third);
+  CHECK(contents.find_first_not_of('\0', data) == std::string::npos);
+  REQUIRE((*file)->Close().ok());
+
+  // Without zeroes ahead it is an ordinary new file.
+  auto plain = env->NewLogFile(dir.Child("plain"), 0);
+  REQUIRE(plain.ok());
+  REQUIRE((*plain)->Append(first).ok());
+  REQUIRE((*plain)->Sync().ok());
+  CHECK(env->GetFileSize(dir.Child("plain")).value() == first.size());
+}
+
+TEST_CASE("A log read back over zeroes written ahead ends at its last record",
+          "[env]") {
+  Env* env = Env::Posix();
+  TempDir dir;
+  const std::string path = dir.Child("000001.log");
+  const std::vector<std::string> records = {"first", std::string(70000, 'b'),
+                                            "last"};
+  uint64_t end = 0;
+  {
+    auto file = env->NewLogFile(path, 256 << 10);
+    REQUIRE(file.ok());
+    log::Writer writer(file->get());
+    for (const std::string& r : records) {
+      REQUIRE(writer.AddRecord(r).ok());
+      REQUIRE(writer.Sync().ok());
+    }
+    end = writer.offset();
+    // A record cut short by a crash: its first bytes over the zeroes.
+    log::Writer torn(file->get(), end);
+    REQUIRE(torn.AddRecord(std::string(500, 't')).ok());
+    REQUIRE((*file)->Flush().ok());
+  }
+  {
+    // Keep the torn record's header and part of its payload, zeroes after.
+    const std::string contents = ReadFile(env, path);
+    REQUIRE(contents.size() > end + 100);
+    std::string cut = contents.substr(0, end + 100);
+    cut.append(contents.size() - cut.size(), '\0');
+    auto file = env->NewWritableFile(path);
+    REQUIRE(file.ok());
+    REQUIRE((*file)->Append(cut).ok());
+    REQUIRE((*file)->Close().ok());
+  }
+  auto file = env->NewSequentialFile(path);
+  REQUIRE(file.ok());
+  log::Reader reader(file->get(), nullptr, /*checksum=*/true);
+  std::vector<std::string> read;
+  std::string scratch;
+  std::string_view record;
+  while (reader.ReadRecord(&record, &scratch)) read.emplace_back(record);
+  CHECK(reader.status().ok());
+  CHECK(read == records);
+  CHECK(reader.torn_tail().begin == end);
+  CHECK(reader.torn_tail().end == env->GetFileSize(path).value());
+}
+
 }  // namespace
 }  // namespace warren::internal
