@@ -141,14 +141,16 @@ class Env {
       std::string_view path) = 0;
 
   // As NewWritableFile, for a log that is synced often: the file may keep up
-  // to `zero_ahead` bytes of zeroes written past its data (a Sync writes
-  // more when less than half of them are left, before it syncs), and
-  // appends overwrite them. A sync of data written over those zeroes need
-  // not persist a new file size or newly allocated blocks as well, which on
-  // ext4 makes it markedly faster. Readers of the file see the data followed
-  // by zeroes. If writing the zeroes fails, the file stops writing them and
-  // goes on as NewWritableFile's would: they are an optimisation, never an
-  // error. 0, and the default implementation, write none.
+  // to `zero_ahead` bytes of zeroes written past its data, and appends
+  // overwrite them. A Sync writes more, before it syncs, once half of the
+  // last run is used (runs double from 64 KiB up to `zero_ahead`); Close
+  // truncates the file to its data. A sync of data written over those
+  // zeroes need not persist a new file size or newly allocated blocks as
+  // well, which on ext4 makes it markedly faster. Until Close, readers see
+  // the data followed by zeroes (so does recovery after a crash). If
+  // writing the zeroes fails, the file stops writing them and goes on as
+  // NewWritableFile's would: they are an optimisation, never an error. 0,
+  // and the default implementation, write none.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewLogFile(
       std::string_view path, uint64_t zero_ahead) {
     (void)zero_ahead;

@@ -105,6 +105,10 @@ class PosixWritableFile final : public WritableFile {
   absl::Status Close() override {
     if (fd_ < 0) return Closed();
     absl::Status s = sync_error_.ok() ? FlushBuffer() : sync_error_;
+    // A closed log keeps no zeroes past its data (they served its syncs);
+    // should the truncation fail, or not survive a power cut, they read as
+    // unused space.
+    if (zeroed_end_ > end_) (void)::ftruncate(fd_, static_cast<off_t>(end_));
     if (::close(fd_) != 0 && s.ok()) s = ErrnoToStatus(errno, "close", path_);
     fd_ = -1;
     return s;
@@ -144,15 +148,18 @@ class PosixWritableFile final : public WritableFile {
 
   // Keeps zeroes written past the data, up to zero_ahead_ bytes beyond it,
   // so that the next syncs find the file's size and blocks already durable
-  // (see Env::NewLogFile). Written at most once per zero_ahead_ / 2 bytes of
-  // data, with pwrite, which leaves the file position (where the next append
-  // goes) alone. A failure stops it for good and is otherwise ignored: the
-  // zeroes past the data, however many were written, read as unused space.
+  // (see Env::NewLogFile). Renewed once half of a run is used, with pwrite,
+  // which leaves the file position (where the next append goes) alone. A
+  // failure stops it for good and is otherwise ignored: the zeroes past the
+  // data, however many were written, read as unused space.
   void ZeroAhead() {
-    if (zero_ahead_ == 0 || end_ + zero_ahead_ / 2 < zeroed_end_) return;
+    if (zero_ahead_ == 0 || end_ + run_ / 2 < zeroed_end_) return;
     static constexpr char kZeroes[64 << 10] = {};
+    // The run doubles from 64 KiB up to zero_ahead_, so a short-lived file
+    // writes few zeroes.
+    run_ = std::min(zero_ahead_, run_ == 0 ? sizeof(kZeroes) : 2 * run_);
     uint64_t at = std::max(end_, zeroed_end_);
-    const uint64_t until = end_ + zero_ahead_;
+    const uint64_t until = end_ + run_;
     while (at < until) {
       const size_t n =
           static_cast<size_t>(std::min<uint64_t>(sizeof(kZeroes), until - at));
@@ -171,6 +178,7 @@ class PosixWritableFile final : public WritableFile {
   int fd_;
   absl::Status sync_error_;
   uint64_t zero_ahead_;      // 0 once writing zeroes failed
+  uint64_t run_ = 0;         // zeroes written ahead at the last renewal
   uint64_t end_ = 0;         // bytes of data handed to the file system
   uint64_t zeroed_end_ = 0;  // zeroes are written up to here (when > end_)
   size_t pos_ = 0;
