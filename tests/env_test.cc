@@ -77,6 +77,22 @@ std::string ReadFile(Env* env, const std::string& path) {
   return contents;
 }
 
+// The records of the log file `path`, read back with checksums; `*tail`
+// gets the reader's torn tail.
+std::vector<std::string> ReadLog(Env* env, const std::string& path,
+                                 log::Reader::ByteRange* tail = nullptr) {
+  auto file = env->NewSequentialFile(path);
+  REQUIRE(file.ok());
+  log::Reader reader(file->get(), nullptr, /*checksum=*/true);
+  std::vector<std::string> read;
+  std::string scratch;
+  std::string_view record;
+  while (reader.ReadRecord(&record, &scratch)) read.emplace_back(record);
+  CHECK(reader.status().ok());
+  if (tail != nullptr) *tail = reader.torn_tail();
+  return read;
+}
+
 mode_t Permissions(const std::string& path) {
   struct stat st;
   REQUIRE(::stat(path.c_str(), &st) == 0);
@@ -289,15 +305,7 @@ TEST_CASE("EnvTest.PosixLogRoundTrip", "[env]") {
     REQUIRE(writer.Sync().ok());
     REQUIRE((*file)->Close().ok());
   }
-  auto file = env->NewSequentialFile(path);
-  REQUIRE(file.ok());
-  log::Reader reader(file->get(), nullptr, /*checksum=*/true);
-  std::vector<std::string> read;
-  std::string scratch;
-  std::string_view record;
-  while (reader.ReadRecord(&record, &scratch)) read.emplace_back(record);
-  CHECK(reader.status().ok());
-  CHECK(read == records);
+  CHECK(ReadLog(env, path) == records);
 }
 
 TEST_CASE(
@@ -385,17 +393,10 @@ TEST_CASE("A log read back over zeroes written ahead ends at its last record",
     REQUIRE((*file)->Append(cut).ok());
     REQUIRE((*file)->Close().ok());
   }
-  auto file = env->NewSequentialFile(path);
-  REQUIRE(file.ok());
-  log::Reader reader(file->get(), nullptr, /*checksum=*/true);
-  std::vector<std::string> read;
-  std::string scratch;
-  std::string_view record;
-  while (reader.ReadRecord(&record, &scratch)) read.emplace_back(record);
-  CHECK(reader.status().ok());
-  CHECK(read == records);
-  CHECK(reader.torn_tail().begin == end);
-  CHECK(reader.torn_tail().end == env->GetFileSize(path).value());
+  log::Reader::ByteRange tail;
+  CHECK(ReadLog(env, path, &tail) == records);
+  CHECK(tail.begin == end);
+  CHECK(tail.end == env->GetFileSize(path).value());
 }
 
 }  // namespace
