@@ -270,11 +270,7 @@ class PosixEnv final : public Env {
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewLogFile(
       std::string_view path, uint64_t zero_ahead) override {
-    std::string p = CPath(path);
-    const int fd =
-        ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_TRUNC, kFileMode);
-    if (fd < 0) return ErrnoToStatus(errno, "create", p);
-    return std::make_unique<PosixWritableFile>(std::move(p), fd, zero_ahead);
+    return OpenWritable(path, O_TRUNC, "create", zero_ahead);
   }
 
   absl::StatusOr<std::unique_ptr<WritableFile>> NewAppendableFile(
@@ -389,13 +385,15 @@ class PosixEnv final : public Env {
   }
 
  private:
+  // `zero_ahead`: see NewLogFile; only with O_TRUNC.
   absl::StatusOr<std::unique_ptr<WritableFile>> OpenWritable(
-      std::string_view path, int mode_flag, std::string_view operation) {
+      std::string_view path, int mode_flag, std::string_view operation,
+      uint64_t zero_ahead = 0) {
     std::string p = CPath(path);
     const int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode_flag,
                           kFileMode);
     if (fd < 0) return ErrnoToStatus(errno, operation, p);
-    return std::make_unique<PosixWritableFile>(std::move(p), fd);
+    return std::make_unique<PosixWritableFile>(std::move(p), fd, zero_ahead);
   }
 
   LockTable locks_;
