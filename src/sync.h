@@ -23,9 +23,18 @@
 
 namespace warren::internal {
 
+// Whether a thread about to block should spin briefly first: only on a
+// machine with at least four hardware threads, where a spinning thread
+// rarely takes the CPU from the one it waits for. Mutex and the log's sync
+// waiters both follow it.
+inline bool SpinningPays() {
+  static const bool pays = std::thread::hardware_concurrency() >= 4;
+  return pays;
+}
+
 // A mutual-exclusion lock checked by -Wthread-safety. Thread-safe.
 //
-// On a machine with at least four hardware threads, Lock spins briefly
+// Where spinning pays (SpinningPays), Lock spins briefly
 // (trying again after 1, 2, 4 ... 32 pauses, 256 pauses in all) before it
 // blocks, as glibc's adaptive mutexes do: warren's critical
 // sections are short, and when several threads arrive at once (publishers
@@ -39,7 +48,7 @@ class ABSL_LOCKABLE Mutex {
 
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
     if (mu_.try_lock()) return;
-    if (SpinBeforeBlocking()) {
+    if (SpinningPays()) {
       int pauses = 1;
       for (int spent = 0; spent < kMaxSpinPauses; spent += pauses) {
         for (int i = 0; i < pauses; ++i) CpuRelax();
@@ -58,10 +67,6 @@ class ABSL_LOCKABLE Mutex {
  private:
   friend class CondVar;
   static constexpr int kMaxSpinPauses = 256;
-  static bool SpinBeforeBlocking() {
-    static const bool spin = std::thread::hardware_concurrency() >= 4;
-    return spin;
-  }
   std::mutex mu_;
 };
 

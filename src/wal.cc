@@ -102,8 +102,7 @@ std::string BindingKey(const wal::BindingOp& b) {
 Wal::Wal(const Options& options)
     : options_(options),
       env_(options.env != nullptr ? options.env : Env::Posix()),
-      spin_for_sync_(options.spin_for_sync.value_or(
-          std::thread::hardware_concurrency() >= 4)) {}
+      spin_for_sync_(options.spin_for_sync.value_or(SpinningPays())) {}
 
 Wal::~Wal() { (void)Close(); }
 

@@ -117,8 +117,8 @@ class Wal {
     Clock* clock = nullptr;
     // Whether a thread waiting for a sync spins (then yields) for a while
     // before it sleeps, so that it returns as soon as the sync lands rather
-    // than after a wake-up (see SpinDeadlineLocked). Defaults to on when the
-    // machine has at least four hardware threads.
+    // than after a wake-up (see SpinDeadlineLocked). Defaults to
+    // SpinningPays() (at least four hardware threads).
     std::optional<bool> spin_for_sync;
   };
 
