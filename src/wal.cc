@@ -511,7 +511,7 @@ uint64_t Wal::AppendLocked(const wal::RecordBuilder& record, bool own_sync) {
       segments_.empty() ? next_segment_ : segments_.back().number;
   ApplyLocked(record.effects(), record.out(), segment);
   pending_.append(record.out());
-  pending_records_.push_back({pending_.size(), own_sync});
+  pending_records_.push_back({pending_.size(), own_sync, segment});
   return next_lsn_++;
 }
 
@@ -662,6 +662,15 @@ void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
 
 // --- Writing ----------------------------------------------------------------
 
+void Wal::PublishedIds(std::string_view record, uint64_t from, uint64_t to,
+                       std::vector<Recount>& out) {
+  wal::RecordReader ops(record);
+  wal::Op op;
+  while (!ops.done() && ops.Next(&op).ok()) {
+    if (op.type == wal::OpType::kPublish) out.push_back({op.msg_id, from, to});
+  }
+}
+
 absl::Status Wal::StartSegment() {
   wal::RecordBuilder checkpoint;
   uint64_t number;
@@ -683,6 +692,7 @@ absl::Status Wal::StartSegment() {
   if (file.ok()) {
     file_ = *std::move(file);
     writer_ = std::make_unique<log::Writer>(file_.get());
+    writer_segment_ = number;
     s = writer_->AddRecord(checkpoint.out());
     // The checkpoint is synced at once: once older segments are deleted it
     // is the only record of the durable topology.
@@ -790,6 +800,10 @@ void Wal::LeadLocked(Done& done) {
   uint64_t syncs = 0;
   uint64_t bytes_before = writer_ ? writer_->offset() : 0;
   uint64_t bytes = 0;
+  // Records written into a later segment than the one they are counted
+  // against (it filled, or closed, after they were appended), with the
+  // segment that took them.
+  std::vector<std::pair<size_t, uint64_t>> moved;
   if (!records.empty() && !writer_) {
     s = StartSegment();
     bytes_before = writer_ ? writer_->offset() : 0;
@@ -799,6 +813,9 @@ void Wal::LeadLocked(Done& done) {
     const std::string_view rec(batch.data() + begin, records[i].end - begin);
     begin = records[i].end;
     s = writer_->AddRecord(rec, /*flush=*/false);
+    if (s.ok() && records[i].segment != writer_segment_) {
+      moved.emplace_back(i, writer_segment_);
+    }
     if (s.ok() && records[i].own_sync) {
       s = writer_->Sync();
       if (s.ok()) {
@@ -830,8 +847,16 @@ void Wal::LeadLocked(Done& done) {
     if (s.ok()) durable_upto = last;
   }
   if (writer_) bytes += writer_->offset() - bytes_before;
+  std::vector<Recount> recounts;
+  for (const auto& [i, to] : moved) {
+    const size_t from = i == 0 ? 0 : records[i - 1].end;
+    PublishedIds(std::string_view(batch).substr(from, records[i].end - from),
+                 records[i].segment, to, recounts);
+    records[i].segment = to;  // written again after a failure, it moves on
+  }
 
   mu_.Lock();
+  if (!recounts.empty()) RecountLocked(recounts);
   records_ += durable_upto - (first - 1);
   bytes_ += bytes;
   syncs_ += syncs;
@@ -890,6 +915,22 @@ void Wal::LeadLocked(Done& done) {
   if (bg_sleeping_ &&
       ((WorkLocked() && sync_waiters_.empty()) || CompactionDueLocked())) {
     bg_cv_.Signal();
+  }
+}
+
+void Wal::RecountLocked(const std::vector<Recount>& moves) {
+  for (const Recount& m : moves) {
+    Entry* entry = live_.Find(m.msg_id);
+    if (entry == nullptr || entry->segment != m.from) continue;
+    if (Segment* s = FindSegmentLocked(m.from)) {
+      --s->live;
+      s->live_bytes -= entry->bytes;
+    }
+    entry->segment = m.to;
+    if (Segment* s = FindSegmentLocked(m.to)) {
+      ++s->live;
+      s->live_bytes += entry->bytes;
+    }
   }
 }
 

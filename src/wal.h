@@ -222,6 +222,10 @@ class Wal {
   struct PendingRecord {
     size_t end;  // in pending_
     bool own_sync;
+    // The segment its messages are counted against: the last one when it
+    // was appended. Writing it into a later one (the segment filled first)
+    // moves them there.
+    uint64_t segment;
   };
   struct Failure {
     uint64_t first;
@@ -263,6 +267,21 @@ class Wal {
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool WorkLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A message published by a record that was written into a later segment
+  // than the one it is counted against.
+  struct Recount {
+    uint64_t msg_id;
+    uint64_t from;
+    uint64_t to;
+  };
+  // Notes a Recount (from `from` to `to`) of each message that `record`
+  // publishes.
+  static void PublishedIds(std::string_view record, uint64_t from, uint64_t to,
+                           std::vector<Recount>& out);
+  // Counts each message against the segment that holds its record, unless
+  // a newer record of it has been counted since.
+  void RecountLocked(const std::vector<Recount>& moves)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts the records of a failed write from `records[from]` on back at the
   // front of the pending ones (see retry_records_).
   void RequeueLocked(const std::string& batch,
@@ -402,6 +421,7 @@ class Wal {
   // shared, and in Close).
   std::unique_ptr<WritableFile> file_;
   std::unique_ptr<log::Writer> writer_;
+  uint64_t writer_segment_ = 0;  // the number of the segment writer_ writes
   std::unique_ptr<FileLock> lock_;
   // The batch being written.
   std::string batch_;

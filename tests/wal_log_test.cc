@@ -231,6 +231,30 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "A message appended before a full segment closes is counted against the "
+    "segment that holds it, so the full segment can go",
+    "[wal]") {
+  LogFixture f;
+  {
+    auto wal = f.MustOpenSmallWithQueues(1);
+    // Segment 1 is full and closed; segment 2 starts with the next write.
+    REQUIRE(wal->Wait(AppendBig(*wal, 100), /*sync=*/true).ok());
+    // Message 2 is appended while segment 1 is still the last one, and is
+    // written into segment 2, which the wait starts.
+    wal::RecordBuilder record = PublishRecord(2, 1, "2");
+    REQUIRE(Commit(*wal, record).ok());
+    // Segment 1 holds no live message: it goes. Counted against segment 1,
+    // message 2 would keep it forever, since its record is not there to be
+    // written again.
+    const bool one_left = AwaitSegments(*wal, 1);
+    INFO("segments " << wal->Stats().segments);
+    REQUIRE(one_left);
+    REQUIRE(wal->Close().ok());
+  }
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"2"});
+}
+
+TEST_CASE(
     "The records of a failed write are written again once the disk "
     "recovers",
     "[wal]") {
@@ -243,10 +267,11 @@ TEST_CASE(
     f.env.InjectFault(0, absl::StatusCode::kResourceExhausted);
     wal::RecordBuilder record = MoveRecord();
     CHECK(Commit(*wal, record).code() == absl::StatusCode::kResourceExhausted);
-    // The disk is back: the next write takes the move along, and segment 1,
-    // settled by it, goes.
+    // The disk is back: the next write takes the move along into segment 3.
+    // Segment 1, settled by it, goes, and so does segment 2, abandoned after
+    // the failed write: the move's message is counted where it was written.
     REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
-    REQUIRE(AwaitSegments(*wal, 2));
+    REQUIRE(AwaitSegments(*wal, 1));
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
   }
   CHECK(f.RecoveredBodies() == std::vector<std::string>{"moved"});
