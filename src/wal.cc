@@ -739,9 +739,25 @@ bool Wal::WorkLocked() const {
 }
 
 bool Wal::CompactionDueLocked() const {
-  return !compact_failed_ && segments_.size() > 1 &&
-         (segments_.front().live == 0 ||
-          segments_.front().live_bytes * 2 < segments_.front().size);
+  if (compact_failed_ || segments_.size() < 2) return false;
+  const Segment& oldest = segments_.front();
+  return oldest.live == 0 || oldest.live_bytes * 2 < oldest.size ||
+         SettledOutweighLiveLocked();
+}
+
+bool Wal::SettledOutweighLiveLocked() const {
+  uint64_t settled = 0;
+  uint64_t live = 0;
+  for (size_t i = 0; i < segments_.size(); ++i) {
+    const Segment& s = segments_[i];
+    live += s.live_bytes;
+    if (i + 1 == segments_.size()) break;  // being written
+    // A segment costs a file and at least a block to read at the next open,
+    // however little it holds (a restart starts a segment of its own).
+    const uint64_t size = std::max<uint64_t>(s.size, log::kBlockSize);
+    settled += size > s.live_bytes ? size - s.live_bytes : 0;
+  }
+  return settled > std::max(live, options_.segment_bytes);
 }
 
 bool Wal::UnsyncedLocked() const {

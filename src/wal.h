@@ -299,9 +299,15 @@ class Wal {
   std::optional<absl::Status> ForgottenLocked(uint64_t first, uint64_t last,
                                               bool sync) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether the oldest segment can go, or be compacted (it holds little
-  // live data).
+  // Whether the oldest segment should be rewritten (or, with nothing live,
+  // deleted): when it is less than half live, or when the settled bytes of
+  // the segments before the one being written outweigh the live data (and a
+  // segment's worth). The second rule keeps a backlog that fills the oldest
+  // segment from holding every later segment on disk for as long as it
+  // lasts; it writes again no more live bytes than there are settled bytes
+  // to free.
   bool CompactionDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool SettledOutweighLiveLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether records were written that a sync of the current segment would
   // make durable.
   bool UnsyncedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

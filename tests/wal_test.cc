@@ -539,6 +539,83 @@ TEST_CASE(
   CHECK(bodies == std::vector<std::string>{"keeper", "last"});
 }
 
+// Waits until the broker's log has at most `n` segment files (the log's
+// background thread deletes and compacts them), for at most 10 s.
+bool AwaitAtMostSegments(Broker& b, uint64_t n) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (b.Stats().wal.segments > n) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// Publishes `n` persistent messages of about 1 KB to `queue` and returns
+// their bodies.
+std::vector<std::string> PublishBacklog(Broker& b, std::string_view queue,
+                                        int n) {
+  std::vector<std::string> bodies;
+  for (int i = 0; i < n; ++i) {
+    bodies.push_back(std::to_string(i) + std::string(1000, 'b'));
+    REQUIRE(b.Publish("", queue, Message(bodies.back()), Persistent()).ok());
+  }
+  return bodies;
+}
+
+TEST_CASE(
+    "A backlog that fills the oldest segment does not keep the settled "
+    "segments after it",
+    "[wal]") {
+  Fixture f;
+  f.options.wal_segment_bytes = 64 << 10;
+  f.options.sync = SyncPolicy::kNever;
+  std::vector<std::string> backlog;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("backlog", {.durable = true}).ok());
+    REQUIRE(b->DeclareQueue("work", {.durable = true}).ok());
+    // About three quarters of the first segment, never consumed.
+    backlog = PublishBacklog(*b, "backlog", 48);
+    // About 16 segments of messages that come and go.
+    auto c = b->Consume("work").value();
+    for (int i = 0; i < 2000; ++i) {
+      REQUIRE(
+          b->Publish("", "work", Message(std::string(500, 'w')), Persistent())
+              .ok());
+      auto d = c->TryReceive().value();
+      REQUIRE(c->Ack(d).ok());
+    }
+    // The backlog is written again after them, and they go.
+    const bool few = AwaitAtMostSegments(*b, 3);
+    INFO("segments " << b->Stats().wal.segments);
+    REQUIRE(few);
+    CHECK(b->Stats().wal.compactions > 0);
+  }
+  auto b = f.MustOpen();
+  CHECK(DrainBodies(*b, "backlog") == backlog);
+  CHECK(DrainBodies(*b, "work").empty());
+}
+
+TEST_CASE("Restarts do not pile up segments behind a backlog", "[wal]") {
+  Fixture f;
+  f.options.wal_segment_bytes = 64 << 10;
+  f.options.sync = SyncPolicy::kNever;
+  std::vector<std::string> backlog;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("backlog", {.durable = true}).ok());
+    backlog = PublishBacklog(*b, "backlog", 40);
+  }
+  // Each open starts a segment of its own, which holds only a checkpoint.
+  for (int i = 0; i < 6; ++i) f.MustOpen();
+  auto b = f.MustOpen();
+  const bool few = AwaitAtMostSegments(*b, 3);
+  INFO("segments " << b->Stats().wal.segments);
+  REQUIRE(few);
+  CHECK(DrainBodies(*b, "backlog") == backlog);
+}
+
 TEST_CASE("Deduplication ids survive a restart", "[wal]") {
   Fixture f;
   const QueueOptions q{.durable = true, .dedup_window = absl::Minutes(5)};
