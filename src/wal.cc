@@ -937,16 +937,21 @@ void Wal::LeadLocked(Done& done) {
 void Wal::RecountLocked(const std::vector<Recount>& moves) {
   for (const Recount& m : moves) {
     Entry* entry = live_.Find(m.msg_id);
-    if (entry == nullptr || entry->segment != m.from) continue;
-    if (Segment* s = FindSegmentLocked(m.from)) {
-      --s->live;
-      s->live_bytes -= entry->bytes;
+    if (entry != nullptr && entry->segment == m.from) {
+      CountAgainstLocked(*entry, m.to);
     }
-    entry->segment = m.to;
-    if (Segment* s = FindSegmentLocked(m.to)) {
-      ++s->live;
-      s->live_bytes += entry->bytes;
-    }
+  }
+}
+
+void Wal::CountAgainstLocked(Entry& entry, uint64_t segment) {
+  if (Segment* s = FindSegmentLocked(entry.segment)) {
+    --s->live;
+    s->live_bytes -= entry.bytes;
+  }
+  entry.segment = segment;
+  if (Segment* s = FindSegmentLocked(segment)) {
+    ++s->live;
+    s->live_bytes += entry.bytes;
   }
 }
 
@@ -1238,15 +1243,8 @@ void Wal::CompactLocked(Done& done) {
       // The copies may not be durable: the originals stay where they are.
       for (uint64_t id : moved) {
         Entry* entry = live_.Find(id);
-        if (entry == nullptr || entry->segment == oldest.number) continue;
-        if (Segment* from = FindSegmentLocked(entry->segment)) {
-          --from->live;
-          from->live_bytes -= entry->bytes;
-        }
-        entry->segment = oldest.number;
-        if (Segment* back = FindSegmentLocked(oldest.number)) {
-          ++back->live;
-          back->live_bytes += entry->bytes;
+        if (entry != nullptr && entry->segment != oldest.number) {
+          CountAgainstLocked(*entry, oldest.number);
         }
       }
       compact_failed_ = true;  // tried again once a new segment starts
