@@ -198,12 +198,12 @@ struct Replay {
 
   explicit Replay(const std::shared_ptr<Wal>& log) : wal(log) {}
 
-  // `op` is left with moved-from fields. `record_bytes`: the size of the
-  // record that holds it.
-  void Apply(wal::Op& op, uint64_t segment, uint32_t record_bytes) {
+  // `op` is left with moved-from fields. `op_bytes`: its size in the record,
+  // as the log's model counts a live message.
+  void Apply(wal::Op& op, uint64_t segment, uint32_t op_bytes) {
     switch (op.type) {
       case wal::OpType::kPublish:
-        ApplyPublish(op, segment, record_bytes);
+        ApplyPublish(op, segment, op_bytes);
         break;
       case wal::OpType::kSettle:
         for (uint64_t id : op.ids) {
@@ -232,7 +232,7 @@ struct Replay {
     }
   }
 
-  void ApplyPublish(wal::Op& op, uint64_t segment, uint32_t record_bytes) {
+  void ApplyPublish(wal::Op& op, uint64_t segment, uint32_t op_bytes) {
     next_msg_id = std::max(next_msg_id, op.msg_id + 1);
     const std::string& mid = std::as_const(op.message).properties().message_id;
     if (!mid.empty()) {
@@ -255,7 +255,7 @@ struct Replay {
         std::move(op.message), std::move(op.exchange),
         std::move(op.routing_key), op.published_at, op.msg_id, wal);
     m.segment = segment;
-    m.bytes = record_bytes;
+    m.bytes = op_bytes;
     wal::SetRefs(op.refs, m.live.refs);
   }
 
@@ -347,6 +347,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
                            ? log::Reader::OnCorruption::kSkip
                            : log::Reader::OnCorruption::kStop);
   std::vector<wal::Op> decoded;
+  std::vector<uint32_t> sizes;  // of the decoded ops
   while (std::unique_ptr<RecordBatch> batch = reader.Next()) {
     if (!batch->status.ok()) return batch->status;
     for (const RecordBatch::Record& r : batch->records) {
@@ -355,8 +356,13 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
       // A record applies all or nothing: decode it whole first.
       size_t n = 0;
       while (!ops.done()) {
-        if (n == decoded.size()) decoded.emplace_back();
+        if (n == decoded.size()) {
+          decoded.emplace_back();
+          sizes.emplace_back();
+        }
+        const size_t before = ops.remaining();
         absl::Status s = ops.Next(&decoded[n]);
+        sizes[n] = static_cast<uint32_t>(before - ops.remaining());
         if (!s.ok()) {
           return absl::DataLossError(StrCat(SegmentPath(batch->segment),
                                             " at offset ", r.offset, ": ",
@@ -365,8 +371,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
         ++n;
       }
       for (size_t i = 0; i < n; ++i) {
-        replay.Apply(decoded[i], batch->segment,
-                     static_cast<uint32_t>(record.size()));
+        replay.Apply(decoded[i], batch->segment, sizes[i]);
       }
     }
     if (batch->segment_end) {

@@ -256,6 +256,8 @@ class RecordReader {
  public:
   explicit RecordReader(std::string_view record) : in_(record) {}
   bool done() const { return in_.empty(); }
+  // The bytes not read yet: an op's size is the difference across Next.
+  size_t remaining() const { return in_.size(); }
   // kDataLoss when the record does not parse (a checksummed record that does
   // not parse was written by a different program: never replayed).
   absl::Status Next(Op* op);

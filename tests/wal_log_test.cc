@@ -277,6 +277,36 @@ TEST_CASE(
   CHECK(f.RecoveredBodies() == std::vector<std::string>{"moved"});
 }
 
+TEST_CASE(
+    "A move whose write or sync fails keeps the moved message through a "
+    "power loss once the disk recovers",
+    "[wal]") {
+  // The move's write is a few calls: a failure at each of them.
+  const int fail_at = GENERATE(range(0, 6));
+  CAPTURE(fail_at);
+  LogFixture f;
+  {
+    auto wal = OpenWithMessageInFullSegment(f);
+    f.env.ResetCallCount();
+    f.env.InjectFault(fail_at, absl::StatusCode::kDataLoss);
+    wal::RecordBuilder record = MoveRecord();
+    (void)Commit(*wal, record);
+    f.env.ClearFault();
+    // The disk is back; later records are synced in a segment of their own,
+    // and segment 1 may go once what settled its message is durable.
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    // Give the background thread the chance to delete segment 1.
+    AwaitSegments(*wal, 1);
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  // Moved or not, the message survives.
+  const std::vector<std::string> bodies = f.RecoveredBodies();
+  CHECK(bodies.size() == 1);
+  CHECK((bodies == std::vector<std::string>{"moved"} ||
+         bodies == std::vector<std::string>{std::string(70 << 10, 'x')}));
+}
+
 TEST_CASE("Close writes again the records of a failed write", "[wal]") {
   LogFixture f;
   {
