@@ -254,8 +254,10 @@ struct Replay {
     m.live.envelope = MakeEnvelope(
         std::move(op.message), std::move(op.exchange),
         std::move(op.routing_key), op.published_at, op.msg_id, wal);
-    m.segment = segment;
-    m.bytes = op_bytes;
+    if (wal::NamesEvery(op.refs, m.live.refs)) {
+      m.segment = segment;
+      m.bytes = op_bytes;
+    }
     wal::SetRefs(op.refs, m.live.refs);
   }
 
@@ -563,18 +565,18 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kPublish: {
         Entry& entry = live_.FindOrInsert(e.msg_id);
-        if (Segment* old = FindSegmentLocked(entry.segment);
-            old != nullptr && !entry.refs.empty()) {
-          --old->live;
-          old->live_bytes -= entry.bytes;
+        if (entry.refs.empty()) {  // new
+          entry.segment = segment;
+          entry.bytes = static_cast<uint32_t>(e.end - e.begin);
+          if (Segment* s = FindSegmentLocked(segment)) {
+            ++s->live;
+            s->live_bytes += entry.bytes;
+          }
+        } else if (wal::NamesEvery(e.refs, entry.refs)) {
+          CountAgainstLocked(entry, segment,
+                             static_cast<uint32_t>(e.end - e.begin));
         }
-        entry.segment = segment;
-        entry.bytes = static_cast<uint32_t>(e.end - e.begin);
         wal::SetRefs(e.refs, entry.refs);
-        if (Segment* s = FindSegmentLocked(segment)) {
-          ++s->live;
-          s->live_bytes += entry.bytes;
-        }
         if (!e.name.empty()) {
           for (const wal::Ref& r : e.refs) {
             auto q = queues_.find(r.queue_id);
@@ -943,17 +945,18 @@ void Wal::RecountLocked(const std::vector<Recount>& moves) {
   for (const Recount& m : moves) {
     Entry* entry = live_.Find(m.msg_id);
     if (entry != nullptr && entry->segment == m.from) {
-      CountAgainstLocked(*entry, m.to);
+      CountAgainstLocked(*entry, m.to, entry->bytes);
     }
   }
 }
 
-void Wal::CountAgainstLocked(Entry& entry, uint64_t segment) {
+void Wal::CountAgainstLocked(Entry& entry, uint64_t segment, uint32_t bytes) {
   if (Segment* s = FindSegmentLocked(entry.segment)) {
     --s->live;
     s->live_bytes -= entry.bytes;
   }
   entry.segment = segment;
+  entry.bytes = bytes;
   if (Segment* s = FindSegmentLocked(segment)) {
     ++s->live;
     s->live_bytes += entry.bytes;
@@ -1249,7 +1252,7 @@ void Wal::CompactLocked(Done& done) {
       for (uint64_t id : moved) {
         Entry* entry = live_.Find(id);
         if (entry != nullptr && entry->segment != oldest.number) {
-          CountAgainstLocked(*entry, oldest.number);
+          CountAgainstLocked(*entry, oldest.number, entry->bytes);
         }
       }
       compact_failed_ = true;  // tried again once a new segment starts

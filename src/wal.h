@@ -282,8 +282,9 @@ class Wal {
   // a newer record of it has been counted since.
   void RecountLocked(const std::vector<Recount>& moves)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Counts a live message against `segment` instead of entry.segment.
-  void CountAgainstLocked(Entry& entry, uint64_t segment)
+  // Counts a live message against `segment`, with a record of `bytes`,
+  // instead of entry.segment.
+  void CountAgainstLocked(Entry& entry, uint64_t segment, uint32_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts the records of a failed write from `records[from]` on back at the
   // front of the pending ones (see retry_records_).

@@ -57,7 +57,8 @@
 //     does not name keeps its reference to an already live message. A
 //     compaction rewrites a live message as a new kPublish naming all its
 //     current references; a move that no queue took logs the message again
-//     for its source queue alone (see SetRefs).
+//     for its source queue alone (see SetRefs), and the earlier record, which
+//     names the others, stays needed (see NamesEvery).
 //   * kSettle removes a queue's reference; a message with none is gone. A
 //     settle of an unknown message is ignored (its publish was compacted
 //     away after it was settled).
@@ -121,6 +122,23 @@ inline void ApplyToRefs(OpType type, uint32_t queue_id, absl::Time at,
       ref.ready_at = at;
     }
   }
+}
+
+// Whether a kPublish op names every queue of `refs` (a message's references
+// before the op). Only then does its record alone restore the message, so
+// that replay and the log's live model count the message against it (and
+// the segments of its earlier records may go); a move that no queue took
+// names the source queue alone and leaves the message counted where it was.
+template <typename Refs>
+bool NamesEvery(absl::Span<const Ref> op_refs, const Refs& refs) {
+  for (const Ref& ref : refs) {
+    if (std::none_of(op_refs.begin(), op_refs.end(), [&](const Ref& r) {
+          return r.queue_id == ref.queue_id;
+        })) {
+      return false;
+    }
+  }
+  return true;
 }
 
 // Applies a kPublish op's references to a message's: each queue the op names

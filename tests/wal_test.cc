@@ -635,6 +635,64 @@ TEST_CASE("Restarts do not pile up segments behind a backlog", "[wal]") {
   CHECK(DrainBodies(*b, "backlog") == backlog);
 }
 
+TEST_CASE(
+    "A dead-letter move that no queue takes keeps the message in its other "
+    "queues through compaction and restarts",
+    "[wal]") {
+  // Whether the broker restarts between the move and the compaction that
+  // frees segment 1 (replay then meets the move's record last).
+  const bool restart_between = GENERATE(false, true);
+  CAPTURE(restart_between);
+  Fixture f;
+  f.options.wal_segment_bytes = 64 << 10;
+  f.options.sync = SyncPolicy::kNever;
+  auto b = f.MustOpen();
+  REQUIRE(b->DeclareQueue("filler", {.durable = true}).ok());
+  // A full dead-letter queue refuses what q1 dead-letters.
+  REQUIRE(b->DeclareQueue("dlq", {.durable = true, .max_length = 1}).ok());
+  REQUIRE(b->Publish("", "dlq", Message("occupant"), Persistent()).ok());
+  REQUIRE(b->DeclareQueue("q1", {.durable = true,
+                                 .dead_letter_exchange = "",
+                                 .dead_letter_routing_key = "dlq"})
+              .ok());
+  REQUIRE(b->DeclareQueue("q2", {.durable = true}).ok());
+  REQUIRE(
+      b->DeclareExchange("f", ExchangeType::kFanout, {.durable = true}).ok());
+  REQUIRE(b->Bind("q1", "f", "").ok());
+  REQUIRE(b->Bind("q2", "f", "").ok());
+  REQUIRE(b->Publish("f", "", Message("M"), Persistent()).ok());
+  // Segment 1 fills, and segment 2 starts.
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(
+        b->Publish("", "filler", Message(std::string(4000, 'f')), Persistent())
+            .ok());
+  }
+  auto c = b->Consume("q1").value();
+  auto d = c->TryReceive().value();
+  REQUIRE(c->Reject(d, {.requeue = false}).ok());
+  c->Close();
+  REQUIRE(b->GetQueueStats("q2")->ready == 1);
+  // Segment 2, which holds the move's record, stays mostly live.
+  REQUIRE(b->DeclareQueue("keep", {.durable = true}).ok());
+  const std::vector<std::string> kept(2, std::string(20000, 'k'));
+  for (const std::string& body : kept) {
+    REQUIRE(b->Publish("", "keep", Message(body), Persistent()).ok());
+  }
+  if (restart_between) {
+    b.reset();
+    b = f.MustOpen();
+  }
+  // Segment 1's fillers go; segment 1 goes too, once M is written again if
+  // it still needs it.
+  REQUIRE(b->PurgeQueue("filler").ok());
+  REQUIRE(AwaitAtMostSegments(*b, 2));
+  b.reset();
+  b = f.MustOpen();
+  CHECK(DrainBodies(*b, "q2") == std::vector<std::string>{"M"});
+  CHECK(DrainBodies(*b, "dlq") == std::vector<std::string>{"occupant"});
+  CHECK(DrainBodies(*b, "keep") == kept);
+}
+
 TEST_CASE("Deduplication ids survive a restart", "[wal]") {
   Fixture f;
   const QueueOptions q{.durable = true, .dedup_window = absl::Minutes(5)};
