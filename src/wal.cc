@@ -538,6 +538,10 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kDeleteExchange:
         exchanges_.erase(e.name);
+        DropBindingsLocked([&](const wal::BindingOp& b) {
+          return b.source == e.name ||
+                 (b.dest_queue_id == 0 && b.dest_exchange == e.name);
+        });
         break;
       case wal::OpType::kQueue:
         queues_[e.queue_id] =
@@ -547,6 +551,9 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
       case wal::OpType::kDeleteQueue: {
         queues_.erase(e.queue_id);
         dedup_.erase(e.queue_id);
+        DropBindingsLocked([&](const wal::BindingOp& b) {
+          return b.dest_queue_id == e.queue_id;
+        });
         std::vector<uint64_t> ids;
         live_.ForEach([&](uint64_t id, const Entry& entry) {
           for (const wal::Ref& r : entry.refs) {
@@ -610,6 +617,19 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
       case wal::OpType::kDedup:
       case wal::OpType::kCheckpoint:
         break;
+    }
+  }
+}
+
+void Wal::DropBindingsLocked(
+    const std::function<bool(const wal::BindingOp&)>& gone) {
+  wal::Op op;
+  for (auto it = bindings_.begin(); it != bindings_.end();) {
+    wal::RecordReader reader(it->second);
+    if (reader.Next(&op).ok() && gone(op.binding)) {
+      it = bindings_.erase(it);
+    } else {
+      ++it;
     }
   }
 }

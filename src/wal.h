@@ -45,6 +45,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -259,6 +260,11 @@ class Wal {
   Segment* FindSegmentLocked(uint64_t number)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetRefLocked(uint32_t queue_id, uint64_t msg_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the bindings that went with a deleted exchange or queue (`gone`
+  // says which), as replay does, so checkpoints do not bring them back.
+  void DropBindingsLocked(
+      const std::function<bool(const wal::BindingOp&)>& gone)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BuildCheckpointLocked(wal::RecordBuilder& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

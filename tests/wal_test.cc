@@ -693,6 +693,38 @@ TEST_CASE(
   CHECK(DrainBodies(*b, "keep") == kept);
 }
 
+TEST_CASE(
+    "The bindings of a deleted exchange stay deleted after a checkpoint and a "
+    "restart",
+    "[wal]") {
+  Fixture f;
+  f.options.wal_segment_bytes = 64 << 10;
+  {
+    auto b = f.MustOpen();
+    const ExchangeOptions durable{.durable = true};
+    REQUIRE(b->DeclareExchange("x", ExchangeType::kDirect, durable).ok());
+    REQUIRE(b->DeclareExchange("src", ExchangeType::kDirect, durable).ok());
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    // x is the source of one binding and the destination of another.
+    REQUIRE(b->Bind("q", "x", "k").ok());
+    REQUIRE(b->BindExchange("x", "src", "d").ok());
+    REQUIRE(b->DeleteExchange("x").ok());
+    REQUIRE(b->DeclareExchange("x", ExchangeType::kDirect, durable).ok());
+    REQUIRE(b->Bind("q", "x", "d").ok());
+    // A new segment starts with a checkpoint of the topology.
+    for (int i = 0; i < 20; ++i) {
+      REQUIRE(b->Publish("", "q", Message(std::string(4000, 'f')), Persistent())
+                  .ok());
+    }
+    REQUIRE(b->PurgeQueue("q").ok());
+    REQUIRE(b->Stats().wal.segments > 1);
+  }
+  auto b = f.MustOpen();
+  CHECK(b->Publish("x", "k", Message("m"))->queues == 0);
+  CHECK(b->Publish("src", "d", Message("m"))->queues == 0);
+  CHECK(b->Publish("x", "d", Message("m"))->queues == 1);
+}
+
 TEST_CASE("Deduplication ids survive a restart", "[wal]") {
   Fixture f;
   const QueueOptions q{.durable = true, .dedup_window = absl::Minutes(5)};
