@@ -627,6 +627,9 @@ absl::Status BrokerImpl::ValidatePublish(std::string_view exchange,
   }
   WARREN_RETURN_IF_ERROR(ValidateKey(routing_key, "routing key"));
   WARREN_RETURN_IF_ERROR(ValidateDuration("delay", options.delay));
+  if (options.sync.has_value() && !Wal::KnownPolicy(*options.sync)) {
+    return absl::InvalidArgumentError("unknown sync policy in PublishOptions");
+  }
   if (const auto& e = message.properties().expiration; e.has_value()) {
     WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
   }

@@ -125,10 +125,7 @@ absl::StatusOr<std::shared_ptr<Wal>> Wal::Open(const Options& options,
     return absl::InvalidArgumentError(
         "sync_interval must be positive with SyncPolicy::kInterval");
   }
-  if (options.sync != SyncPolicy::kNever &&
-      options.sync != SyncPolicy::kInterval &&
-      options.sync != SyncPolicy::kGroupCommit &&
-      options.sync != SyncPolicy::kEveryPublish) {
+  if (!KnownPolicy(options.sync)) {
     return absl::InvalidArgumentError("unknown sync policy");
   }
   std::shared_ptr<Wal> wal(new Wal(options));

@@ -168,6 +168,12 @@ class Wal {
   // log's mutex once instead of twice when it joins a gathering group.
   Ticket AppendForWait(wal::RecordBuilder& record, bool own_sync, bool sync);
 
+  // Whether `policy` is one of the four.
+  static bool KnownPolicy(SyncPolicy policy) {
+    return policy == SyncPolicy::kNever || policy == SyncPolicy::kInterval ||
+           policy == SyncPolicy::kGroupCommit ||
+           policy == SyncPolicy::kEveryPublish;
+  }
   // Whether `policy` confirms only after a sync.
   static bool NeedsSync(SyncPolicy policy) {
     return policy == SyncPolicy::kGroupCommit ||

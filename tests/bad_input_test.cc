@@ -140,6 +140,14 @@ TEST_CASE("Invalid options are InvalidArgument and create nothing") {
   CHECK(absl::IsInvalidArgument(
       c->ReceiveBatch(0, absl::ZeroDuration()).status()));
   c.reset();
+  const PublishOptions bad_sync{.persistent = true,
+                                .sync = static_cast<SyncPolicy>(42)};
+  CHECK(absl::IsInvalidArgument(
+      f.b->Publish("ex", "k", Message("m"), bad_sync).status()));
+  std::vector<OutgoingMessage> batch;
+  batch.push_back({"k", Message("m")});
+  CHECK(absl::IsInvalidArgument(
+      f.b->PublishBatch("ex", std::move(batch), bad_sync).status()));
   CHECK(f.Fingerprint() == before);
   CHECK(absl::IsNotFound(f.b->GetQueueStats("p").status()));
 }
