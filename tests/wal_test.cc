@@ -711,13 +711,13 @@ TEST_CASE(
     REQUIRE(b->DeleteExchange("x").ok());
     REQUIRE(b->DeclareExchange("x", ExchangeType::kDirect, durable).ok());
     REQUIRE(b->Bind("q", "x", "d").ok());
-    // A new segment starts with a checkpoint of the topology.
+    // Segment 1 fills (each publish waits for its sync), and segment 2
+    // starts with a checkpoint of the topology; segment 1 may go.
     for (int i = 0; i < 20; ++i) {
       REQUIRE(b->Publish("", "q", Message(std::string(4000, 'f')), Persistent())
                   .ok());
     }
     REQUIRE(b->PurgeQueue("q").ok());
-    REQUIRE(b->Stats().wal.segments > 1);
   }
   auto b = f.MustOpen();
   CHECK(b->Publish("x", "k", Message("m"))->queues == 0);
