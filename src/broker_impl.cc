@@ -242,14 +242,24 @@ void BrokerImpl::Restore(RecoveredState& state) {
       q->second->RestoreDedup(d.message_id, d.until);
     }
   }
+  // Messages held at their last allowed delivery when the broker stopped.
+  std::vector<std::pair<Queue*, NodePtr>> spent;
   for (RecoveredState::LiveMessage& m : state.messages) {
     for (const wal::Ref& r : m.refs) {
       if (auto q = by_id.find(r.queue_id); q != by_id.end()) {
-        q->second->Restore(m.envelope, r.deliveries, r.ready_at);
+        if (NodePtr node =
+                q->second->Restore(m.envelope, r.deliveries, r.ready_at)) {
+          spent.emplace_back(q->second.get(), std::move(node));
+        }
       }
     }
   }
   state.messages.clear();
+  for (auto& [q, node] : spent) {
+    std::vector<NodePtr> nodes;
+    nodes.push_back(std::move(node));
+    q->DeadLetter(std::move(nodes), DeathReason::kDeliveryLimit);
+  }
   // Messages whose time-to-live ran out while the broker was down.
   for (auto& [id, q] : by_id) q->FlushExpired();
 }

@@ -113,14 +113,18 @@ NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
   return node;
 }
 
-void Queue::Restore(std::shared_ptr<const Envelope> envelope,
-                    uint32_t deliveries, absl::Time ready_at) {
+NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
+                       uint32_t deliveries, absl::Time ready_at) {
   NodePtr node = MakeNode(std::move(envelope));
   node->deliveries = deliveries;
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
+  if (const uint32_t limit = DeliveryLimit();
+      limit > 0 && deliveries >= limit) {
+    return node;
+  }
   if (ready_at > Now()) {
     Delay(std::move(node), ready_at);
-    return;
+    return nullptr;
   }
   ready_count_.fetch_add(1, std::memory_order_relaxed);
   ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
@@ -134,6 +138,7 @@ void Queue::Restore(std::shared_ptr<const Envelope> envelope,
       SpillLocked(std::move(node));
     }
   }
+  return nullptr;
 }
 
 void Queue::RestoreDedup(const std::string& message_id, absl::Time until) {
@@ -653,10 +658,14 @@ void Queue::WakeAllLocked() {
   for (Waiter* w : waiters_) w->cv.Signal();
 }
 
+uint32_t Queue::DeliveryLimit() const {
+  return options_.retry ? options_.retry->max_attempts
+                        : options_.delivery_limit;
+}
+
 void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
   if (nodes.empty()) return;
-  const uint32_t limit =
-      options_.retry ? options_.retry->max_attempts : options_.delivery_limit;
+  const uint32_t limit = DeliveryLimit();
   std::vector<NodePtr> spent;
   std::vector<std::pair<NodePtr, absl::Duration>> later;
   std::vector<NodePtr> now;

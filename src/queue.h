@@ -152,9 +152,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
   }
 
   // Recovery: puts back a logged message with its deliveries so far, ready
-  // now or at `ready_at` (limits do not apply: it was accepted before).
-  void Restore(std::shared_ptr<const Envelope> envelope, uint32_t deliveries,
-               absl::Time ready_at);
+  // now or at `ready_at` (length limits do not apply: it was accepted
+  // before). A message delivered as often as the queue's delivery limit (or
+  // retry policy's max_attempts) allows was held when the broker stopped: as
+  // a consumer's close would, the restart gives up on it: it is returned,
+  // for the caller to dead-letter (null otherwise).
+  [[nodiscard]] NodePtr Restore(std::shared_ptr<const Envelope> envelope,
+                                uint32_t deliveries, absl::Time ready_at);
   // Recovery: a message id seen within the deduplication window.
   void RestoreDedup(const std::string& message_id, absl::Time until);
 
@@ -244,6 +248,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   void CountRefused() { Add(publisher_side_.refused, 1); }
 
  private:
+  // Deliveries after which a message is given up on (0: no limit): the
+  // retry policy's max_attempts, or the delivery limit.
+  uint32_t DeliveryLimit() const;
   struct Waiter {
     const ConsumerState* consumer;
     CondVar cv;

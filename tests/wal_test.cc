@@ -725,6 +725,47 @@ TEST_CASE(
   CHECK(b->Publish("x", "d", Message("m"))->queues == 1);
 }
 
+TEST_CASE(
+    "A message held at its last allowed delivery when the process dies is "
+    "dead-lettered at the restart",
+    "[wal]") {
+  // The limit as a delivery limit, or as a retry policy's max_attempts.
+  const bool retry = GENERATE(false, true);
+  CAPTURE(retry);
+  Fixture f;
+  QueueOptions work{.durable = true,
+                    .dead_letter_exchange = "",
+                    .dead_letter_routing_key = "dlq"};
+  if (retry) {
+    work.retry = RetryPolicy{.max_attempts = 2, .backoff = Backoff::kFixed};
+  } else {
+    work.delivery_limit = 2;
+  }
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
+    REQUIRE(b->DeclareQueue("work", work).ok());
+    REQUIRE(b->Publish("", "work", Message("m"), Persistent()).ok());
+    auto c = b->Consume("work").value();
+    REQUIRE(c->Nack(c->TryReceive().value()).ok());
+    REQUIRE(f.clock.Advance(absl::Seconds(1)).ok());  // the retry's delay
+    auto held = c->TryReceive();
+    REQUIRE(held.ok());
+    REQUIRE(held->attempt() == 2);
+    // The process dies with the second (last) delivery unsettled: nothing
+    // it does after that reaches the files.
+    REQUIRE(b->Publish("", "dlq", Message("synced"), Persistent()).ok());
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kProcess);
+    f.env.InjectFault(f.env.call_count(), absl::StatusCode::kUnavailable,
+                      FaultInjectionEnv::FaultMode::kPersistent);
+  }
+  f.env.ClearFault();
+  auto b = f.MustOpen();
+  CHECK(b->GetQueueStats("work")->ready == 0);
+  CHECK(b->GetQueueStats("work")->delayed == 0);
+  CHECK(DrainBodies(*b, "dlq") == std::vector<std::string>{"synced", "m"});
+}
+
 TEST_CASE("Deduplication ids survive a restart", "[wal]") {
   Fixture f;
   const QueueOptions q{.durable = true, .dedup_window = absl::Minutes(5)};
