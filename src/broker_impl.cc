@@ -273,9 +273,18 @@ SyncPolicy BrokerImpl::PolicyOf(const PublishOptions& options) const {
   return options.sync.value_or(sync_);
 }
 
-void BrokerImpl::LogNotTaken(const Queue& queue, const Envelope& envelope) {
+void BrokerImpl::LogNotTaken(Queue& queue, const Envelope& envelope) {
   if (queue.durable_id() == 0 || envelope.wal_id == 0) return;
-  envelope.wal->Settled(queue.durable_id(), envelope.wal_id);
+  const std::string& id = envelope.message.properties().message_id;
+  if (id.empty() || queue.options().dedup_window <= absl::ZeroDuration()) {
+    envelope.wal->Settled(queue.durable_id(), envelope.wal_id);
+    return;
+  }
+  // The publish's record counts its id as seen in this queue from then on;
+  // the queue did not take it (a duplicate, or refused), so its window is
+  // what the queue remembers, if anything.
+  envelope.wal->NotTaken(queue.durable_id(), envelope.wal_id, id,
+                         queue.DedupUntil(id).value_or(absl::InfinitePast()));
 }
 
 absl::Status BrokerImpl::CheckOpenLocked() const {

@@ -156,7 +156,7 @@ class BrokerImpl final : public Broker, private QueueOwner {
   void LogPublishes(wal::RecordBuilder& record, const PublishOptions& options,
                     ConfirmBy confirm, PendingPublish* pending, size_t n);
   // Logs that durable queue `queue` did not take persistent message `id`.
-  void LogNotTaken(const Queue& queue, const Envelope& envelope);
+  void LogNotTaken(Queue& queue, const Envelope& envelope);
   // Adds (`bind`) or removes a binding, and logs the change when both its
   // ends are durable; returns the record's LSN, or 0 when nothing was logged.
   uint64_t ChangeBindingLocked(Exchange& source, const Destination& dest,

@@ -147,6 +147,13 @@ void Queue::RestoreDedup(const std::string& message_id, absl::Time until) {
   dedup_order_.emplace_back(until, message_id);
 }
 
+std::optional<absl::Time> Queue::DedupUntil(const std::string& message_id) {
+  MutexLock lock(&dedup_mu_);
+  auto it = dedup_.find(message_id);
+  if (it == dedup_.end()) return std::nullopt;
+  return it->second;
+}
+
 bool Queue::IsDuplicate(const Envelope& envelope) {
   const std::string& id = envelope.message.properties().message_id;
   if (id.empty()) return false;

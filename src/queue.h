@@ -161,6 +161,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
                                 uint32_t deliveries, absl::Time ready_at);
   // Recovery: a message id seen within the deduplication window.
   void RestoreDedup(const std::string& message_id, absl::Time until);
+  // When the deduplication window of `message_id` ends, if the queue
+  // remembers it.
+  std::optional<absl::Time> DedupUntil(const std::string& message_id)
+      ABSL_LOCKS_EXCLUDED(dedup_mu_);
 
   // --- Consuming ------------------------------------------------------------
 

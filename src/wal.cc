@@ -239,8 +239,11 @@ struct Replay {
             q->second.options.dedup_window <= absl::ZeroDuration()) {
           continue;
         }
-        dedup.try_emplace({ref.queue_id, mid},
-                          op.published_at + q->second.options.dedup_window);
+        // The latest publish counts (a renewal after the window ended); a
+        // duplicate's or refused publish's record is followed by a kDedup op
+        // that restores what the queue remembered.
+        dedup[{ref.queue_id, mid}] =
+            op.published_at + q->second.options.dedup_window;
       }
     }
     // A later publish of the same id (a compaction's rewrite, or a move that
@@ -412,12 +415,14 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
   const absl::Time now = options_.clock->Now();
   for (auto& [key, until] : replay.dedup) {
     if (until <= now || !replay.queues.contains(key.first)) continue;
-    dedup_[key.first].emplace_back(until, key.second);
+    dedup_[key.first][key.second] = until;
     recovered->dedup.push_back({key.first, key.second, until});
   }
-  for (auto& [q, entries] : dedup_) {
-    std::sort(entries.begin(), entries.end());
-  }
+  // Queues drop their entries in the order their windows end.
+  std::sort(
+      recovered->dedup.begin(), recovered->dedup.end(),
+      [](const RecoveredState::DedupEntry& a,
+         const RecoveredState::DedupEntry& b) { return a.until < b.until; });
   // Hand the live messages over in publish (id) order. `messages` holds
   // them in the order their publishes were read, which differs from id order
   // only where publishers raced or a compaction rewrote a message: sort only
@@ -586,8 +591,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             auto q = queues_.find(r.queue_id);
             if (q != queues_.end() &&
                 q->second.dedup_window > absl::ZeroDuration()) {
-              dedup_[r.queue_id].emplace_back(e.at + q->second.dedup_window,
-                                              e.name);
+              dedup_[r.queue_id][e.name] = e.at + q->second.dedup_window;
             }
           }
         }
@@ -612,6 +616,14 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       }
       case wal::OpType::kDedup:
+        if (e.at == absl::InfinitePast()) {
+          if (auto q = dedup_.find(e.queue_id); q != dedup_.end()) {
+            q->second.erase(e.name);
+          }
+        } else if (queues_.contains(e.queue_id)) {
+          dedup_[e.queue_id][e.name] = e.at;
+        }
+        break;
       case wal::OpType::kCheckpoint:
         break;
     }
@@ -650,6 +662,18 @@ void Wal::ForgetRefLocked(uint32_t queue_id, uint64_t msg_id) {
 void Wal::Settled(uint32_t queue_id, uint64_t msg_id) {
   thread_local wal::RecordBuilder record;
   record.Settle(queue_id, &msg_id, 1);
+  AppendSettles(record);
+}
+
+void Wal::NotTaken(uint32_t queue_id, uint64_t msg_id,
+                   std::string_view message_id, absl::Time until) {
+  thread_local wal::RecordBuilder record;
+  record.Settle(queue_id, &msg_id, 1);
+  record.Dedup(queue_id, message_id, until);
+  AppendSettles(record);
+}
+
+void Wal::AppendSettles(wal::RecordBuilder& record) {
   bool wake = false;
   {
     MutexLock l(&mu_);
@@ -676,11 +700,14 @@ void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
   for (const auto& [key, op] : bindings_) bytes += op;
   const absl::Time now = options_.clock->Now();
   for (auto& [queue_id, entries] : dedup_) {
-    std::sort(entries.begin(), entries.end());
-    while (!entries.empty() && entries.front().first <= now) {
-      entries.pop_front();
+    for (auto it = entries.begin(); it != entries.end();) {
+      if (it->second <= now) {
+        entries.erase(it++);
+      } else {
+        out.Dedup(queue_id, it->first, it->second);
+        ++it;
+      }
     }
-    for (const auto& [until, id] : entries) out.Dedup(queue_id, id, until);
   }
 }
 

@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -200,6 +201,12 @@ class Wal {
   // (acked, dropped, expired, purged...): logs a settle. Ignored once
   // StopSettling was called.
   void Settled(uint32_t queue_id, uint64_t msg_id);
+  // The same for a message that durable queue `queue_id` did not take (a
+  // duplicate, or refused), with deduplication id `message_id` and the end
+  // of its window in that queue (InfinitePast when the queue does not
+  // remember it): the publish's record counted the id as seen.
+  void NotTaken(uint32_t queue_id, uint64_t msg_id, std::string_view message_id,
+                absl::Time until);
   // From now on Settled is ignored: the broker is closing, and what its
   // queues release stays in the log.
   void StopSettling();
@@ -267,6 +274,9 @@ class Wal {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ForgetRefLocked(uint32_t queue_id, uint64_t msg_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends a record of settles (and deduplication entries) that nobody
+  // waits for, unless settling has stopped.
+  void AppendSettles(wal::RecordBuilder& record) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops the bindings that went with a deleted exchange or queue (`gone`
   // says which), as replay does, so checkpoints do not bring them back.
   void DropBindingsLocked(
@@ -460,7 +470,8 @@ class Wal {
   };
   std::map<uint32_t, QueueModel> queues_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> bindings_ ABSL_GUARDED_BY(mu_);
-  std::map<uint32_t, std::deque<std::pair<absl::Time, std::string>>> dedup_
+  // Per durable queue: message id -> when its deduplication window ends.
+  std::map<uint32_t, absl::flat_hash_map<std::string, absl::Time>> dedup_
       ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> next_msg_id_{1};
   std::atomic<uint32_t> next_queue_id_{1};

@@ -787,6 +787,94 @@ TEST_CASE("Deduplication ids survive a restart", "[wal]") {
   CHECK(later->duplicates == 0);
 }
 
+// Publishes a persistent message with deduplication id `id` to queue "q" and
+// returns how many queues found it a duplicate (-1 on error).
+int PublishWithId(Broker& b, const std::string& id) {
+  Message m("body of " + id);
+  m.properties().message_id = id;
+  auto r = b.Publish("", "q", std::move(m), Persistent());
+  return r.ok() ? static_cast<int>(r->duplicates) : -1;
+}
+
+TEST_CASE("After a restart deduplication windows end when they did before it",
+          "[wal]") {
+  // With a checkpoint between the publishes and the restart (a new segment
+  // holds the windows as kDedup ops), or with the publishes replayed.
+  const bool checkpoint = GENERATE(false, true);
+  CAPTURE(checkpoint);
+  Fixture f;
+  f.options.wal_segment_bytes = 64 << 10;
+  const QueueOptions q{.durable = true, .dedup_window = absl::Seconds(10)};
+  auto roll = [&](Broker& b) {
+    if (!checkpoint) return;
+    REQUIRE(b.DeclareQueue("filler", {.durable = true}).ok());
+    for (int i = 0; i < 20; ++i) {
+      REQUIRE(
+          b.Publish("", "filler", Message(std::string(4000, 'f')), Persistent())
+              .ok());
+    }
+  };
+  SECTION("windows that end out of order are forgotten in time") {
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", q).ok());
+      REQUIRE(PublishWithId(*b, "b") == 0);  // window ends at 10 s
+      REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
+      REQUIRE(PublishWithId(*b, "a") == 0);  // window ends at 15 s
+      roll(*b);
+    }
+    auto b = f.MustOpen();
+    REQUIRE(f.clock.Advance(absl::Seconds(7)).ok());  // 12 s
+    CHECK(PublishWithId(*b, "b") == 0);
+    CHECK(PublishWithId(*b, "a") == 1);
+  }
+  SECTION("a duplicate does not extend the window") {
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", q).ok());
+      REQUIRE(PublishWithId(*b, "x") == 0);  // window ends at 10 s
+      REQUIRE(f.clock.Advance(absl::Seconds(8)).ok());
+      REQUIRE(PublishWithId(*b, "x") == 1);
+      roll(*b);
+    }
+    auto b = f.MustOpen();
+    REQUIRE(f.clock.Advance(absl::Seconds(4)).ok());  // 12 s
+    CHECK(PublishWithId(*b, "x") == 0);
+  }
+  SECTION("a publish after the window ended starts a new one") {
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", q).ok());
+      REQUIRE(PublishWithId(*b, "x") == 0);  // window ends at 10 s
+      REQUIRE(f.clock.Advance(absl::Seconds(12)).ok());
+      REQUIRE(PublishWithId(*b, "x") == 0);  // window ends at 22 s
+      REQUIRE(PublishWithId(*b, "x") == 1);
+      roll(*b);
+    }
+    auto b = f.MustOpen();
+    REQUIRE(f.clock.Advance(absl::Seconds(3)).ok());  // 15 s
+    CHECK(PublishWithId(*b, "x") == 1);
+  }
+  SECTION("the id of a refused publish is not remembered") {
+    {
+      auto b = f.MustOpen();
+      QueueOptions full = q;
+      full.max_length = 1;
+      REQUIRE(b->DeclareQueue("q", full).ok());
+      REQUIRE(PublishWithId(*b, "m1") == 0);
+      Message m2("m2");
+      m2.properties().message_id = "m2";
+      REQUIRE(absl::IsResourceExhausted(
+          b->Publish("", "q", std::move(m2), Persistent()).status()));
+      roll(*b);
+    }
+    auto b = f.MustOpen();
+    REQUIRE(DrainBodies(*b, "q").size() == 1);
+    CHECK(PublishWithId(*b, "m2") == 0);
+    CHECK(b->GetQueueStats("q")->ready == 1);
+  }
+}
+
 TEST_CASE(
     "Sync policies: every publish syncs alone, group commit shares, "
     "never only writes",
