@@ -1305,8 +1305,9 @@ void Wal::CompactLocked(Done& done) {
   }
   // Every message of the oldest segment is settled (or written again). The
   // records that settled or moved them must be durable before it goes. Some
-  // may still be live if their records landed in a later segment than the
-  // one they are counted in: then it stays until the next segment starts.
+  // may still be live (counted here while the segment was read, or whose
+  // record's write failed and waits to be written again): then it stays
+  // until the next segment starts.
   if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_.empty() ||
       segments_.front().number != oldest.number || segments_.front().live > 0) {
     compact_failed_ = true;  // tried again once a new segment starts

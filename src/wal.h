@@ -25,12 +25,16 @@
 // and compacts.
 //
 // Space: the log keeps, for each live persistent message (one not yet settled
-// by every durable queue it reached), the segment that holds its newest full
-// record. A segment whose messages are all settled is deleted once every
-// older segment is gone; the oldest segment, when less than half of it is
-// live, is compacted: its live messages are written again at the end of the
-// log (with their current state), and it is deleted. So the log stays within
-// about twice the live data plus the segments being written.
+// by every durable queue it reached), the segment that holds its newest
+// record naming all its queues (the segment that record was written to,
+// even when it was appended before the previous segment filled). A segment
+// whose messages are all settled is deleted once every older segment is
+// gone. The oldest segment is compacted (its live messages are written again
+// at the end of the log, with their current state, and it is deleted) when
+// less than half of it is live, or when the settled bytes of the segments
+// before the one being written exceed the live data and a segment's size
+// (each segment weighing at least a block). So the log stays within about
+// twice the live data plus a segment or two.
 //
 // Errors: a failed write or sync fails the waiters of the records it
 // concerned (and only them); the segment is abandoned and the next write
