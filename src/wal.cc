@@ -790,7 +790,7 @@ bool Wal::WorkLocked() const {
 }
 
 bool Wal::CompactionDueLocked() const {
-  if (compact_failed_ || segments_.size() < 2) return false;
+  if (compact_failed_ || segments_held_ || segments_.size() < 2) return false;
   const Segment& oldest = segments_.front();
   return oldest.live == 0 || oldest.live_bytes * 2 < oldest.size ||
          SettledOutweighLiveLocked();
@@ -961,6 +961,7 @@ void Wal::LeadLocked(Done& done) {
       const uint64_t from = std::max(synced_lsn_, abandoned_lsn_) + 1;
       if (written_lsn_ >= from) {
         RecordFailureLocked({from, written_lsn_, /*sync_only=*/true, s});
+        segments_held_ = true;
       }
       abandoned_lsn_ = written_lsn_;
     }
@@ -1308,8 +1309,9 @@ void Wal::CompactLocked(Done& done) {
   // may still be live (counted here while the segment was read, or whose
   // record's write failed and waits to be written again): then it stays
   // until the next segment starts.
-  if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_.empty() ||
-      segments_.front().number != oldest.number || segments_.front().live > 0) {
+  if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_held_ ||
+      segments_.empty() || segments_.front().number != oldest.number ||
+      segments_.front().live > 0) {
     compact_failed_ = true;  // tried again once a new segment starts
     return;
   }
@@ -1412,6 +1414,7 @@ WalStats Wal::Stats() const {
   s.segments = segments_.size();
   s.live_messages = live_.size();
   s.compactions = compactions_;
+  s.segments_held = segments_held_;
   s.recovered_bytes = recovered_bytes_;
   s.skipped_bytes = skipped_bytes_;
   s.recovered_messages = recovered_messages_;

@@ -395,6 +395,10 @@ class Wal {
   bool settling_ ABSL_GUARDED_BY(mu_) = true;
   // A compaction failed: not tried again before the next segment.
   bool compact_failed_ ABSL_GUARDED_BY(mu_) = false;
+  // Records of an abandoned segment were written and never synced: what
+  // they settled may come back after a power loss, so no segment is deleted
+  // (until the log is opened again).
+  bool segments_held_ ABSL_GUARDED_BY(mu_) = false;
 
   // Pending records: bytes back to back, LSNs next_lsn_ - n .. next_lsn_-1.
   std::string pending_ ABSL_GUARDED_BY(mu_);

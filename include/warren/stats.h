@@ -71,6 +71,10 @@ struct WalStats {
   uint64_t segments = 0;       // segment files now in the directory
   uint64_t live_messages = 0;  // persistent messages not yet settled
   uint64_t compactions = 0;    // segments rewritten to free space
+  // A failed write or sync left records of the current segment unsynced:
+  // they may never be durable, nor the settles among them, so the log
+  // deletes no segment until the broker is opened again.
+  bool segments_held = false;
   // At Open: bytes replayed and damaged bytes skipped (OnCorruption::kSkip).
   uint64_t recovered_bytes = 0;
   uint64_t skipped_bytes = 0;
