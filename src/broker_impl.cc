@@ -866,8 +866,8 @@ void BrokerImpl::RoutePublishLocked(Exchange& target,
     }
   }
   p.envelope = MakeEnvelope(std::move(message), std::string(target.name()),
-                            std::string(routing_key), now, wal_id,
-                            wal_id != 0 ? wal_ : nullptr);
+                            std::string(routing_key), now, options.persistent,
+                            wal_id, wal_id != 0 ? wal_ : nullptr);
 }
 
 void BrokerImpl::LogPublishes(wal::RecordBuilder& record,
@@ -956,7 +956,8 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
   // durable targets, and its leaving the source, in one record.
   uint64_t wal_id = 0;
   const uint32_t source_queue = source != nullptr ? source->wal_queue : 0;
-  if (wal_ != nullptr && source != nullptr && source->envelope->wal_id != 0) {
+  const bool persistent = source != nullptr && source->envelope->persistent;
+  if (wal_ != nullptr && persistent) {
     thread_local std::vector<wal::Ref> refs;
     refs.clear();
     for (Queue* q : state.queues) {
@@ -976,9 +977,9 @@ size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
     }
     if (!record.empty()) wal_->Append(record);
   }
-  auto envelope =
-      MakeEnvelope(std::move(message), std::string(exchange.name()),
-                   std::string(key), now, wal_id, wal_id != 0 ? wal_ : nullptr);
+  auto envelope = MakeEnvelope(std::move(message), std::string(exchange.name()),
+                               std::string(key), now, persistent, wal_id,
+                               wal_id != 0 ? wal_ : nullptr);
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {

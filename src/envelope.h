@@ -20,11 +20,12 @@ class Wal;
 // every queue the publish reached, so the body is never copied per queue.
 struct Envelope {
   Envelope(Message&& m, std::string&& ex, std::string&& key, absl::Time at,
-           uint64_t id = 0, std::shared_ptr<Wal> log = nullptr)
+           bool durable, uint64_t id = 0, std::shared_ptr<Wal> log = nullptr)
       : message(std::move(m)),
         exchange(std::move(ex)),
         routing_key(std::move(key)),
         published_at(at),
+        persistent(durable),
         wal_id(id),
         wal(std::move(log)) {}
 
@@ -33,6 +34,10 @@ struct Envelope {
   const std::string routing_key;
   // On the broker's clock; TTLs count from here.
   const absl::Time published_at;
+  // Published persistent (PublishOptions::persistent), or moved from a
+  // message that was: a copy that reaches a durable queue is logged, even
+  // when this one reached none.
+  const bool persistent;
   // A persistent message's id in the write-ahead log, and the log; 0 and
   // null for a transient message.
   const uint64_t wal_id;
@@ -78,10 +83,11 @@ inline NodePtr NewNode() { return MakePooled<QueuedMessage>(); }
 // allocations).
 inline std::shared_ptr<const Envelope> MakeEnvelope(
     Message&& m, std::string&& exchange, std::string&& routing_key,
-    absl::Time at, uint64_t wal_id = 0, std::shared_ptr<Wal> wal = nullptr) {
+    absl::Time at, bool persistent, uint64_t wal_id = 0,
+    std::shared_ptr<Wal> wal = nullptr) {
   return std::allocate_shared<Envelope>(
       PoolAllocator<Envelope>(), std::move(m), std::move(exchange),
-      std::move(routing_key), at, wal_id, std::move(wal));
+      std::move(routing_key), at, persistent, wal_id, std::move(wal));
 }
 
 }  // namespace warren::internal

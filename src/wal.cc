@@ -251,9 +251,10 @@ struct Replay {
     auto [it, inserted] = index.try_emplace(op.msg_id, messages.size());
     if (inserted) messages.emplace_back();
     Msg& m = messages[it->second];
-    m.live.envelope = MakeEnvelope(
-        std::move(op.message), std::move(op.exchange),
-        std::move(op.routing_key), op.published_at, op.msg_id, wal);
+    m.live.envelope =
+        MakeEnvelope(std::move(op.message), std::move(op.exchange),
+                     std::move(op.routing_key), op.published_at,
+                     /*persistent=*/true, op.msg_id, wal);
     if (wal::NamesEvery(op.refs, m.live.refs)) {
       m.segment = segment;
       m.bytes = op_bytes;

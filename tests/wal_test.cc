@@ -313,6 +313,45 @@ TEST_CASE("Dead-lettering moves a persistent message durably", "[wal]") {
 }
 
 TEST_CASE(
+    "A persistent message dead-lettered from a transient queue into a durable "
+    "one is logged there",
+    "[wal]") {
+  Fixture f;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
+    // Two hops through transient queues: "work" dead-letters into "relay",
+    // which dead-letters into the durable "dlq".
+    REQUIRE(b->DeclareQueue("relay", {.dead_letter_exchange = "",
+                                      .dead_letter_routing_key = "dlq"})
+                .ok());
+    REQUIRE(b->DeclareQueue("work", {.dead_letter_exchange = "",
+                                     .dead_letter_routing_key = "relay"})
+                .ok());
+    REQUIRE(b->Publish("", "work", Message("persistent"), Persistent()).ok());
+    REQUIRE(b->Publish("", "work", Message("transient")).ok());
+    auto c = b->Consume("work").value();
+    for (int i = 0; i < 2; ++i) {
+      auto d = c->TryReceive().value();
+      REQUIRE(c->Reject(d, {.requeue = false}).ok());
+    }
+    auto r = b->Consume("relay").value();
+    for (int i = 0; i < 2; ++i) {
+      auto d = r->TryReceive().value();
+      REQUIRE(r->Reject(d, {.requeue = false}).ok());
+    }
+    REQUIRE(b->GetQueueStats("dlq")->ready == 2);
+    // A later confirmed publish makes everything before it durable too.
+    REQUIRE(b->Publish("", "dlq", Message("fence"), Persistent()).ok());
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  auto b = f.MustOpen();
+  // The transient message stays transient, as in RabbitMQ.
+  CHECK(DrainBodies(*b, "dlq") ==
+        std::vector<std::string>{"persistent", "fence"});
+}
+
+TEST_CASE(
     "A move that no queue takes leaves the message in all its durable queues",
     "[wal]") {
   Fixture f;
