@@ -125,6 +125,32 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
   return absl::OkStatus();
 }
 
+// The log keeps durations in whole microseconds: a durable queue's options
+// must survive a restart exactly, or redeclaring it would find them changed.
+absl::Status CheckLoggable(std::string_view queue, const QueueOptions& o) {
+  std::vector<std::pair<std::string_view, absl::Duration>> durations = {
+      {"dedup_window", o.dedup_window}};
+  for (auto [what, d] : {std::pair{"message_ttl", o.message_ttl},
+                         std::pair{"ack_deadline", o.ack_deadline},
+                         std::pair{"expires", o.expires}}) {
+    if (d.has_value()) durations.emplace_back(what, *d);
+  }
+  if (o.retry.has_value()) {
+    durations.emplace_back("retry.initial_delay", o.retry->initial_delay);
+    durations.emplace_back("retry.max_delay", o.retry->max_delay);
+  }
+  for (const auto& [what, d] : durations) {
+    if (d != absl::Microseconds(absl::ToInt64Microseconds(d))) {
+      return absl::InvalidArgumentError(
+          StrCat("queue '", queue, "' is durable: its ", what, " (",
+                 absl::FormatDuration(d),
+                 ") must be a whole number of microseconds, as the log keeps "
+                 "it"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Adds one queue's answer to a publish's outcome; false for kFull (the
 // caller waits for room).
 bool Tally(PublishOutcome& outcome, Queue::EnqueueResult result,
@@ -418,6 +444,7 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
           "' is durable: its retry policy cannot use a custom backoff "
           "function, which cannot be logged (use kFixed or kExponential)"));
     }
+    WARREN_RETURN_IF_ERROR(CheckLoggable(name, options));
     durable_id = wal_->NewQueueId();
     wal::RecordBuilder record;
     record.Queue(durable_id, name, options);

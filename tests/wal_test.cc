@@ -1089,6 +1089,45 @@ TEST_CASE("Durable queues refuse a custom backoff, which cannot be logged",
   CHECK(mem->DeclareQueue("q", {.durable = true, .retry = retry}).ok());
 }
 
+TEST_CASE(
+    "Durable queues refuse durations finer than the microseconds the log "
+    "keeps",
+    "[wal]") {
+  Fixture f;
+  RetryPolicy retry;
+  retry.initial_delay = absl::Nanoseconds(1500);
+  const std::vector<QueueOptions> bad = {
+      {.durable = true, .message_ttl = absl::Nanoseconds(1500)},
+      {.durable = true, .ack_deadline = absl::Nanoseconds(999)},
+      {.durable = true,
+       .dedup_window = absl::Seconds(1) + absl::Nanoseconds(1)},
+      {.durable = true, .expires = absl::Nanoseconds(1)},
+      {.durable = true, .retry = retry},
+  };
+  {
+    auto b = f.MustOpen();
+    for (const QueueOptions& o : bad) {
+      auto s = b->DeclareQueue("q", o);
+      CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+      CHECK(b->GetQueueStats("q").status().code() ==
+            absl::StatusCode::kNotFound);
+      // Transient queues are never logged: allowed.
+      QueueOptions transient = o;
+      transient.durable = false;
+      CHECK(b->DeclareQueue("t", transient).ok());
+      REQUIRE(b->DeleteQueue("t").ok());
+    }
+    REQUIRE(b->DeclareQueue("q", {.durable = true,
+                                  .message_ttl = absl::Microseconds(1500)})
+                .ok());
+  }
+  // What was accepted comes back exactly: redeclaring it is no change.
+  auto b = f.MustOpen();
+  CHECK(b->DeclareQueue(
+             "q", {.durable = true, .message_ttl = absl::Microseconds(1500)})
+            .ok());
+}
+
 TEST_CASE("Bad WAL options are refused", "[wal]") {
   Fixture f;
   f.options.wal_segment_bytes = 1000;
