@@ -598,8 +598,16 @@ uint64_t BrokerImpl::ChangeBindingLocked(Exchange& source,
                                          std::string_view key,
                                          const BindingArguments& arguments,
                                          bool bind) {
-  const bool changed = bind ? source.AddBinding(dest, key, arguments)
-                            : source.RemoveBinding(dest, key, arguments);
+  // An unbind logs the arguments as they were bound, so that the log removes
+  // the binding it holds.
+  std::optional<BindingArguments> unbound;
+  bool changed = false;
+  if (bind) {
+    changed = source.AddBinding(dest, key, arguments);
+  } else {
+    unbound = source.RemoveBinding(dest, key, arguments);
+    changed = unbound.has_value();
+  }
   // A binding is durable when both its ends are; a no-op is not logged.
   if (!changed || wal_ == nullptr || !source.options().durable) return 0;
   wal::BindingOp b;
@@ -612,7 +620,7 @@ uint64_t BrokerImpl::ChangeBindingLocked(Exchange& source,
   }
   b.source = source.name();
   b.key = std::string(key);
-  b.arguments = arguments;
+  b.arguments = bind ? arguments : *std::move(unbound);
   wal::RecordBuilder record;
   record.Bind(b, bind);
   return wal_->Append(record);

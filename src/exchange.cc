@@ -41,12 +41,13 @@ bool Exchange::AddBinding(const Destination& d, std::string_view key,
   return true;
 }
 
-bool Exchange::RemoveBinding(const Destination& d, std::string_view key,
-                             const BindingArguments& args) {
+std::optional<BindingArguments> Exchange::RemoveBinding(
+    const Destination& d, std::string_view key, const BindingArguments& args) {
   auto sets = arguments_.find(BindingKey(d, key));
-  if (sets == arguments_.end()) return false;
+  if (sets == arguments_.end()) return std::nullopt;
   auto set = std::find(sets->second.begin(), sets->second.end(), args);
-  if (set == sets->second.end()) return false;
+  if (set == sets->second.end()) return std::nullopt;
+  std::optional<BindingArguments> bound = std::move(*set);
   sets->second.erase(set);
   if (sets->second.empty()) arguments_.erase(sets);
   bindings_.erase(
@@ -56,7 +57,7 @@ bool Exchange::RemoveBinding(const Destination& d, std::string_view key,
   if (!IsIndexedByKey() || !arguments_.contains(BindingKey(d, key))) {
     Unindex(d, key);
   }
-  return true;
+  return bound;
 }
 
 size_t Exchange::RemoveBindingsTo(const Destination& d) {

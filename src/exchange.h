@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -59,9 +60,12 @@ class Exchange {
   // Adds a binding; false when an identical one exists.
   bool AddBinding(const Destination& d, std::string_view key,
                   const BindingArguments& args);
-  // Removes a binding; false when there was none.
-  bool RemoveBinding(const Destination& d, std::string_view key,
-                     const BindingArguments& args);
+  // Removes a binding and returns its arguments as they were bound (equal
+  // to `args`, though not always the same bytes: 0.0 equals -0.0); nullopt
+  // when there was none.
+  std::optional<BindingArguments> RemoveBinding(const Destination& d,
+                                                std::string_view key,
+                                                const BindingArguments& args);
   // Removes every binding to `d`; returns how many.
   size_t RemoveBindingsTo(const Destination& d);
 

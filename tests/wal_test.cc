@@ -274,6 +274,32 @@ TEST_CASE("Durable exchanges and bindings are recovered and route again",
   CHECK(DrainBodies(*b, "eu") == std::vector<std::string>{"x"});
 }
 
+TEST_CASE(
+    "Unbinding with arguments equal to the bound ones but other bytes stays "
+    "unbound after a restart",
+    "[wal]") {
+  Fixture f;
+  const BindingArguments bound = {{"x-match", "all"}, {"weight", 0.0}};
+  const BindingArguments equal = {{"x-match", "all"}, {"weight", -0.0}};
+  REQUIRE(bound == equal);  // IEEE equality, as bindings compare
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareExchange("h", ExchangeType::kHeaders, {.durable = true})
+                .ok());
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Bind("q", "h", "", bound).ok());
+    REQUIRE(b->Unbind("q", "h", "", equal).ok());
+  }
+  auto b = f.MustOpen();
+  PublishOptions mandatory = Persistent();
+  mandatory.mandatory = true;
+  Message m("x");
+  m.headers()["weight"] = 0.0;
+  auto out = b->Publish("h", "", std::move(m), mandatory);
+  REQUIRE(out.ok());
+  CHECK(out->queues == 0);
+}
+
 TEST_CASE("A second broker cannot open a locked WAL directory", "[wal]") {
   Fixture f;
   auto b = f.MustOpen();
