@@ -102,6 +102,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
   Delivery d;
   uint32_t logged_queue = 0;
   uint64_t logged_id = 0;
+  uint32_t logged_deliveries = 0;
   {
     MutexLock lock(&mu_);
     if (!closed_) {
@@ -109,6 +110,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       ++n.deliveries;
       logged_queue = n.wal_queue;
       logged_id = n.envelope->wal_id;
+      logged_deliveries = n.deliveries;
       d.envelope_ = n.envelope;
       d.delivery_tag_ = held_.next_tag();
       d.consumer_id_ = id_;
@@ -126,7 +128,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
   if (logged_queue != 0) {
     // Counted at recovery: the message comes back redelivered.
     thread_local wal::RecordBuilder record;
-    record.Delivered(logged_queue, logged_id);
+    record.Delivered(logged_queue, logged_id, logged_deliveries);
     queue_->link()->wal->Append(record);
   }
   if (*node) {

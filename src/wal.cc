@@ -218,7 +218,7 @@ struct Replay {
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
         if (Msg* m = Find(op.msg_id)) {
-          wal::ApplyToRefs(op.type, op.queue_id, op.at,
+          wal::ApplyToRefs(op.type, op.queue_id, op.at, op.deliveries,
                            absl::MakeSpan(m->live.refs));
         }
         break;
@@ -611,7 +611,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
       case wal::OpType::kDelivered:
       case wal::OpType::kRetry: {
         if (Entry* entry = live_.Find(e.msg_id)) {
-          wal::ApplyToRefs(e.type, e.queue_id, e.at,
+          wal::ApplyToRefs(e.type, e.queue_id, e.at, e.deliveries,
                            absl::MakeSpan(entry->refs));
         }
         break;

@@ -442,14 +442,17 @@ void RecordBuilder::Settle(uint32_t queue_id, const uint64_t* ids, size_t n) {
   End();
 }
 
-void RecordBuilder::Delivered(uint32_t queue_id, uint64_t msg_id) {
+void RecordBuilder::Delivered(uint32_t queue_id, uint64_t msg_id,
+                              uint32_t deliveries) {
   {
     Effect& e = Begin(OpType::kDelivered);
     e.queue_id = queue_id;
     e.msg_id = msg_id;
+    e.deliveries = deliveries;
   }
   PutVarint(out_, queue_id);
   PutVarint(out_, msg_id);
+  PutVarint(out_, deliveries);
   End();
 }
 
@@ -552,6 +555,7 @@ absl::Status RecordReader::Next(Op* op) {
     case OpType::kDelivered:
       op->queue_id = d.Varint32();
       op->msg_id = d.Varint();
+      op->deliveries = d.Varint32();
       break;
     case OpType::kRetry:
       op->queue_id = d.Varint32();

@@ -26,7 +26,7 @@
 //     ref           :=   queue_id:varint deliveries:varint ready_at:time
 //                        (ready_at: a delayed or retrying message's time)
 //   kSettle         = 8  queue_id:varint n:varint msg_id:varint{n}
-//   kDelivered      = 9  queue_id:varint msg_id:varint
+//   kDelivered      = 9  queue_id:varint msg_id:varint deliveries:varint
 //   kRetry          = 10 queue_id:varint msg_id:varint ready_at:time
 //   kDedup          = 11 queue_id:varint message_id:string until:time
 //   kCheckpoint     = 12 next_msg_id:varint next_queue_id:varint
@@ -62,7 +62,10 @@
 //   * kSettle removes a queue's reference; a message with none is gone. A
 //     settle of an unknown message is ignored (its publish was compacted
 //     away after it was settled).
-//   * kDelivered counts a delivery (the message comes back redelivered).
+//   * kDelivered records the queue's deliveries of the message so far (it
+//     comes back redelivered): the count only rises, so a record written
+//     twice (again after a failed write) or two deliveries logged out of
+//     order count as they happened.
 //   * A segment's first record is a checkpoint: kCheckpoint followed by the
 //     whole durable topology (kExchange, kQueue, kBind) and the deduplication
 //     entries still in their window (kDedup); it replaces the topology read
@@ -109,15 +112,15 @@ struct Ref {
   absl::Time ready_at = absl::InfinitePast();  // InfinitePast: ready now
 };
 
-// Applies a kDelivered (counts a delivery) or kRetry (sets ready_at to `at`)
-// op for queue `queue_id` to a message's refs. Used by replay and by the
-// log's live model, so both read the ops alike.
+// Applies a kDelivered (raises the deliveries to `deliveries`) or kRetry
+// (sets ready_at to `at`) op for queue `queue_id` to a message's refs. Used by
+// replay and by the log's live model, so both read the ops alike.
 inline void ApplyToRefs(OpType type, uint32_t queue_id, absl::Time at,
-                        absl::Span<Ref> refs) {
+                        uint32_t deliveries, absl::Span<Ref> refs) {
   for (Ref& ref : refs) {
     if (ref.queue_id != queue_id) continue;
     if (type == OpType::kDelivered) {
-      ++ref.deliveries;
+      ref.deliveries = std::max(ref.deliveries, deliveries);
     } else {
       ref.ready_at = at;
     }
@@ -176,6 +179,7 @@ struct Effect {
   uint64_t msg_id = 0;
   // kPublish: published_at; kRetry: ready_at; kDedup: until.
   absl::Time at;
+  uint32_t deliveries = 0;  // kDelivered
   // kExchange, kDeleteExchange: the exchange; kQueue: the queue;
   // kPublish, kDedup: the message id (Properties::message_id).
   std::string name;
@@ -220,7 +224,8 @@ class RecordBuilder {
                std::string_view routing_key, absl::Time published_at,
                const Message& message, const std::vector<Ref>& refs);
   void Settle(uint32_t queue_id, const uint64_t* ids, size_t n);
-  void Delivered(uint32_t queue_id, uint64_t msg_id);
+  // `deliveries`: the queue's deliveries of the message, this one included.
+  void Delivered(uint32_t queue_id, uint64_t msg_id, uint32_t deliveries);
   void Retry(uint32_t queue_id, uint64_t msg_id, absl::Time ready_at);
   void Dedup(uint32_t queue_id, std::string_view message_id, absl::Time until);
   void Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id);
@@ -265,6 +270,7 @@ struct Op {
   std::vector<Ref> refs;
   std::vector<uint64_t> ids;  // kSettle
   absl::Time at;              // kRetry ready_at, kDedup until
+  uint32_t deliveries = 0;    // kDelivered
   uint64_t next_msg_id = 0;   // kCheckpoint
   uint32_t next_queue_id = 0;
 };

@@ -347,6 +347,41 @@ TEST_CASE(
   REQUIRE((*wal)->Close().ok());
 }
 
+TEST_CASE(
+    "A delivery written again after a failed write is counted once after a "
+    "crash",
+    "[wal]") {
+  // The delivery and a larger record are written together; a failure at each
+  // call of that write. A failed flush leaves the delivery in the abandoned
+  // segment, and the log writes it again in the next one.
+  const int fail_at = GENERATE(range(0, 6));
+  CAPTURE(fail_at);
+  LogFixture f;
+  {
+    auto wal = f.MustOpenSmallWithQueues(1);
+    wal::RecordBuilder record = PublishRecord(1, 1, "m");
+    REQUIRE(Commit(*wal, record).ok());
+    f.env.ResetCallCount();
+    f.env.InjectFault(fail_at, absl::StatusCode::kDataLoss);
+    wal::RecordBuilder delivered;
+    delivered.Delivered(1, 1, 1);
+    (void)wal->Append(delivered, /*own_sync=*/false, /*will_wait=*/true);
+    record = PublishRecord(2, 1, std::string(8 << 10, 'b'));
+    (void)Commit(*wal, record);
+    f.env.ClearFault();
+    REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kProcess);
+  }
+  RecoveredState recovered;
+  auto wal = Wal::Open(f.options, &recovered);
+  REQUIRE(wal.ok());
+  REQUIRE(!recovered.messages.empty());
+  const auto& refs = recovered.messages[0].refs;
+  REQUIRE(refs.size() == 1);
+  CHECK(refs[0].deliveries == 1);
+  REQUIRE((*wal)->Close().ok());
+}
+
 TEST_CASE("Close writes again the records of a failed write", "[wal]") {
   LogFixture f;
   {
