@@ -393,6 +393,13 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
                                                 exchange->bindings().size(),
                                                 " bindings"));
   }
+  uint64_t lsn = EraseExchangeLocked(exchange);
+  lsn = std::max(lsn, EraseUnboundExchangesLocked());
+  lock.Release();
+  return AwaitLogged(lsn);
+}
+
+uint64_t BrokerImpl::EraseExchangeLocked(Exchange* exchange) {
   const Destination as_destination{nullptr, exchange};
   for (auto& [other_name, other] : exchanges_) {
     if (other.get() != exchange) other->RemoveBindingsTo(as_destination);
@@ -400,12 +407,27 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
   uint64_t lsn = 0;
   if (wal_ != nullptr && exchange->options().durable) {
     wal::RecordBuilder record;
-    record.DeleteExchange(name);
+    record.DeleteExchange(exchange->name());
     lsn = wal_->Append(record);
   }
-  exchanges_.erase(exchanges_.find(name));
-  lock.Release();
-  return AwaitLogged(lsn);
+  exchanges_.erase(exchanges_.find(exchange->name()));
+  return lsn;
+}
+
+uint64_t BrokerImpl::EraseUnboundExchangesLocked() {
+  uint64_t lsn = 0;
+  for (bool again = true; again;) {
+    again = false;
+    for (auto& [name, exchange] : exchanges_) {
+      if (exchange->options().auto_delete && exchange->had_bindings() &&
+          exchange->bindings().empty()) {
+        lsn = std::max(lsn, EraseExchangeLocked(exchange.get()));
+        again = true;
+        break;
+      }
+    }
+  }
+  return lsn;
 }
 
 // --- Queues
@@ -472,20 +494,27 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
     return absl::FailedPreconditionError(
         StrCat("queue '", name, "' has ", queue->ready(), " ready messages"));
   }
+  uint64_t lsn = 0;
+  const uint64_t deleted = EraseQueueLocked(queue, lsn);
+  lock.Release();
+  WARREN_RETURN_IF_ERROR(AwaitLogged(lsn));
+  return deleted;
+}
+
+uint64_t BrokerImpl::EraseQueueLocked(const std::shared_ptr<Queue>& queue,
+                                      uint64_t& lsn) {
   const Destination as_destination{queue.get(), nullptr};
   for (auto& [exchange_name, exchange] : exchanges_) {
     exchange->RemoveBindingsTo(as_destination);
   }
-  uint64_t lsn = 0;
   if (queue->durable_id() != 0) {
     wal::RecordBuilder record;
     record.DeleteQueue(queue->durable_id());
-    lsn = wal_->Append(record);
+    lsn = std::max(lsn, wal_->Append(record));
   }
-  queues_.erase(queues_.find(name));
+  queues_.erase(queues_.find(queue->name()));
   const uint64_t deleted = queue->End(Queue::EndReason::kDeleted);
-  lock.Release();
-  WARREN_RETURN_IF_ERROR(AwaitLogged(lsn));
+  lsn = std::max(lsn, EraseUnboundExchangesLocked());
   return deleted;
 }
 
@@ -552,8 +581,10 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
                           BindableExchangeLocked(exchange, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  const uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr},
-                                           binding_key, arguments, false);
+  uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr}, binding_key,
+                                     arguments, false);
+  // An auto-delete exchange goes with its last binding.
+  lsn = std::max(lsn, EraseUnboundExchangesLocked());
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -587,8 +618,10 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
   WARREN_ASSIGN_OR_RETURN(Exchange * src,
                           BindableExchangeLocked(source, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
-  const uint64_t lsn =
+  uint64_t lsn =
       ChangeBindingLocked(*src, {nullptr, dest}, binding_key, arguments, false);
+  // An auto-delete exchange goes with its last binding.
+  lsn = std::max(lsn, EraseUnboundExchangesLocked());
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -955,19 +988,22 @@ bool BrokerImpl::DeleteIdleQueue(Queue& queue) {
   // Consumers are added, and redeclares touch, under the topology lock:
   // checked again here, the answer holds.
   if (!queue.IdleLongEnough()) return false;
-  const Destination as_destination{&queue, nullptr};
-  for (auto& [exchange_name, exchange] : exchanges_) {
-    exchange->RemoveBindingsTo(as_destination);
-  }
-  std::shared_ptr<Queue> keep = std::move(it->second);
-  if (keep->durable_id() != 0) {
-    wal::RecordBuilder record;
-    record.DeleteQueue(keep->durable_id());
-    wal_->Append(record);
-  }
-  queues_.erase(it);
-  keep->End(Queue::EndReason::kDeleted);
+  // Nobody waits for the log: the background thread writes the records.
+  uint64_t lsn = 0;
+  EraseQueueLocked(std::shared_ptr<Queue>(it->second), lsn);
   return true;
+}
+
+void BrokerImpl::DeleteUnusedQueue(Queue& queue) {
+  WriterLock lock(&topo_mu_);
+  if (closed_) return;
+  auto it = queues_.find(queue.name());
+  if (it == queues_.end() || it->second.get() != &queue) return;
+  // Consumers are added under the topology lock: checked again here, the
+  // answer holds.
+  if (queue.consumer_count() != 0) return;
+  uint64_t lsn = 0;
+  EraseQueueLocked(std::shared_ptr<Queue>(it->second), lsn);
 }
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,

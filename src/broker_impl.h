@@ -104,6 +104,22 @@ class BrokerImpl final : public Broker, private QueueOwner {
   void DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                   DeathReason reason) override;
   bool DeleteIdleQueue(Queue& queue) override;
+  void DeleteUnusedQueue(Queue& queue) override;
+  // Deletes `queue` (registered under its name): its bindings, its messages
+  // (returns how many were ready) and, when durable, its log entry (`lsn`:
+  // the record's LSN, raised by those of the exchanges this deletes in
+  // turn). Auto-delete exchanges left with no binding go too.
+  uint64_t EraseQueueLocked(const std::shared_ptr<Queue>& queue, uint64_t& lsn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
+  // Deletes `exchange` and the bindings to it; returns its log record's LSN
+  // (0 when it is not durable).
+  uint64_t EraseExchangeLocked(Exchange* exchange)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
+  // Deletes every auto-delete exchange that has had a binding as a source
+  // and has none left, until none is left to delete (deleting one removes
+  // the bindings to it); returns the highest LSN of their log records.
+  uint64_t EraseUnboundExchangesLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
   // Routes through `exchange` and, when nothing matched, its chain of
   // alternate exchanges.
   void ResolveTargetsLocked(const Exchange& exchange,

@@ -253,15 +253,18 @@ absl::Status ConsumerState::Cancel() {
                expected == kCancelled ? "cancelled" : "closed"));
   }
   queue_->RemoveConsumer(this);
-  MutexLock lock(&mu_);
-  window_cv_.SignalAll();
+  {
+    MutexLock lock(&mu_);
+    window_cv_.SignalAll();
+  }
+  queue_->ConsumerGone();
   return absl::OkStatus();
 }
 
 void ConsumerState::Close() {
-  if (state_.exchange(kClosed, std::memory_order_acq_rel) == kActive) {
-    queue_->RemoveConsumer(this);
-  }
+  const bool was_active =
+      state_.exchange(kClosed, std::memory_order_acq_rel) == kActive;
+  if (was_active) queue_->RemoveConsumer(this);
   std::vector<NodePtr> nodes;
   {
     MutexLock lock(&mu_);
@@ -281,6 +284,7 @@ void ConsumerState::Close() {
   const size_t n = nodes.size();
   queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
   queue_->CountSettled(n);
+  if (was_active) queue_->ConsumerGone();
 }
 
 void ConsumerState::ArmLease(uint64_t tag, Held& held, absl::Time at) {

@@ -768,6 +768,15 @@ void Queue::RemoveConsumer(const ConsumerState* consumer) {
   FlushExpired();
 }
 
+void Queue::ConsumerGone() {
+  if (!options_.auto_delete || end_.load(std::memory_order_acquire) != kOpen ||
+      consumer_count() != 0) {
+    return;
+  }
+  ReaderLock lock(&link_->mu);
+  if (link_->owner != nullptr) link_->owner->DeleteUnusedQueue(*this);
+}
+
 uint64_t Queue::consumer_count() const {
   MutexLock lock(&mu_);
   return consumers_.size();

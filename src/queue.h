@@ -74,6 +74,9 @@ class QueueOwner {
   // Deletes `queue` if it is still unused for its `expires` time (checked
   // again under the broker's lock); false when it declined.
   virtual bool DeleteIdleQueue(Queue& queue) = 0;
+  // Deletes `queue`, an auto-delete queue, if it still has no consumer
+  // (checked again under the broker's lock).
+  virtual void DeleteUnusedQueue(Queue& queue) = 0;
 
  protected:
   ~QueueOwner() = default;
@@ -192,6 +195,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // consumer gauge). Unregistering wakes that consumer's waiters.
   void AddConsumer(const ConsumerState* consumer);
   void RemoveConsumer(const ConsumerState* consumer);
+  // Called once a consumer that RemoveConsumer unregistered has handed back
+  // what it held, with no lock held: an auto-delete queue left with no
+  // consumer is deleted.
+  void ConsumerGone();
 
   // --- Management -----------------------------------------------------------
 

@@ -218,6 +218,33 @@ TEST_CASE("Cancel stops new deliveries; held deliveries stay settleable") {
   CHECK(Ready(*b, "q") == 1);
 }
 
+TEST_CASE(
+    "An auto-delete queue is deleted when its last consumer goes, not before "
+    "its first") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q", {.auto_delete = true}).ok());
+  REQUIRE(b->DeclareQueue("kept").ok());
+  REQUIRE(Send(*b, "", "q", "1").ok());
+  REQUIRE(Send(*b, "", "q", "2").ok());
+  // Never consumed from: it stays.
+  CHECK(b->GetQueueStats("q").ok());
+  auto c1 = b->Consume("q").value();
+  auto c2 = b->Consume("q").value();
+  auto held = c2->TryReceive().value();
+  REQUIRE(c1->Cancel().ok());
+  CHECK(b->GetQueueStats("q")->consumers == 1);
+  // The last consumer goes: the queue goes with its messages, the one it
+  // held too.
+  c2->Close();
+  CHECK(absl::IsNotFound(b->GetQueueStats("q").status()));
+  auto out = Send(*b, "", "q", "3");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 0);
+  // A queue without the flag stays.
+  b->Consume("kept").value()->Close();
+  CHECK(b->GetQueueStats("kept").ok());
+}
+
 TEST_CASE("Cancel wakes a receiver that is waiting") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());

@@ -313,6 +313,47 @@ TEST_CASE("Deleting an exchange removes bindings to and from it") {
   CHECK(absl::IsNotFound(b->GetExchangeStats("mid").status()));
 }
 
+TEST_CASE(
+    "An auto-delete exchange is deleted when its last binding goes, not before "
+    "its first") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareExchange("ax", ExchangeType::kFanout, {.auto_delete = true})
+              .ok());
+  REQUIRE(b->DeclareQueue("q1").ok());
+  REQUIRE(b->DeclareQueue("q2").ok());
+  REQUIRE(
+      b->DeclareExchange("idle", ExchangeType::kFanout, {.auto_delete = true})
+          .ok());
+  CHECK(b->GetExchangeStats("ax").ok());  // not bound yet: it stays
+  REQUIRE(b->Bind("q1", "ax", "").ok());
+  REQUIRE(b->Bind("q2", "ax", "").ok());
+  REQUIRE(b->Unbind("q1", "ax", "").ok());
+  CHECK(b->GetExchangeStats("ax").ok());
+  // Its last binding goes with the queue.
+  REQUIRE(b->DeleteQueue("q2").ok());
+  CHECK(absl::IsNotFound(b->GetExchangeStats("ax").status()));
+
+  // Through exchange-to-exchange bindings: "src" is bound only to "mid",
+  // which is bound only to "q3".
+  for (const char* name : {"src", "mid"}) {
+    REQUIRE(
+        b->DeclareExchange(name, ExchangeType::kFanout, {.auto_delete = true})
+            .ok());
+  }
+  REQUIRE(b->DeclareExchange("plain", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("q3").ok());
+  REQUIRE(b->Bind("q3", "mid", "").ok());
+  REQUIRE(b->Bind("q3", "plain", "").ok());
+  REQUIRE(b->BindExchange("mid", "src", "").ok());
+  REQUIRE(b->Unbind("q3", "mid", "").ok());
+  CHECK(absl::IsNotFound(b->GetExchangeStats("mid").status()));
+  CHECK(absl::IsNotFound(b->GetExchangeStats("src").status()));
+  // An exchange without the flag stays, and so does one never bound.
+  REQUIRE(b->Unbind("q3", "plain", "").ok());
+  CHECK(b->GetExchangeStats("plain").ok());
+  CHECK(b->GetExchangeStats("idle").ok());
+}
+
 TEST_CASE("Publishing to an internal exchange directly is refused") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("inner", ExchangeType::kFanout, {.internal = true})

@@ -300,6 +300,32 @@ TEST_CASE(
   CHECK(out->queues == 0);
 }
 
+TEST_CASE("Auto-deleted durable queues and exchanges stay deleted", "[wal]") {
+  Fixture f;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareExchange("ax", ExchangeType::kFanout,
+                               {.durable = true, .auto_delete = true})
+                .ok());
+    REQUIRE(b->DeclareQueue("aq", {.durable = true, .auto_delete = true}).ok());
+    REQUIRE(b->DeclareQueue("kept", {.durable = true}).ok());
+    REQUIRE(b->Bind("aq", "ax", "").ok());
+    REQUIRE(b->Publish("ax", "", Message("gone"), Persistent()).ok());
+    // The queue goes with its last consumer, and the exchange with the
+    // queue's binding, its last.
+    b->Consume("aq").value()->Close();
+    REQUIRE(absl::IsNotFound(b->GetQueueStats("aq").status()));
+    REQUIRE(absl::IsNotFound(b->GetExchangeStats("ax").status()));
+    // A later confirmed publish makes everything before it durable too.
+    REQUIRE(b->Publish("", "kept", Message("fence"), Persistent()).ok());
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  auto b = f.MustOpen();
+  CHECK(absl::IsNotFound(b->GetQueueStats("aq").status()));
+  CHECK(absl::IsNotFound(b->GetExchangeStats("ax").status()));
+  CHECK(DrainBodies(*b, "kept") == std::vector<std::string>{"fence"});
+}
+
 TEST_CASE("A second broker cannot open a locked WAL directory", "[wal]") {
   Fixture f;
   auto b = f.MustOpen();
