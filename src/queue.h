@@ -195,9 +195,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // consumer gauge). Unregistering wakes that consumer's waiters.
   void AddConsumer(const ConsumerState* consumer);
   void RemoveConsumer(const ConsumerState* consumer);
-  // Called once a consumer that RemoveConsumer unregistered has handed back
-  // what it held, with no lock held: an auto-delete queue left with no
-  // consumer is deleted.
+  // Called, with no lock held, once RemoveConsumer has unregistered a
+  // consumer (and, when it closed, it has handed back what it held): an
+  // auto-delete queue left with no consumer is deleted.
   void ConsumerGone();
 
   // --- Management -----------------------------------------------------------
