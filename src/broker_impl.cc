@@ -547,6 +547,8 @@ absl::Status BrokerImpl::ValidateBindingArguments(
     const Exchange& source, std::string_view key,
     const BindingArguments& args) const {
   WARREN_RETURN_IF_ERROR(ValidateKey(key, "binding key"));
+  WARREN_RETURN_IF_ERROR(
+      ValidateHeaderValues(args, "binding argument", /*allow_nan=*/false));
   if (source.type() == ExchangeType::kHeaders) {
     return ValidateHeadersBindingArguments(args);
   }
@@ -719,6 +721,10 @@ absl::Status BrokerImpl::ValidatePublish(std::string_view exchange,
   }
   if (const auto& e = message.properties().expiration; e.has_value()) {
     WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
+  }
+  if (const Headers& h = message.properties().headers; !h.empty()) {
+    WARREN_RETURN_IF_ERROR(
+        ValidateHeaderValues(h, "message header", /*allow_nan=*/true));
   }
   return absl::OkStatus();
 }

@@ -1,5 +1,6 @@
 #include "headers_match.h"
 
+#include <cmath>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -64,7 +65,46 @@ std::string DescribeForError(const HeaderValue& value) {
   return "a value of unknown kind";
 }
 
+// The first of `v` and the values it holds that breaks ValidateHeaderValues'
+// rules, `depth` lists and tables deep; its problem in `*why`.
+bool BadValue(const HeaderValue& v, int depth, bool allow_nan,
+              std::string* why) {
+  if (depth > kMaxHeaderNesting) {
+    *why = absl::StrCat("nests lists and tables more than ", kMaxHeaderNesting,
+                        " deep");
+    return true;
+  }
+  if (const double* d = v.as_double();
+      d != nullptr && !allow_nan && std::isnan(*d)) {
+    *why = "is NaN, which equals nothing (the binding could never be removed)";
+    return true;
+  }
+  if (const HeaderList* list = v.as_list()) {
+    for (const HeaderValue& e : *list) {
+      if (BadValue(e, depth + 1, allow_nan, why)) return true;
+    }
+  } else if (const Headers* table = v.as_table()) {
+    for (const auto& [name, e] : *table) {
+      if (BadValue(e, depth + 1, allow_nan, why)) return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
+
+absl::Status ValidateHeaderValues(const warren::Headers& headers,
+                                  std::string_view what, bool allow_nan) {
+  std::string why;
+  for (const auto& [name, value] : headers) {
+    if (BadValue(value, 0, allow_nan, &why)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(absl::string_view(what.data(), what.size()), " ",
+                       QuoteForError(name), " ", why));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateHeadersBindingArguments(const warren::Headers& args) {
   const auto it = args.find(kXMatchKey);

@@ -46,6 +46,14 @@ namespace warren::internal {
 // Other arguments are not checked: any key and any value may be matched on.
 absl::Status ValidateHeadersBindingArguments(const warren::Headers& args);
 
+// Checks the values of a message's headers or of a binding's arguments
+// (`what` names them in the error, e.g. "message header"): kInvalidArgument
+// when one is nested more than kMaxHeaderNesting lists and tables deep or,
+// unless `allow_nan`, is a NaN double (which equals nothing, so a binding
+// holding one could never be unbound).
+absl::Status ValidateHeaderValues(const warren::Headers& headers,
+                                  std::string_view what, bool allow_nan);
+
 // Returns true when a message with headers `message_headers` matches a
 // headers-exchange binding with arguments `binding_args`, under the rules in
 // the file comment. `binding_args` should have passed

@@ -217,7 +217,7 @@ class Decoder {
     return absl::Microseconds(us);
   }
   void Value(HeaderValue* v, int depth) {
-    if (depth > 64) {
+    if (depth > kMaxHeaderNesting) {
       Fail();
       return;
     }

@@ -2,6 +2,7 @@
 // it was (SEMANTICS.md section 1).
 
 #include <catch2/catch.hpp>
+#include <limits>
 #include <string>
 
 #include "test_util.h"
@@ -150,6 +151,41 @@ TEST_CASE("Invalid options are InvalidArgument and create nothing") {
       f.b->PublishBatch("ex", std::move(batch), bad_sync).status()));
   CHECK(f.Fingerprint() == before);
   CHECK(absl::IsNotFound(f.b->GetQueueStats("p").status()));
+}
+
+// A value nested `depth` lists and tables deep, alternating, around `leaf`.
+HeaderValue Nested(int depth, HeaderValue leaf) {
+  for (int i = 0; i < depth; ++i) {
+    leaf = i % 2 == 0 ? HeaderValue(HeaderList{std::move(leaf)})
+                      : HeaderValue(Headers{{"t", std::move(leaf)}});
+  }
+  return leaf;
+}
+
+TEST_CASE(
+    "Headers nested too deep and NaN binding arguments are InvalidArgument") {
+  Fixture f;
+  const std::string before = f.Fingerprint();
+  const HeaderValue too_deep = Nested(kMaxHeaderNesting + 1, 1);
+  Message m("x");
+  m.headers()["h"] = too_deep;
+  CHECK(absl::IsInvalidArgument(f.b->Publish("ex", "k", m).status()));
+  CHECK(absl::IsInvalidArgument(
+      f.b->Bind("q", "hx", "", {{"x-match", "any"}, {"h", too_deep}})));
+  // NaN equals nothing: such a binding could never be unbound.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK(absl::IsInvalidArgument(
+      f.b->Bind("q", "hx", "", {{"x-match", "any"}, {"w", nan}})));
+  CHECK(absl::IsInvalidArgument(
+      f.b->Bind("q", "ex", "k2", {{"w", Nested(3, nan)}})));
+  CHECK(f.Fingerprint() == before);
+  // At the limit, and NaN in a message's headers, are fine.
+  const HeaderValue deepest = Nested(kMaxHeaderNesting, 1);
+  m.headers()["h"] = deepest;
+  m.headers()["w"] = nan;
+  CHECK(f.b->Publish("ex", "k", m).ok());
+  CHECK(f.b->Bind("q", "hx", "", {{"x-match", "any"}, {"h", deepest}}).ok());
+  CHECK(f.b->Unbind("q", "hx", "", {{"x-match", "any"}, {"h", deepest}}).ok());
 }
 
 TEST_CASE("Conditional deletes are refused while the condition fails") {

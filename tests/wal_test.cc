@@ -326,6 +326,35 @@ TEST_CASE("Auto-deleted durable queues and exchanges stay deleted", "[wal]") {
   CHECK(DrainBodies(*b, "kept") == std::vector<std::string>{"fence"});
 }
 
+TEST_CASE("Headers and binding arguments nested to the limit survive a restart",
+          "[wal]") {
+  Fixture f;
+  HeaderValue deepest = 1;
+  for (int i = 0; i < kMaxHeaderNesting; ++i) {
+    deepest = HeaderValue(HeaderList{std::move(deepest)});
+  }
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareExchange("h", ExchangeType::kHeaders, {.durable = true})
+                .ok());
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Bind("q", "h", "", {{"x-match", "all"}, {"d", deepest}}).ok());
+    Message m("deep");
+    m.headers()["d"] = deepest;
+    REQUIRE(b->Publish("h", "", std::move(m), Persistent()).ok());
+  }
+  auto b = f.MustOpen();
+  auto c = b->Consume("q").value();
+  auto d = c->TryReceive().value();
+  CHECK(d.message().headers().at("d") == deepest);
+  // The binding came back: it routes again.
+  Message again("again");
+  again.headers()["d"] = deepest;
+  auto out = b->Publish("h", "", std::move(again), Persistent());
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+}
+
 TEST_CASE("A second broker cannot open a locked WAL directory", "[wal]") {
   Fixture f;
   auto b = f.MustOpen();

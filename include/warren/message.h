@@ -62,6 +62,11 @@ struct Bytes {
   friend bool operator==(const Bytes&, const Bytes&) = default;
 };
 
+// How deep header values may nest: a header whose value is a list of lists
+// holds its innermost values 2 deep. `Publish` and `Bind` refuse headers and
+// binding arguments nested deeper (kInvalidArgument).
+inline constexpr int kMaxHeaderNesting = 64;
+
 // One header value. A default-constructed value is "void" (AMQP's `V`): in a
 // headers-exchange binding it means "the header is present, any value".
 class HeaderValue {
