@@ -239,11 +239,15 @@ struct Replay {
             q->second.options.dedup_window <= absl::ZeroDuration()) {
           continue;
         }
-        // The latest publish counts (a renewal after the window ended); a
-        // duplicate's or refused publish's record is followed by a kDedup op
-        // that restores what the queue remembered.
-        dedup[{ref.queue_id, mid}] =
-            op.published_at + q->second.options.dedup_window;
+        // The latest window counts (a renewal after the window ended), never
+        // an older one that a compaction's rewrite or a move no queue took
+        // logs again; a duplicate's or refused publish's record is followed
+        // by a kDedup op that restores what the queue remembered.
+        absl::Time& until =
+            dedup.try_emplace({ref.queue_id, mid}, absl::InfinitePast())
+                .first->second;
+        until =
+            std::max(until, op.published_at + q->second.options.dedup_window);
       }
     }
     // A later publish of the same id (a compaction's rewrite, or a move that
@@ -592,7 +596,11 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             auto q = queues_.find(r.queue_id);
             if (q != queues_.end() &&
                 q->second.dedup_window > absl::ZeroDuration()) {
-              dedup_[r.queue_id][e.name] = e.at + q->second.dedup_window;
+              // As replay: the latest window counts (see Replay).
+              absl::Time& until = dedup_[r.queue_id]
+                                      .try_emplace(e.name, absl::InfinitePast())
+                                      .first->second;
+              until = std::max(until, e.at + q->second.dedup_window);
             }
           }
         }

@@ -671,6 +671,17 @@ bool AwaitAtMostSegments(Broker& b, uint64_t n) {
   return true;
 }
 
+// Waits until the broker's log has compacted a segment, for at most 10 s.
+bool AwaitCompaction(Broker& b) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (b.Stats().wal.compactions == 0) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 // Publishes `n` persistent messages of about 1 KB to `queue` (one by one,
 // or in one batch, which the log writes as one record) and returns their
 // bodies.
@@ -974,6 +985,64 @@ TEST_CASE("After a restart deduplication windows end when they did before it",
     auto b = f.MustOpen();
     REQUIRE(f.clock.Advance(absl::Seconds(3)).ok());  // 15 s
     CHECK(PublishWithId(*b, "x") == 1);
+  }
+  SECTION("a message compacted after a renewal keeps the later window") {
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", q).ok());
+      REQUIRE(PublishWithId(*b, "x") == 0);  // window ends at 10 s
+      REQUIRE(b->DeclareQueue("filler", {.durable = true}).ok());
+      for (int i = 0; i < 20; ++i) {
+        REQUIRE(b->Publish("", "filler", Message(std::string(4000, 'f')),
+                           Persistent())
+                    .ok());
+      }
+      REQUIRE(f.clock.Advance(absl::Seconds(15)).ok());
+      REQUIRE(PublishWithId(*b, "x") == 0);  // a new window, ends at 25 s
+      // The first segment, now mostly settled, is compacted: the first "x"
+      // is written again, with its publish time of 0 s, after the second.
+      REQUIRE(b->PurgeQueue("filler").ok());
+      REQUIRE(AwaitCompaction(*b));
+    }
+    auto b = f.MustOpen();
+    REQUIRE(f.clock.Advance(absl::Seconds(1)).ok());  // 16 s
+    CHECK(PublishWithId(*b, "x") == 1);
+    CHECK(b->GetQueueStats("q")->ready == 2);
+  }
+  SECTION("a dead letter whose redrive no queue takes keeps the later window") {
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", q).ok());
+      REQUIRE(b->DeclareQueue("src", {.durable = true,
+                                      .dead_letter_exchange = "",
+                                      .dead_letter_routing_key = "q"})
+                  .ok());
+      REQUIRE(b->DeclareQueue("full", {.durable = true, .max_length = 1}).ok());
+      REQUIRE(b->Publish("", "full", Message("occupant"), Persistent()).ok());
+      auto die = [&] {
+        Message m("body of x");
+        m.properties().message_id = "x";
+        REQUIRE(b->Publish("", "src", std::move(m), Persistent()).ok());
+        auto c = b->Consume("src").value();
+        auto d = c->TryReceive().value();
+        REQUIRE(c->Reject(d, {.requeue = false}).ok());
+      };
+      die();  // window ends at 10 s
+      REQUIRE(f.clock.Advance(absl::Seconds(15)).ok());
+      die();  // a new window, ends at 25 s
+      REQUIRE(b->GetQueueStats("q")->ready == 2);
+      // "full" refuses the first: it is logged again, with its publish time.
+      auto moved = b->Redrive("q", {.to_queue = "full", .max_messages = 1});
+      REQUIRE(moved.ok());
+      REQUIRE(*moved == 0);
+      roll(*b);
+      REQUIRE(b->DeclareQueue("fence", {.durable = true}).ok());
+      REQUIRE(b->Publish("", "fence", Message("fence"), Persistent()).ok());
+    }
+    auto b = f.MustOpen();
+    REQUIRE(f.clock.Advance(absl::Seconds(1)).ok());  // 16 s
+    CHECK(PublishWithId(*b, "x") == 1);
+    CHECK(b->GetQueueStats("q")->ready == 2);
   }
   SECTION("the id of a refused publish is not remembered") {
     {
