@@ -313,6 +313,19 @@ void BrokerImpl::LogNotTaken(Queue& queue, const Envelope& envelope) {
                          queue.DedupUntil(id).value_or(absl::InfinitePast()));
 }
 
+void BrokerImpl::LogTakenLate(Queue& queue, const Envelope& envelope) {
+  if (queue.durable_id() == 0 || envelope.wal_id == 0) return;
+  const std::string& id = envelope.message.properties().message_id;
+  if (id.empty() || queue.options().dedup_window <= absl::ZeroDuration()) {
+    return;
+  }
+  // The publish's record starts the window at the publish; the queue started
+  // it when it took the message.
+  if (std::optional<absl::Time> until = queue.DedupUntil(id)) {
+    envelope.wal->TakenLate(queue.durable_id(), id, *until);
+  }
+}
+
 absl::Status BrokerImpl::CheckOpenLocked() const {
   if (closed_) return absl::FailedPreconditionError("the broker is closed");
   return absl::OkStatus();
@@ -881,7 +894,9 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
     for (const std::shared_ptr<Queue>& q : p.blocked) {
       // A blocking enqueue ends accepted, duplicate, refused or closed.
       const auto result = q->EnqueueBlocking(p.envelope, deadline);
-      if (result != Queue::EnqueueResult::kAccepted) {
+      if (result == Queue::EnqueueResult::kAccepted) {
+        LogTakenLate(*q, *p.envelope);
+      } else {
         LogNotTaken(*q, *p.envelope);
       }
       Tally(outcome, result, q->name());

@@ -173,6 +173,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
                     ConfirmBy confirm, PendingPublish* pending, size_t n);
   // Logs that durable queue `queue` did not take persistent message `id`.
   void LogNotTaken(Queue& queue, const Envelope& envelope);
+  // Logs where the deduplication window ends of a persistent message that
+  // durable queue `queue` took after waiting for room.
+  void LogTakenLate(Queue& queue, const Envelope& envelope);
   // Adds (`bind`) or removes a binding, and logs the change when both its
   // ends are durable; returns the record's LSN, or 0 when nothing was logged.
   uint64_t ChangeBindingLocked(Exchange& source, const Destination& dest,

@@ -682,6 +682,13 @@ void Wal::NotTaken(uint32_t queue_id, uint64_t msg_id,
   AppendSettles(record);
 }
 
+void Wal::TakenLate(uint32_t queue_id, std::string_view message_id,
+                    absl::Time until) {
+  thread_local wal::RecordBuilder record;
+  record.Dedup(queue_id, message_id, until);
+  AppendSettles(record);
+}
+
 void Wal::AppendSettles(wal::RecordBuilder& record) {
   bool wake = false;
   {

@@ -211,6 +211,11 @@ class Wal {
   // remember it): the publish's record counted the id as seen.
   void NotTaken(uint32_t queue_id, uint64_t msg_id, std::string_view message_id,
                 absl::Time until);
+  // Durable queue `queue_id` took a message with deduplication id
+  // `message_id` later than its publish's record says (it waited for room):
+  // its window ends at `until`. Appended as Settled is.
+  void TakenLate(uint32_t queue_id, std::string_view message_id,
+                 absl::Time until);
   // From now on Settled is ignored: the broker is closing, and what its
   // queues release stays in the log.
   void StopSettling();

@@ -1044,6 +1044,41 @@ TEST_CASE("After a restart deduplication windows end when they did before it",
     CHECK(PublishWithId(*b, "x") == 1);
     CHECK(b->GetQueueStats("q")->ready == 2);
   }
+  SECTION("a publish that waited for room starts its window when taken") {
+    {
+      auto b = f.MustOpen();
+      QueueOptions blocking = q;
+      blocking.max_length = 1;
+      blocking.overflow = Overflow::kBlock;
+      REQUIRE(b->DeclareQueue("q", blocking).ok());
+      REQUIRE(b->Publish("", "q", Message("first"), Persistent()).ok());
+      std::atomic<int> duplicates{-2};
+      std::thread publisher([&] { duplicates = PublishWithId(*b, "x"); });
+      // Its record is logged at 0 s; the queue has no room for it yet.
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (b->Stats().wal.live_messages < 2 &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::yield();
+      }
+      REQUIRE(b->Stats().wal.live_messages == 2);
+      REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
+      {
+        auto c = b->Consume("q").value();
+        auto d = c->TryReceive().value();
+        REQUIRE(c->Ack(d).ok());  // room: taken at 5 s, window ends at 15 s
+      }
+      publisher.join();
+      REQUIRE(duplicates == 0);
+      roll(*b);
+      REQUIRE(b->DeclareQueue("fence", {.durable = true}).ok());
+      REQUIRE(b->Publish("", "fence", Message("fence"), Persistent()).ok());
+    }
+    auto b = f.MustOpen();
+    CHECK(DrainBodies(*b, "q") == std::vector<std::string>{"body of x"});
+    REQUIRE(f.clock.Advance(absl::Seconds(7)).ok());  // 12 s
+    CHECK(PublishWithId(*b, "x") == 1);
+  }
   SECTION("the id of a refused publish is not remembered") {
     {
       auto b = f.MustOpen();
