@@ -126,6 +126,15 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
     Delay(std::move(node), ready_at);
     return nullptr;
   }
+  if (ready_at != absl::InfinitePast()) {
+    // Its delay or retry backoff is over: as in memory, it joins the returned
+    // messages, ahead of those never delivered. (The others come back in
+    // publish order, which in memory is where a delivered one returns too:
+    // FIFO within a priority, nothing delivered skips an older message.)
+    MutexLock lock(&mu_);
+    ReturnLocked(std::move(node));
+    return nullptr;
+  }
   ready_count_.fetch_add(1, std::memory_order_relaxed);
   ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
   {

@@ -464,6 +464,46 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "A delayed message whose delay is over comes back ahead of those never "
+    "delivered, as before the restart",
+    "[wal]") {
+  // Nacked once more after its delay ended, or not.
+  const bool nacked = GENERATE(false, true);
+  CAPTURE(nacked);
+  Fixture f;
+  auto order = [](Broker& b) {
+    std::vector<std::string> bodies;
+    auto c = b.Consume("q").value();
+    for (auto d = c->TryReceive(); d.ok(); d = c->TryReceive()) {
+      bodies.emplace_back(d->body());
+    }
+    return bodies;  // the consumer closes: all go back
+  };
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Publish("", "q", Message("A"), Persistent()).ok());
+    REQUIRE(b->Publish("", "q", Message("B"), Persistent()).ok());
+    PublishOptions later = Persistent();
+    later.delay = absl::Seconds(10);
+    REQUIRE(b->Publish("", "q", Message("D"), later).ok());
+    REQUIRE(f.clock.Advance(absl::Seconds(10)).ok());
+    if (nacked) {
+      auto c = b->Consume("q").value();
+      auto d = c->TryReceive().value();
+      REQUIRE(d.body() == "D");
+      REQUIRE(c->Nack(d).ok());
+    }
+    REQUIRE(order(*b) == std::vector<std::string>{"D", "A", "B"});
+    REQUIRE(b->DeclareQueue("fence", {.durable = true}).ok());
+    REQUIRE(b->Publish("", "fence", Message("fence"), Persistent()).ok());
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  auto b = f.MustOpen();
+  CHECK(order(*b) == std::vector<std::string>{"D", "A", "B"});
+}
+
+TEST_CASE(
     "Retry backoff and delayed publishes keep their time across a "
     "restart",
     "[wal]") {
