@@ -406,41 +406,41 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
                                                 exchange->bindings().size(),
                                                 " bindings"));
   }
-  uint64_t lsn = EraseExchangeLocked(exchange);
-  lsn = std::max(lsn, EraseUnboundExchangesLocked());
+  const uint64_t lsn = EraseExchangesLocked({exchange->name()});
   lock.Release();
   return AwaitLogged(lsn);
 }
 
-uint64_t BrokerImpl::EraseExchangeLocked(Exchange* exchange) {
-  const Destination as_destination{nullptr, exchange};
-  for (auto& [other_name, other] : exchanges_) {
-    if (other.get() != exchange) other->RemoveBindingsTo(as_destination);
-  }
+uint64_t BrokerImpl::EraseExchangesLocked(std::vector<std::string> names) {
   uint64_t lsn = 0;
-  if (wal_ != nullptr && exchange->options().durable) {
-    wal::RecordBuilder record;
-    record.DeleteExchange(exchange->name());
-    lsn = wal_->Append(record);
+  while (!names.empty()) {
+    auto it = exchanges_.find(names.back());
+    names.pop_back();
+    if (it == exchanges_.end()) continue;  // gone already
+    Exchange* exchange = it->second.get();
+    for (std::string& emptied : UnbindEverywhereLocked({nullptr, exchange})) {
+      names.push_back(std::move(emptied));
+    }
+    if (wal_ != nullptr && exchange->options().durable) {
+      wal::RecordBuilder record;
+      record.DeleteExchange(exchange->name());
+      lsn = std::max(lsn, wal_->Append(record));
+    }
+    exchanges_.erase(it);
   }
-  exchanges_.erase(exchanges_.find(exchange->name()));
   return lsn;
 }
 
-uint64_t BrokerImpl::EraseUnboundExchangesLocked() {
-  uint64_t lsn = 0;
-  for (bool again = true; again;) {
-    again = false;
-    for (auto& [name, exchange] : exchanges_) {
-      if (exchange->options().auto_delete && exchange->had_bindings() &&
-          exchange->bindings().empty()) {
-        lsn = std::max(lsn, EraseExchangeLocked(exchange.get()));
-        again = true;
-        break;
-      }
+std::vector<std::string> BrokerImpl::UnbindEverywhereLocked(
+    const Destination& destination) {
+  std::vector<std::string> emptied;
+  for (auto& [name, exchange] : exchanges_) {
+    if (exchange->RemoveBindingsTo(destination) > 0 &&
+        exchange->options().auto_delete && exchange->bindings().empty()) {
+      emptied.push_back(name);
     }
   }
-  return lsn;
+  return emptied;
 }
 
 // --- Queues
@@ -516,10 +516,8 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
 
 uint64_t BrokerImpl::EraseQueueLocked(const std::shared_ptr<Queue>& queue,
                                       uint64_t& lsn) {
-  const Destination as_destination{queue.get(), nullptr};
-  for (auto& [exchange_name, exchange] : exchanges_) {
-    exchange->RemoveBindingsTo(as_destination);
-  }
+  std::vector<std::string> emptied =
+      UnbindEverywhereLocked({queue.get(), nullptr});
   if (queue->durable_id() != 0) {
     wal::RecordBuilder record;
     record.DeleteQueue(queue->durable_id());
@@ -527,7 +525,7 @@ uint64_t BrokerImpl::EraseQueueLocked(const std::shared_ptr<Queue>& queue,
   }
   queues_.erase(queues_.find(queue->name()));
   const uint64_t deleted = queue->End(Queue::EndReason::kDeleted);
-  lsn = std::max(lsn, EraseUnboundExchangesLocked());
+  lsn = std::max(lsn, EraseExchangesLocked(std::move(emptied)));
   return deleted;
 }
 
@@ -596,10 +594,8 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
                           BindableExchangeLocked(exchange, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr}, binding_key,
-                                     arguments, false);
-  // An auto-delete exchange goes with its last binding.
-  lsn = std::max(lsn, EraseUnboundExchangesLocked());
+  const uint64_t lsn = ChangeBindingLocked(*source, {q.get(), nullptr},
+                                           binding_key, arguments, false);
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -633,10 +629,8 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
   WARREN_ASSIGN_OR_RETURN(Exchange * src,
                           BindableExchangeLocked(source, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
-  uint64_t lsn =
+  const uint64_t lsn =
       ChangeBindingLocked(*src, {nullptr, dest}, binding_key, arguments, false);
-  // An auto-delete exchange goes with its last binding.
-  lsn = std::max(lsn, EraseUnboundExchangesLocked());
   lock.Release();
   return AwaitLogged(lsn);
 }
@@ -656,8 +650,25 @@ uint64_t BrokerImpl::ChangeBindingLocked(Exchange& source,
     unbound = source.RemoveBinding(dest, key, arguments);
     changed = unbound.has_value();
   }
-  // A binding is durable when both its ends are; a no-op is not logged.
-  if (!changed || wal_ == nullptr || !source.options().durable) return 0;
+  // A no-op is not logged.
+  uint64_t lsn = changed ? LogBindingLocked(source, dest, key,
+                                            bind ? arguments : *unbound, bind)
+                         : 0;
+  // An auto-delete exchange goes with its last binding.
+  if (unbound.has_value() && source.options().auto_delete &&
+      source.bindings().empty()) {
+    lsn = std::max(lsn, EraseExchangesLocked({source.name()}));
+  }
+  return lsn;
+}
+
+uint64_t BrokerImpl::LogBindingLocked(const Exchange& source,
+                                      const Destination& dest,
+                                      std::string_view key,
+                                      const BindingArguments& arguments,
+                                      bool bind) {
+  // A binding is durable when both its ends are.
+  if (wal_ == nullptr || !source.options().durable) return 0;
   wal::BindingOp b;
   if (dest.queue != nullptr) {
     if (dest.queue->durable_id() == 0) return 0;
@@ -668,7 +679,7 @@ uint64_t BrokerImpl::ChangeBindingLocked(Exchange& source,
   }
   b.source = source.name();
   b.key = std::string(key);
-  b.arguments = bind ? arguments : *std::move(unbound);
+  b.arguments = arguments;
   wal::RecordBuilder record;
   record.Bind(b, bind);
   return wal_->Append(record);

@@ -108,18 +108,19 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Deletes `queue` (registered under its name): its bindings, its messages
   // (returns how many were ready) and, when durable, its log entry (`lsn`:
   // the record's LSN, raised by those of the exchanges this deletes in
-  // turn). Auto-delete exchanges left with no binding go too.
+  // turn). Auto-delete exchanges whose last binding led to it go too.
   uint64_t EraseQueueLocked(const std::shared_ptr<Queue>& queue, uint64_t& lsn)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
-  // Deletes `exchange` and the bindings to it; returns its log record's LSN
-  // (0 when it is not durable).
-  uint64_t EraseExchangeLocked(Exchange* exchange)
+  // Deletes the exchanges named (those gone already are skipped) and the
+  // bindings to them, and in turn the auto-delete exchanges whose last
+  // binding led to one of them; returns the highest LSN of their log
+  // records (0 when none is durable).
+  uint64_t EraseExchangesLocked(std::vector<std::string> names)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
-  // Deletes every auto-delete exchange that has had a binding as a source
-  // and has none left, until none is left to delete (deleting one removes
-  // the bindings to it); returns the highest LSN of their log records.
-  uint64_t EraseUnboundExchangesLocked()
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
+  // Removes every binding to `destination`; returns the names of the
+  // auto-delete exchanges left with none.
+  std::vector<std::string> UnbindEverywhereLocked(
+      const Destination& destination) ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
   // Routes through `exchange` and, when nothing matched, its chain of
   // alternate exchanges.
   void ResolveTargetsLocked(const Exchange& exchange,
@@ -177,10 +178,17 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // durable queue `queue` took after waiting for room.
   void LogTakenLate(Queue& queue, const Envelope& envelope);
   // Adds (`bind`) or removes a binding, and logs the change when both its
-  // ends are durable; returns the record's LSN, or 0 when nothing was logged.
+  // ends are durable; an auto-delete source left with no binding is deleted.
+  // Returns the highest LSN logged, or 0 when nothing was.
   uint64_t ChangeBindingLocked(Exchange& source, const Destination& dest,
                                std::string_view key,
                                const BindingArguments& arguments, bool bind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
+  // Logs a binding's addition or removal when both its ends are durable;
+  // returns the record's LSN, or 0.
+  uint64_t LogBindingLocked(const Exchange& source, const Destination& dest,
+                            std::string_view key,
+                            const BindingArguments& arguments, bool bind)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
   // Waits for a logged topology change; OK without a log.
   absl::Status AwaitLogged(uint64_t lsn);

@@ -38,7 +38,6 @@ bool Exchange::AddBinding(const Destination& d, std::string_view key,
   if (sets.empty() || !IsIndexedByKey()) Index(d, key);
   sets.push_back(args);
   bindings_.push_back(Binding{d, std::string(key), args});
-  had_bindings_ = true;
   return true;
 }
 

@@ -56,9 +56,6 @@ class Exchange {
   ExchangeType type() const { return type_; }
   const ExchangeOptions& options() const { return options_; }
   const std::vector<Binding>& bindings() const { return bindings_; }
-  // Whether the exchange has ever had a binding as a source (an auto-delete
-  // exchange goes once its last one is removed, not before its first).
-  bool had_bindings() const { return had_bindings_; }
 
   // Adds a binding; false when an identical one exists.
   bool AddBinding(const Destination& d, std::string_view key,
@@ -99,7 +96,6 @@ class Exchange {
   const ExchangeOptions options_;
 
   std::vector<Binding> bindings_;
-  bool had_bindings_ = false;
   // The argument sets bound for each (destination, key): finds a duplicate
   // binding without scanning every binding.
   absl::flat_hash_map<BindingKey, std::vector<BindingArguments>> arguments_;

@@ -348,8 +348,10 @@ TEST_CASE(
   REQUIRE(b->Unbind("q3", "mid", "").ok());
   CHECK(absl::IsNotFound(b->GetExchangeStats("mid").status()));
   CHECK(absl::IsNotFound(b->GetExchangeStats("src").status()));
-  // An exchange without the flag stays, and so does one never bound.
+  // An exchange without the flag stays, and so does one never bound (an
+  // unbind that removes nothing is no binding going).
   REQUIRE(b->Unbind("q3", "plain", "").ok());
+  REQUIRE(b->Unbind("q3", "idle", "").ok());
   CHECK(b->GetExchangeStats("plain").ok());
   CHECK(b->GetExchangeStats("idle").ok());
 }
