@@ -1013,29 +1013,25 @@ void BrokerImpl::EnqueuePublishLocked(const PublishOptions& options,
 }
 
 bool BrokerImpl::DeleteIdleQueue(Queue& queue) {
+  return EraseIfUnused(queue, [&] { return queue.IdleLongEnough(); });
+}
+
+void BrokerImpl::DeleteUnusedQueue(Queue& queue) {
+  EraseIfUnused(queue, [&] { return queue.consumer_count() == 0; });
+}
+
+bool BrokerImpl::EraseIfUnused(Queue& queue, absl::FunctionRef<bool()> unused) {
   WriterLock lock(&topo_mu_);
   if (closed_) return true;
   auto it = queues_.find(queue.name());
   if (it == queues_.end() || it->second.get() != &queue) return true;
   // Consumers are added, and redeclares touch, under the topology lock:
   // checked again here, the answer holds.
-  if (!queue.IdleLongEnough()) return false;
+  if (!unused()) return false;
   // Nobody waits for the log: the background thread writes the records.
   uint64_t lsn = 0;
   EraseQueueLocked(std::shared_ptr<Queue>(it->second), lsn);
   return true;
-}
-
-void BrokerImpl::DeleteUnusedQueue(Queue& queue) {
-  WriterLock lock(&topo_mu_);
-  if (closed_) return;
-  auto it = queues_.find(queue.name());
-  if (it == queues_.end() || it->second.get() != &queue) return;
-  // Consumers are added under the topology lock: checked again here, the
-  // answer holds.
-  if (queue.consumer_count() != 0) return;
-  uint64_t lsn = 0;
-  EraseQueueLocked(std::shared_ptr<Queue>(it->second), lsn);
 }
 
 size_t BrokerImpl::RepublishLocked(const Exchange& exchange,

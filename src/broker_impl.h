@@ -22,6 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "exchange.h"
 #include "queue.h"
 #include "str_util.h"
@@ -105,6 +106,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
                   DeathReason reason) override;
   bool DeleteIdleQueue(Queue& queue) override;
   void DeleteUnusedQueue(Queue& queue) override;
+  // Deletes `queue`, if it is still the queue of its name, when `unused`
+  // says so under the topology lock; false when `unused` declined.
+  bool EraseIfUnused(Queue& queue, absl::FunctionRef<bool()> unused);
   // Deletes `queue` (registered under its name): its bindings, its messages
   // (returns how many were ready) and, when durable, its log entry (`lsn`:
   // the record's LSN, raised by those of the exchanges this deletes in
