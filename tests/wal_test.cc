@@ -976,14 +976,17 @@ TEST_CASE("After a restart deduplication windows end when they did before it",
   Fixture f;
   f.options.wal_segment_bytes = 64 << 10;
   const QueueOptions q{.durable = true, .dedup_window = absl::Seconds(10)};
-  auto roll = [&](Broker& b) {
-    if (!checkpoint) return;
+  // Fills more than a segment, through queue "filler".
+  auto fill = [&](Broker& b) {
     REQUIRE(b.DeclareQueue("filler", {.durable = true}).ok());
     for (int i = 0; i < 20; ++i) {
       REQUIRE(
           b.Publish("", "filler", Message(std::string(4000, 'f')), Persistent())
               .ok());
     }
+  };
+  auto roll = [&](Broker& b) {
+    if (checkpoint) fill(b);
   };
   SECTION("windows that end out of order are forgotten in time") {
     {
@@ -1031,12 +1034,7 @@ TEST_CASE("After a restart deduplication windows end when they did before it",
       auto b = f.MustOpen();
       REQUIRE(b->DeclareQueue("q", q).ok());
       REQUIRE(PublishWithId(*b, "x") == 0);  // window ends at 10 s
-      REQUIRE(b->DeclareQueue("filler", {.durable = true}).ok());
-      for (int i = 0; i < 20; ++i) {
-        REQUIRE(b->Publish("", "filler", Message(std::string(4000, 'f')),
-                           Persistent())
-                    .ok());
-      }
+      fill(*b);
       REQUIRE(f.clock.Advance(absl::Seconds(15)).ok());
       REQUIRE(PublishWithId(*b, "x") == 0);  // a new window, ends at 25 s
       // The first segment, now mostly settled, is compacted: the first "x"
