@@ -313,17 +313,18 @@ void BrokerImpl::LogNotTaken(Queue& queue, const Envelope& envelope) {
                          queue.DedupUntil(id).value_or(absl::InfinitePast()));
 }
 
-void BrokerImpl::LogTakenLate(Queue& queue, const Envelope& envelope) {
-  if (queue.durable_id() == 0 || envelope.wal_id == 0) return;
+uint64_t BrokerImpl::LogTakenLate(Queue& queue, const Envelope& envelope) {
+  if (queue.durable_id() == 0 || envelope.wal_id == 0) return 0;
   const std::string& id = envelope.message.properties().message_id;
   if (id.empty() || queue.options().dedup_window <= absl::ZeroDuration()) {
-    return;
+    return 0;
   }
   // The publish's record starts the window at the publish; the queue started
   // it when it took the message.
   if (std::optional<absl::Time> until = queue.DedupUntil(id)) {
-    envelope.wal->TakenLate(queue.durable_id(), id, *until);
+    return envelope.wal->TakenLate(queue.durable_id(), id, *until);
   }
+  return 0;
 }
 
 absl::Status BrokerImpl::CheckOpenLocked() const {
@@ -784,6 +785,9 @@ absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
   if (pending.logged.lsn != 0 && !logged_first) {
     logged = wal_->Wait(pending.logged);
   }
+  if (logged.ok() && pending.taken_late != 0) {
+    logged = wal_->Wait(pending.taken_late, pending.logged.sync);
+  }
   WARREN_RETURN_IF_ERROR(logged);
   return outcome;
 }
@@ -831,7 +835,7 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
     PublishCallback done;
   };
   wal_->WhenDurable(
-      pending.logged.lsn, pending.logged.sync,
+      std::max(pending.logged.lsn, pending.taken_late), pending.logged.sync,
       [confirm = MakePooled<Confirm>(Confirm{
            std::move(outcome), std::move(done)})](absl::Status s) mutable {
         if (s.ok()) {
@@ -871,6 +875,7 @@ BrokerImpl::PublishBatch(std::string_view exchange,
   // The batch's persistent messages share one record, and so one ticket,
   // waited for before any wait for room in a full queue (see Publish).
   std::optional<Wal::Ticket> ticket;
+  uint64_t taken_late = 0;
   bool blocks = false;
   for (const PendingPublish& p : pending) {
     if (p.logged.lsn != 0) ticket = p.logged;
@@ -880,8 +885,12 @@ BrokerImpl::PublishBatch(std::string_view exchange,
   if (ticket.has_value() && blocks) logged = wal_->Wait(*ticket);
   for (PendingPublish& p : pending) {
     outcomes.push_back(FinishPublish(p, options));
+    taken_late = std::max(taken_late, p.taken_late);
   }
   if (ticket.has_value() && !blocks) logged = wal_->Wait(*ticket);
+  if (logged.ok() && ticket.has_value() && taken_late != 0) {
+    logged = wal_->Wait(taken_late, ticket->sync);
+  }
   if (!logged.ok()) {
     for (size_t i = 0; i < pending.size(); ++i) {
       if (pending[i].logged.lsn != 0 && outcomes[i].ok()) outcomes[i] = logged;
@@ -906,7 +915,7 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
       // A blocking enqueue ends accepted, duplicate, refused or closed.
       const auto result = q->EnqueueBlocking(p.envelope, deadline);
       if (result == Queue::EnqueueResult::kAccepted) {
-        LogTakenLate(*q, *p.envelope);
+        p.taken_late = std::max(p.taken_late, LogTakenLate(*q, *p.envelope));
       } else {
         LogNotTaken(*q, *p.envelope);
       }

@@ -147,6 +147,10 @@ class BrokerImpl final : public Broker, private QueueOwner {
     // The log record of a persistent publish (lsn 0: none) and what its
     // confirm waits for.
     Wal::Ticket logged;
+    // The last record that moved its deduplication window in a queue that
+    // took it after waiting for room (LogTakenLate; 0: none). The confirm
+    // waits for it as well.
+    uint64_t taken_late = 0;
   };
   // How a publish's confirm waits for its log record: the publishing thread
   // in Wal::Wait, or a callback (Wal::WhenDurable).
@@ -179,8 +183,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Logs that durable queue `queue` did not take persistent message `id`.
   void LogNotTaken(Queue& queue, const Envelope& envelope);
   // Logs where the deduplication window ends of a persistent message that
-  // durable queue `queue` took after waiting for room.
-  void LogTakenLate(Queue& queue, const Envelope& envelope);
+  // durable queue `queue` took after waiting for room. Returns the record's
+  // LSN, or 0 when nothing was logged.
+  uint64_t LogTakenLate(Queue& queue, const Envelope& envelope);
   // Adds (`bind`) or removes a binding, and logs the change when both its
   // ends are durable; an auto-delete source left with no binding is deleted.
   // Returns the highest LSN logged, or 0 when nothing was.

@@ -682,24 +682,26 @@ void Wal::NotTaken(uint32_t queue_id, uint64_t msg_id,
   AppendSettles(record);
 }
 
-void Wal::TakenLate(uint32_t queue_id, std::string_view message_id,
-                    absl::Time until) {
+uint64_t Wal::TakenLate(uint32_t queue_id, std::string_view message_id,
+                        absl::Time until) {
   thread_local wal::RecordBuilder record;
   record.Dedup(queue_id, message_id, until);
-  AppendSettles(record);
+  return AppendSettles(record);
 }
 
-void Wal::AppendSettles(wal::RecordBuilder& record) {
+uint64_t Wal::AppendSettles(wal::RecordBuilder& record) {
   bool wake = false;
+  uint64_t lsn = 0;
   {
     MutexLock l(&mu_);
     if (settling_) {
-      AppendLocked(record, /*own_sync=*/false);
+      lsn = AppendLocked(record, /*own_sync=*/false);
       wake = bg_sleeping_;
     }
   }
   if (wake) bg_cv_.Signal();
   record.clear();
+  return lsn;
 }
 
 void Wal::StopSettling() {

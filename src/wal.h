@@ -213,9 +213,10 @@ class Wal {
                 absl::Time until);
   // Durable queue `queue_id` took a message with deduplication id
   // `message_id` later than its publish's record says (it waited for room):
-  // its window ends at `until`. Appended as Settled is.
-  void TakenLate(uint32_t queue_id, std::string_view message_id,
-                 absl::Time until);
+  // its window ends at `until`. Appended as Settled is; returns the record's
+  // LSN, for the publish's confirm to wait for (0: not appended).
+  uint64_t TakenLate(uint32_t queue_id, std::string_view message_id,
+                     absl::Time until);
   // From now on Settled is ignored: the broker is closing, and what its
   // queues release stays in the log.
   void StopSettling();
@@ -285,7 +286,8 @@ class Wal {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends a record of settles (and deduplication entries) that nobody
   // waits for, unless settling has stopped.
-  void AppendSettles(wal::RecordBuilder& record) ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends `record` unless StopSettling was called; returns its LSN, or 0.
+  uint64_t AppendSettles(wal::RecordBuilder& record) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops the bindings that went with a deleted exchange or queue (`gone`
   // says which), as replay does, so checkpoints do not bring them back.
   void DropBindingsLocked(

@@ -1196,6 +1196,64 @@ TEST_CASE("Concurrent group-commit publishers share syncs and lose nothing",
 }
 
 TEST_CASE(
+    "A publish that waited for room is confirmed once its deduplication "
+    "window is durable",
+    "[wal]") {
+  const bool async = GENERATE(false, true);
+  CAPTURE(async);
+  Fixture f;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true,
+                                  .max_length = 1,
+                                  .overflow = Overflow::kBlock,
+                                  .dedup_window = absl::Seconds(10)})
+                .ok());
+    REQUIRE(b->Publish("", "q", Message("first"), Persistent()).ok());
+    // The confirm, however it comes: how many queues saw a duplicate.
+    std::atomic<int> duplicates{-2};
+    std::thread publisher([&] {
+      Message m("body of x");
+      m.properties().message_id = "x";
+      if (!async) {
+        auto r = b->Publish("", "q", std::move(m), Persistent());
+        duplicates = r.ok() ? static_cast<int>(r->duplicates) : -1;
+        return;
+      }
+      std::promise<int> confirmed;
+      b->PublishAsync(
+          "", "q", std::move(m), Persistent(),
+          [&](absl::StatusOr<PublishOutcome> r) {
+            confirmed.set_value(r.ok() ? static_cast<int>(r->duplicates) : -1);
+          });
+      duplicates = confirmed.get_future().get();
+    });
+    // Its record is logged at 0 s; the queue has no room for it yet.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (b->Stats().wal.live_messages < 2 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    REQUIRE(b->Stats().wal.live_messages == 2);
+    REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
+    {
+      auto c = b->Consume("q").value();
+      auto d = c->TryReceive().value();
+      REQUIRE(c->Ack(d).ok());  // room: taken at 5 s, window ends at 15 s
+    }
+    publisher.join();
+    REQUIRE(duplicates == 0);
+    // Nothing else is synced after the confirm.
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+  }
+  auto b = f.MustOpen();
+  REQUIRE(DrainBodies(*b, "q").size() >= 1);
+  REQUIRE(f.clock.Advance(absl::Seconds(7)).ok());  // 12 s
+  CHECK(PublishWithId(*b, "x") == 1);
+}
+
+TEST_CASE(
     "A synchronous persistent publish that waits for room in a full queue "
     "has its record synced while it waits",
     "[wal]") {
