@@ -998,8 +998,13 @@ void Wal::LeadLocked(Done& done) {
   // thread waiting for a sync will (after gathering its group), and
   // compacts once a segment is full or a new one started: it may have
   // looked while the writer was busy and gone back to sleep.
+  // Under kInterval it also syncs what this write left unsynced: a caller
+  // that wrote its own record leaves the sync to it, and it may sleep with
+  // no deadline.
   if (bg_sleeping_ &&
-      ((WorkLocked() && sync_waiters_.empty()) || CompactionDueLocked())) {
+      ((WorkLocked() && sync_waiters_.empty()) || CompactionDueLocked() ||
+       (!bg_timed_ && options_.sync == SyncPolicy::kInterval &&
+        UnsyncedLocked()))) {
     bg_cv_.Signal();
   }
 }
@@ -1240,10 +1245,10 @@ void Wal::BackgroundLoop() {
       CompactLocked(done);
     } else {
       bg_sleeping_ = true;
-      const absl::Time deadline =
-          options_.sync == SyncPolicy::kInterval && UnsyncedLocked()
-              ? last_sync_ + options_.sync_interval
-              : absl::InfiniteFuture();
+      bg_timed_ = options_.sync == SyncPolicy::kInterval && UnsyncedLocked();
+      const absl::Time deadline = bg_timed_
+                                      ? last_sync_ + options_.sync_interval
+                                      : absl::InfiniteFuture();
       bg_cv_.WaitWithDeadline(&mu_, deadline);
       bg_sleeping_ = false;
     }

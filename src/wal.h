@@ -397,6 +397,8 @@ class Wal {
   CondVar bg_cv_;      // work for the background thread
   CondVar gather_cv_;  // a sync waiter arrived while a leader gathers
   bool bg_sleeping_ ABSL_GUARDED_BY(mu_) = false;
+  // ...until the next interval sync is due (kInterval, something unsynced).
+  bool bg_timed_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool settling_ ABSL_GUARDED_BY(mu_) = true;
