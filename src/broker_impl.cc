@@ -473,11 +473,14 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
   uint32_t durable_id = 0;
   uint64_t lsn = 0;
   if (wal_ != nullptr && options.durable) {
+    // A function set but unused still counts in RetryPolicy's ==: logged
+    // without it, the queue could not be redeclared after a restart.
     if (options.retry.has_value() &&
-        options.retry->backoff == Backoff::kCustom) {
+        (options.retry->backoff == Backoff::kCustom ||
+         options.retry->custom != nullptr)) {
       return absl::InvalidArgumentError(StrCat(
           "queue '", name,
-          "' is durable: its retry policy cannot use a custom backoff "
+          "' is durable: its retry policy cannot carry a custom backoff "
           "function, which cannot be logged (use kFixed or kExponential)"));
     }
     WARREN_RETURN_IF_ERROR(CheckLoggable(name, options));

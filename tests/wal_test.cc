@@ -1410,6 +1410,13 @@ TEST_CASE("Durable queues refuse a custom backoff, which cannot be logged",
   auto s = b->DeclareQueue("q", {.durable = true, .retry = retry});
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK(b->GetQueueStats("q").status().code() == absl::StatusCode::kNotFound);
+  // Set but unused (another backoff) it still counts when the queue is
+  // redeclared, and would be missing after a restart: refused too.
+  RetryPolicy unused = retry;
+  unused.backoff = Backoff::kFixed;
+  s = b->DeclareQueue("q", {.durable = true, .retry = unused});
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(b->GetQueueStats("q").status().code() == absl::StatusCode::kNotFound);
   // Without a WAL there is nothing to log: allowed.
   auto mem = Broker::Open().value();
   CHECK(mem->DeclareQueue("q", {.durable = true, .retry = retry}).ok());
