@@ -541,7 +541,14 @@ absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
     WARREN_RETURN_IF_ERROR(CheckOpenLocked());
     WARREN_ASSIGN_OR_RETURN(queue, FindQueueLocked(name));
   }
-  return queue->Purge();  // may dead-letter expired messages: no lock held
+  // May dead-letter expired messages: no lock held.
+  const uint64_t purged = queue->Purge();
+  // The purged messages' settles were appended as their nodes went; like
+  // an ack, the purge returns once they are as durable as the policy.
+  if (queue->durable_id() != 0 && purged != 0) {
+    WARREN_RETURN_IF_ERROR(AwaitLogged(wal_->LastLsn()));
+  }
+  return purged;
 }
 
 // --- Bindings

@@ -520,6 +520,11 @@ void Wal::AddSyncWaiterLocked(uint64_t lsn) {
   if (gathering_ && sync_waiters_.size() >= group_size_) gather_cv_.Signal();
 }
 
+uint64_t Wal::LastLsn() {
+  MutexLock l(&mu_);
+  return next_lsn_ - 1;
+}
+
 uint64_t Wal::AppendLocked(const wal::RecordBuilder& record, bool own_sync) {
   const uint64_t segment =
       segments_.empty() ? next_segment_ : segments_.back().number;

@@ -140,6 +140,8 @@ class Wal {
 
   uint64_t NewMessageId();
   uint32_t NewQueueId();
+  // The LSN of the last record appended so far (0: none).
+  uint64_t LastLsn() ABSL_LOCKS_EXCLUDED(mu_);
 
   using SteadyClock = std::chrono::steady_clock;
   using SteadyTime = SteadyClock::time_point;

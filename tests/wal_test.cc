@@ -1216,6 +1216,29 @@ TEST_CASE(
   CHECK(DrainBodies(*b, "q").size() == 6);
 }
 
+TEST_CASE(
+    "Purged persistent messages stay purged after a power loss under group "
+    "commit",
+    "[wal]") {
+  Fixture f;  // kGroupCommit
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    for (const char* body : {"a", "b", "c"}) {
+      REQUIRE(b->Publish("", "q", Message(body), Persistent()).ok());
+    }
+    REQUIRE(b->PurgeQueue("q").value() == 3);
+    // The power goes; nothing the dead process does after that reaches the
+    // files.
+    f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
+    f.env.InjectFault(f.env.call_count(), absl::StatusCode::kUnavailable,
+                      FaultInjectionEnv::FaultMode::kPersistent);
+  }
+  f.env.ClearFault();
+  auto b = f.MustOpen();
+  CHECK(DrainBodies(*b, "q").empty());
+}
+
 TEST_CASE("Concurrent group-commit publishers share syncs and lose nothing",
           "[wal]") {
   Fixture f;
