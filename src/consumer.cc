@@ -172,9 +172,9 @@ absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
 absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(const Delivery& d,
                                                               bool multiple) {
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
-  if (absl::Status s = queue_->CheckUsable(); absl::IsFailedPrecondition(s)) {
-    return s;  // the broker is closed
-  }
+  // The broker is closed, or the queue deleted with its messages (the held
+  // ones too: settling one would dead-letter or count it).
+  WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
   HeldList removed;
   MutexLock lock(&mu_);
   if (closed_) {
@@ -245,6 +245,9 @@ absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
 }
 
 absl::Status ConsumerState::Cancel() {
+  if (absl::Status s = queue_->CheckUsable(); absl::IsFailedPrecondition(s)) {
+    return s;  // the broker is closed
+  }
   int expected = kActive;
   if (!state_.compare_exchange_strong(expected, kCancelled,
                                       std::memory_order_acq_rel)) {
@@ -334,6 +337,7 @@ absl::Status ConsumerState::Extend(const Delivery& d,
     return absl::InvalidArgumentError(
         "a lease extension must be between 0 and 10 years");
   }
+  WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
   MutexLock lock(&mu_);
   if (closed_) {
     return absl::FailedPreconditionError(

@@ -328,7 +328,10 @@ void Queue::MaybeHandOff() {
 }
 
 void Queue::DeadLetter(std::vector<NodePtr> nodes, DeathReason reason) {
-  if (nodes.empty()) return;
+  // A deleted queue's messages went with it, none dead-lettered.
+  if (nodes.empty() || end_.load(std::memory_order_acquire) == kDeleted) {
+    return;
+  }
   if (options_.dead_letter_exchange.has_value()) {
     ReaderLock lock(&link_->mu);
     if (link_->owner != nullptr) {

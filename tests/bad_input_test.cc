@@ -230,6 +230,8 @@ TEST_CASE("Every call after Close is FailedPrecondition") {
   CHECK(absl::IsFailedPrecondition(c->TryReceive().status()));
   CHECK(absl::IsFailedPrecondition(c->Receive(absl::Seconds(5)).status()));
   CHECK(absl::IsFailedPrecondition(c->Ack(*d)));
+  CHECK(absl::IsFailedPrecondition(c->Extend(*d, absl::Seconds(1))));
+  CHECK(absl::IsFailedPrecondition(c->Cancel()));
 }
 
 }  // namespace

@@ -296,6 +296,40 @@ TEST_CASE("A waiting receiver wakes with NotFound when its queue is deleted") {
   CHECK(absl::IsNotFound(status));
 }
 
+TEST_CASE(
+    "Deliveries held from a deleted queue cannot be settled and none is "
+    "dead-lettered") {
+  const bool auto_delete = GENERATE(false, true);
+  CAPTURE(auto_delete);
+  auto b = NewBroker();
+  REQUIRE(b->DeclareExchange("dlx", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("dead").ok());
+  REQUIRE(b->Bind("dead", "dlx", "").ok());
+  REQUIRE(b->DeclareQueue(
+               "q", {.auto_delete = auto_delete, .dead_letter_exchange = "dlx"})
+              .ok());
+  for (const char* body : {"1", "2", "3"}) {
+    REQUIRE(b->Publish("", "q", Message(body)).ok());
+  }
+  auto c = b->Consume("q").value();
+  auto d1 = c->TryReceive().value();
+  auto d2 = c->TryReceive().value();
+  auto d3 = c->TryReceive().value();
+  if (auto_delete) {
+    REQUIRE(c->Cancel().ok());  // its last consumer: the queue goes
+  } else {
+    REQUIRE(b->DeleteQueue("q").ok());
+  }
+  REQUIRE(absl::IsNotFound(b->GetQueueStats("q").status()));
+  CHECK(absl::IsNotFound(c->Ack(d1)));
+  CHECK(absl::IsNotFound(c->Reject(d2)));
+  CHECK(absl::IsNotFound(c->Nack(d3, {.requeue = false})));
+  CHECK(absl::IsNotFound(c->Extend(d1, absl::Seconds(1))));
+  c->Close();
+  CHECK(Ready(*b, "dead") == 0);
+  CHECK(b->GetQueueStats("dead")->published == 0);
+}
+
 TEST_CASE("Closing the broker wakes waiting receivers") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
