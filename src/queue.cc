@@ -184,6 +184,15 @@ bool Queue::IsDuplicate(const Envelope& envelope) {
   return false;
 }
 
+bool Queue::SeenWithinWindow(const Envelope& envelope) {
+  const std::string& id = envelope.message.properties().message_id;
+  if (id.empty()) return false;
+  const absl::Time now = Now();
+  MutexLock lock(&dedup_mu_);
+  auto it = dedup_.find(id);
+  return it != dedup_.end() && it->second > now;
+}
+
 void Queue::Unreserve(uint64_t bytes) {
   ready_count_.fetch_sub(1, std::memory_order_relaxed);
   ready_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
@@ -229,7 +238,15 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
         continue;
       }
     }
-    if (options_.overflow == Overflow::kBlock) return EnqueueResult::kFull;
+    if (options_.overflow == Overflow::kBlock) {
+      // A duplicate is dropped at once: it need not wait for room. One that
+      // waits is checked again when it has room (EnqueueBlocking).
+      if (dedup && SeenWithinWindow(*envelope)) {
+        Add(publisher_side_.deduplicated, 1);
+        return EnqueueResult::kDuplicate;
+      }
+      return EnqueueResult::kFull;
+    }
     // Full, and nothing could be dropped to make room.
     Add(publisher_side_.refused, 1);
     if (dedup) ForgetId(envelope->message.properties().message_id);

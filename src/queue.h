@@ -278,7 +278,11 @@ class Queue : public std::enable_shared_from_this<Queue> {
   }
 
   NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
+  // Whether the message's id is seen within the window; if not, records it.
   bool IsDuplicate(const Envelope& envelope);
+  // The same question, recording nothing.
+  bool SeenWithinWindow(const Envelope& envelope)
+      ABSL_LOCKS_EXCLUDED(dedup_mu_);
   void Unreserve(uint64_t bytes);
   // Enqueues a message whose room is reserved.
   EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope);

@@ -360,6 +360,27 @@ TEST_CASE("Deduplication drops a repeated message id within the window") {
 }
 
 TEST_CASE(
+    "A duplicate publish into a full blocking queue is dropped at once "
+    "instead of waiting for room") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.max_length = 1,
+                                     .overflow = Overflow::kBlock,
+                                     .dedup_window = absl::Minutes(1)})
+              .ok());
+  Message m("a");
+  m.properties().message_id = "a";
+  REQUIRE(e.b->Publish("", "work", m).ok());  // the queue is full now
+  // A timeout bounds the wait if it waited; a duplicate does not wait.
+  auto again = e.b->Publish("", "work", m, {.timeout = absl::Seconds(30)});
+  REQUIRE(again.ok());
+  CHECK(again->queues == 1);
+  CHECK(again->duplicates == 1);
+  CHECK(e.Stats("work").deduplicated == 1);
+  CHECK(e.Stats("work").refused == 0);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"a"});
+}
+
+TEST_CASE(
     "A publish refused by a full queue is not remembered as a "
     "duplicate") {
   Env e;
