@@ -159,12 +159,15 @@ void RecordDeath(Message& message, std::string_view queue, DeathReason reason,
 }
 
 bool IsDeadLetterCycle(const Message& message, std::string_view queue) {
-  bool seen = false;
+  // As RabbitMQ's is_cycle: the cycle is the deaths since the message was
+  // last in `queue` (most recent first, down to and including that queue's
+  // latest entry). Only a rejection within it makes it a client's doing; one
+  // before it, on the way into the cycle, does not.
   for (const DeathRecord& r : DeathHistory(message)) {
     if (r.reason == DeathReason::kRejected) return false;
-    if (r.queue == queue) seen = true;
+    if (r.queue == queue) return true;
   }
-  return seen;
+  return false;
 }
 
 }  // namespace internal

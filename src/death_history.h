@@ -20,8 +20,9 @@ void RecordDeath(Message& message, std::string_view queue, DeathReason reason,
                  std::string_view exchange, std::string_view routing_key,
                  absl::Time now);
 
-// True when `queue` is already in the history and no death in it was a
-// rejection: routing the message there again would be a dead-letter cycle.
+// True when routing the message to `queue` again would close a dead-letter
+// cycle to drop: `queue` is in the history, and no death since the message
+// was last there (that death included) was a rejection.
 bool IsDeadLetterCycle(const Message& message, std::string_view queue);
 
 }  // namespace warren::internal

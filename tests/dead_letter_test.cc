@@ -257,5 +257,37 @@ TEST_CASE("Bad dead-letter options are InvalidArgument") {
   CHECK(absl::IsNotFound(b->GetQueueStats("q").status()));
 }
 
+TEST_CASE(
+    "A dead-letter cycle is dropped when the cycle itself holds no "
+    "rejection whatever came before it") {
+  // x --rejected--> a --expired--> b --expired--> a: the cycle a -> b -> a
+  // is fully automatic (two expiries); the earlier rejection in x is not
+  // part of it (SEMANTICS 5; RabbitMQ's is_cycle looks only at the deaths
+  // since the message was last in the queue).
+  ManualClock clock;
+  auto b = Broker::Open({.clock = &clock}).value();
+  REQUIRE(b->DeclareExchange("to-a", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareExchange("to-b", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("x", {.dead_letter_exchange = "to-a"}).ok());
+  REQUIRE(b->DeclareQueue("a", {.dead_letter_exchange = "to-b",
+                                .message_ttl = absl::Seconds(1)})
+              .ok());
+  REQUIRE(b->DeclareQueue("b", {.dead_letter_exchange = "to-a",
+                                .message_ttl = absl::Seconds(1)})
+              .ok());
+  REQUIRE(b->Bind("a", "to-a", "").ok());
+  REQUIRE(b->Bind("b", "to-b", "").ok());
+  REQUIRE(Send(*b, "", "x", "m").ok());
+  std::unique_ptr<Consumer> c;
+  const Delivery d = TakeOne(*b, "x", c);
+  REQUIRE(c->Reject(d, {.requeue = false}).ok());
+  REQUIRE(Ready(*b, "a") == 1);
+  REQUIRE(clock.Advance(absl::Seconds(1)).ok());  // a -> b
+  REQUIRE(Ready(*b, "b") == 1);
+  REQUIRE(clock.Advance(absl::Seconds(1)).ok());  // b -> a would close it
+  CHECK(Ready(*b, "a") == 0);
+  CHECK(b->GetQueueStats("b")->dropped == 1);
+}
+
 }  // namespace
 }  // namespace warren
