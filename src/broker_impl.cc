@@ -1268,13 +1268,17 @@ bool BrokerImpl::IsDeadLetterTargetLocked(const Queue& target) const {
 }
 
 uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
-                                 const RedriveOptions& options, uint64_t max) {
-  std::vector<NodePtr> nodes = dlq->TakeForMove(max);
+                                 const RedriveOptions& options, uint64_t max,
+                                 bool look_past_stuck) {
   std::vector<NodePtr> stay;
   std::vector<DeadBatch> dead;
   std::vector<std::shared_ptr<Queue>> flush;
   uint64_t moved = 0;
-  {
+  // A paced move must not end at a message that cannot move while others
+  // behind it could: it takes the next ones until some move.
+  for (;;) {
+    std::vector<NodePtr> nodes = dlq->TakeForMove(max);
+    if (nodes.empty()) break;
     ReaderLock lock(&topo_mu_);
     for (NodePtr& node : nodes) {
       const Message& m = node->envelope->message;
@@ -1313,7 +1317,9 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       }
       ++moved;
     }
+    if (!look_past_stuck || moved > 0 || closed_) break;
   }
+  // Those that could not move go back where they were.
   dlq->PutBack(std::move(stay));
   for (auto& [q, batch] : dead) {
     q->DeadLetter(std::move(batch), DeathReason::kMaxLen);
@@ -1361,8 +1367,11 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
       options.max_messages == 0 ? ~uint64_t{0} : options.max_messages;
   if (options.messages_per_second == 0) return RedriveSome(q, options, max);
 
-  // Paced: one message per tick on the broker's clock, until `max` moved or
-  // the queue is empty.
+  // Paced: one message per tick on the broker's clock, until `max` moved, as
+  // many as were ready at the start moved, or nothing left can move. A tick
+  // looks past messages whose target is gone (they stay where they were, as
+  // with an immediate redrive), so they neither stop the job early nor keep
+  // it running.
   struct Job {
     BrokerImpl* broker;
     std::shared_ptr<Queue> dlq;
@@ -1370,12 +1379,17 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
     uint64_t remaining;
     absl::Duration interval;
   };
-  auto job = std::make_shared<Job>(Job{
-      this, q, options, max, absl::Seconds(1.0 / options.messages_per_second)});
+  auto job = std::make_shared<Job>(
+      Job{this, q, options, std::min<uint64_t>(max, q->ready()),
+          absl::Seconds(1.0 / options.messages_per_second)});
+  if (job->remaining == 0) return uint64_t{0};
   struct Tick {
     static void Run(std::shared_ptr<Job> job) {
       BrokerImpl* b = job->broker;
-      if (b->RedriveSome(job->dlq, job->options, 1) == 0) return;  // done
+      if (b->RedriveSome(job->dlq, job->options, 1,
+                         /*look_past_stuck=*/true) == 0) {
+        return;  // nothing left that can move
+      }
       if (--job->remaining == 0) return;
       MutexLock lock(&b->link_->timers_mu);
       if (b->link_->timers == nullptr) return;

@@ -229,10 +229,13 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // True when some queue's dead letters reach `queue`.
   bool IsDeadLetterTargetLocked(const Queue& queue) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
-  // Moves up to `max` messages out of `dlq` as `options` say; returns how
-  // many moved.
+  // Takes up to `max` messages out of `dlq` and moves them as `options` say;
+  // returns how many moved. With `look_past_stuck`, when none of them could
+  // move, takes the next `max`, until some move or none are left. Those that
+  // cannot move stay where they were.
   uint64_t RedriveSome(const std::shared_ptr<Queue>& dlq,
-                       const RedriveOptions& options, uint64_t max);
+                       const RedriveOptions& options, uint64_t max,
+                       bool look_past_stuck = false);
   // Publishes `message` to `exchange` under the topology lock, as
   // dead-lettering and redrive do: no validation; returns how many queues
   // took it. With `drop_cycles`, skips queues that would close a

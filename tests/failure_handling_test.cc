@@ -596,5 +596,28 @@ TEST_CASE("Bad failure-handling input is refused and changes nothing") {
   CHECK(Ready(*e.b, "dlq") == 2);
 }
 
+TEST_CASE(
+    "A paced redrive moves past a message whose target is gone as an "
+    "immediate one does") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("gone", WithDlx({})).ok());
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
+  REQUIRE(Send(*e.b, "", "gone", "g").ok());
+  REQUIRE(Send(*e.b, "", "work", "w").ok());
+  for (const char* q : {"gone", "work"}) {
+    auto c = e.b->Consume(q).value();
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+  REQUIRE(Ready(*e.b, "dlq") == 2);
+  REQUIRE(e.b->DeleteQueue("gone").ok());  // "g" has nowhere to go back to
+  REQUIRE(e.b->Redrive("dlq", {.messages_per_second = 10}).value() == 0);
+  e.Advance(absl::ZeroDuration());
+  e.Advance(absl::Seconds(10));
+  // "g" stays in the dead-letter queue; "w" goes back to "work" (an
+  // immediate Redrive("dlq", {}) moves it and returns 1).
+  CHECK(Ready(*e.b, "work") == 1);
+  CHECK(Ready(*e.b, "dlq") == 1);
+}
+
 }  // namespace
 }  // namespace warren
