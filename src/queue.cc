@@ -369,9 +369,18 @@ bool Queue::Schedule(absl::Time deadline, absl::AnyInvocable<void()> fn) {
 }
 
 void Queue::Delay(NodePtr node, absl::Time at) {
+  // A time-to-live runs during a delay too: the message is expired when it
+  // runs out, not when the delay ends (OnDelayDone, finding it expired,
+  // dead-letters it as a ready message's expiry would).
+  if (node->has_expiry() && node->expires_at <= Now()) {
+    MutexLock lock(&mu_);
+    AddExpiredLocked(std::move(node));  // the caller flushes it
+    return;
+  }
   delayed_.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time due = std::min(at, node->expires_at);
   const bool scheduled =
-      Schedule(at, [weak = weak_from_this(), n = std::move(node)]() mutable {
+      Schedule(due, [weak = weak_from_this(), n = std::move(node)]() mutable {
         if (auto q = weak.lock()) q->OnDelayDone(std::move(n));
       });
   if (!scheduled) {
@@ -702,13 +711,17 @@ uint32_t Queue::DeliveryLimit() const {
 void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
   if (nodes.empty()) return;
   const uint32_t limit = DeliveryLimit();
+  const absl::Time t = Now();
   std::vector<NodePtr> spent;
   std::vector<std::pair<NodePtr, absl::Duration>> later;
   std::vector<NodePtr> now;
   for (NodePtr& node : nodes) {
     if (limit > 0 && node->deliveries >= limit) {
       spent.push_back(std::move(node));
-    } else if (kind == ReturnKind::kRequeue && options_.retry) {
+    } else if (kind == ReturnKind::kRequeue && options_.retry &&
+               !(node->has_expiry() && node->expires_at <= t)) {
+      // (Returned after its expiry, it is not retried: ReturnLocked, below,
+      // dead-letters it as expired.)
       const absl::Duration d = RetryDelay(*node);
       later.emplace_back(std::move(node), d);
     } else {
@@ -724,7 +737,6 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
     HandOffLocked();
   }
   Add(consumer_side_.requeued, back + later.size());
-  const absl::Time t = Now();
   for (auto& [node, d] : later) {
     if (node->wal_queue != 0) {
       // The retry's time survives a restart.

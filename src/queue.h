@@ -333,7 +333,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Timers: runs `fn` at `deadline` on the broker's timer service; false
   // (and `fn` is dropped) when the broker is gone.
   bool Schedule(absl::Time deadline, absl::AnyInvocable<void()> fn);
-  // Holds `node` until `at`, then makes it ready at its original position.
+  // Holds `node` until `at`, then makes it ready at its original position;
+  // if its time-to-live runs out first, expires it then (at once when it
+  // already has: the caller flushes it with FlushExpired).
   void Delay(NodePtr node, absl::Time at);
   void OnDelayDone(NodePtr node);
   absl::Duration RetryDelay(const QueuedMessage& node);
