@@ -41,6 +41,7 @@ Queue::Queue(std::string name, const QueueOptions& options,
     rings_.push_back(std::make_unique<MpmcQueue<NodePtr>>(cap));
   }
   MutexLock lock(&mu_);
+  peeked_.resize(levels_);
   spill_.resize(levels_);
   const uint64_t seed = options_.retry ? options_.retry->seed : 0;
   rng_.seed(seed != 0 ? seed : std::random_device{}());
@@ -471,7 +472,7 @@ void Queue::ExpireDue() {
         if (it == returned_.end()) continue;
         node = std::move(it->second);
         returned_.erase(it);
-        returned_count_.fetch_sub(1, std::memory_order_release);
+        ahead_count_.fetch_sub(1, std::memory_order_release);
       } else {
         auto it = spill_[level].find(seq);
         if (it == spill_[level].end()) continue;
@@ -507,10 +508,11 @@ void Queue::FlushExpired() {
 // --- Consuming ---------------------------------------------------------------
 
 NodePtr Queue::TakeAny() {
-  // acquire: pairs with the release increments in ReturnLocked and the
-  // release store of spilling_ in SpillLocked. Nothing in the rings has a
-  // time-to-live, so the lock-free path needs no expiry check.
-  if (returned_count_.load(std::memory_order_acquire) == 0 &&
+  // acquire: pairs with the release increments in ReturnLocked and
+  // PeekRingLocked and the release store of spilling_ in SpillLocked. Nothing
+  // in the rings has a time-to-live, so the lock-free path needs no expiry
+  // check.
+  if (ahead_count_.load(std::memory_order_acquire) == 0 &&
       !spilling_.load(std::memory_order_acquire)) {
     for (int level = levels_ - 1; level >= 0; --level) {
       NodePtr node;
@@ -519,7 +521,7 @@ NodePtr Queue::TakeAny() {
         return node;
       }
     }
-    if (returned_count_.load(std::memory_order_acquire) == 0 &&
+    if (ahead_count_.load(std::memory_order_acquire) == 0 &&
         !spilling_.load(std::memory_order_acquire)) {
       return nullptr;
     }
@@ -528,7 +530,7 @@ NodePtr Queue::TakeAny() {
   return TakeLocked();
 }
 
-NodePtr Queue::TakeLocked(bool account) {
+NodePtr Queue::TakeLocked() {
   for (;;) {
     const int best_returned =
         returned_.empty() ? -1 : -std::get<0>(returned_.begin()->first);
@@ -541,8 +543,15 @@ NodePtr Queue::TakeLocked(bool account) {
         auto it = returned_.begin();
         node = std::move(it->second);
         returned_.erase(it);
-        returned_count_.fetch_sub(1, std::memory_order_release);
+        ahead_count_.fetch_sub(1, std::memory_order_release);
         from_returned = true;
+      } else if (!peeked_[level].empty()) {
+        // Invariant: a peeked message was its ring's head, so it is older
+        // than the rest of the ring and than the spill.
+        auto it = peeked_[level].begin();
+        node = std::move(it->second);
+        peeked_[level].erase(it);
+        ahead_count_.fetch_sub(1, std::memory_order_release);
       } else if (rings_[level]->try_pop(node)) {
       } else if (!spill_[level].empty()) {
         auto it = spill_[level].begin();
@@ -561,7 +570,7 @@ NodePtr Queue::TakeLocked(bool account) {
         continue;
       }
     }
-    if (account) OnTaken(*node);
+    OnTaken(*node);
     return node;
   }
 }
@@ -571,21 +580,28 @@ void Queue::AddExpiredLocked(NodePtr node) {
   expired_pending_.store(true, std::memory_order_release);
 }
 
-bool Queue::ReturnLocked(NodePtr node, bool account) {
+bool Queue::ReturnLocked(NodePtr node) {
   if (node->has_expiry() && Now() >= node->expires_at) {
-    if (!account) OnTaken(*node);  // it was still counted ready
     AddExpiredLocked(std::move(node));
     return false;
   }
-  if (account) {
-    ready_count_.fetch_add(1, std::memory_order_relaxed);
-    ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
-  }
+  ready_count_.fetch_add(1, std::memory_order_relaxed);
+  ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
   if (node->has_expiry()) IndexExpiryLocked(*node, /*in_returned=*/true);
   const ReturnedKey key{-static_cast<int>(node->priority), node->seq};
   returned_.emplace(key, std::move(node));
   // release: pairs with the acquire load in TakeAny.
-  returned_count_.fetch_add(1, std::memory_order_release);
+  ahead_count_.fetch_add(1, std::memory_order_release);
+  return true;
+}
+
+bool Queue::PeekRingLocked(int level) {
+  NodePtr head;
+  if (!rings_[level]->try_pop(head)) return false;
+  const uint64_t seq = head->seq;
+  peeked_[level].emplace(seq, std::move(head));
+  // release: pairs with the acquire load in TakeAny.
+  ahead_count_.fetch_add(1, std::memory_order_release);
   return true;
 }
 
@@ -844,21 +860,34 @@ uint64_t Queue::Purge() {
 
 std::vector<Message> Queue::Browse(size_t max) {
   std::vector<Message> out;
-  {
-    MutexLock lock(&mu_);
-    std::vector<NodePtr> taken;
-    while (taken.size() < max) {
-      NodePtr node = TakeLocked(/*account=*/false);
-      if (!node) break;
-      out.push_back(node->envelope->message);
-      taken.push_back(std::move(node));
+  MutexLock lock(&mu_);
+  const absl::Time now = Now();
+  auto show = [&](const QueuedMessage& node) {
+    if (out.size() >= max) return false;
+    // Never delivered, so never shown: the expiry timer is removing it.
+    if (!node.has_expiry() || now < node.expires_at) {
+      out.push_back(node.envelope->message);
     }
-    // Back in place: the returned set keeps publish order. They never left
-    // the ready count.
-    for (NodePtr& node : taken)
-      ReturnLocked(std::move(node), /*account=*/false);
+    return true;
+  };
+  // Delivery order (see TakeLocked), read in place: taking and putting back
+  // would move never-delivered messages ahead of a delayed one that becomes
+  // ready later.
+  for (int level = levels_ - 1; level >= 0; --level) {
+    for (auto it = returned_.lower_bound(ReturnedKey{-level, 0});
+         it != returned_.end() && std::get<0>(it->first) == -level; ++it) {
+      if (!show(*it->second)) return out;
+    }
+    for (const auto& [seq, node] : peeked_[level]) {
+      if (!show(*node)) return out;
+    }
+    while (out.size() < max && PeekRingLocked(level)) {
+      show(*std::prev(peeked_[level].end())->second);
+    }
+    for (const auto& [seq, node] : spill_[level]) {
+      if (!show(*node)) return out;
+    }
   }
-  FlushExpired();
   return out;
 }
 
@@ -923,26 +952,22 @@ QueueStats Queue::Stats() {
   {
     MutexLock lock(&mu_);
     s.consumers = consumers_.size();
-    // The oldest ready message is in the returned set, at a spill's head or
-    // at a ring's head; a ring cannot be peeked, so its head moves to the
-    // returned set, where it is served first anyway (it is the ring's
-    // oldest).
-    for (int level = 0; level < levels_; ++level) {
-      NodePtr head;
-      if (rings_[level]->try_pop(head)) {
-        const ReturnedKey key{-static_cast<int>(head->priority), head->seq};
-        returned_.emplace(key, std::move(head));
-        returned_count_.fetch_add(1, std::memory_order_release);
-      }
-    }
+    // The oldest ready message is in the returned set, or at the head of a
+    // level's peeked set, ring or spill. A ring cannot be peeked in place, so
+    // its head moves to the peeked set (unless that has one already, which
+    // is older), where it keeps its place in delivery order.
     absl::Time oldest = absl::InfiniteFuture();
     for (const auto& [key, node] : returned_) {
       oldest = std::min(oldest, node->envelope->published_at);
     }
-    for (const auto& spill : spill_) {
-      if (!spill.empty()) {
-        oldest =
-            std::min(oldest, spill.begin()->second->envelope->published_at);
+    for (int level = 0; level < levels_; ++level) {
+      if (!peeked_[level].empty() || PeekRingLocked(level)) {
+        oldest = std::min(
+            oldest, peeked_[level].begin()->second->envelope->published_at);
+      }
+      if (!spill_[level].empty()) {
+        oldest = std::min(
+            oldest, spill_[level].begin()->second->envelope->published_at);
       }
     }
     if (oldest != absl::InfiniteFuture()) {

@@ -7,6 +7,11 @@
 //              messages whose time has come, ordered by (priority desc,
 //              publish seq): they go back to their original position, ahead
 //              of every message never delivered.
+//   peeked_    per level, ring heads that Stats and Browse had to pop to see
+//              them (a ring cannot be read in place), ordered by publish seq.
+//              They were never delivered and are older than the rest of
+//              their ring, so they are served after the returned messages
+//              and before the ring, as if still in it.
 //   rings_     one bounded lock-free MPMC ring per priority level (one level
 //              for FIFO queues). Publishers push and consumers pop without a
 //              lock.
@@ -226,8 +231,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
     return ready_count_.load(std::memory_order_relaxed);
   }
   uint64_t consumer_count() const;
-  // Not const: to find the oldest ready message it moves the rings' heads
-  // into the returned set (their delivery order is unchanged).
+  // Not const: to find the oldest ready message it may move a ring's head
+  // into the peeked set (its delivery order is unchanged).
   QueueStats Stats();
 
   // Queue expiry: marks the queue used now.
@@ -294,16 +299,16 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Pops the next message without the lock when nothing is returned or
   // spilled; otherwise takes the lock.
   NodePtr TakeAny();
-  // Takes the next ready message. With `account` false (Browse, which puts
-  // it straight back), the ready count is left alone, so publishers never
-  // see room that is not there.
-  NodePtr TakeLocked(bool account = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the next ready message.
+  NodePtr TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Spills `node` (ready, room reserved) behind the lock.
   void SpillLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts `node` into returned_ (ready again); false when its time-to-live
   // ran out, in which case it is appended to expired_.
-  bool ReturnLocked(NodePtr node, bool account = true)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ReturnLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the head of `level`'s ring to the end of peeked_[level]; false when
+  // the ring is empty.
+  bool PeekRingLocked(int level) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands ready messages to eligible waiters, longest-waiting first.
   void HandOffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -352,7 +357,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   alignas(kCacheLineSize) std::atomic<uint64_t> next_seq_{0};
   std::atomic<uint64_t> ready_count_{0};
   std::atomic<uint64_t> ready_bytes_{0};
-  alignas(kCacheLineSize) std::atomic<uint64_t> returned_count_{0};
+  // Messages in returned_ and peeked_: while any, they go before the rings,
+  // so consumers take the lock.
+  alignas(kCacheLineSize) std::atomic<uint64_t> ahead_count_{0};
   std::atomic<bool> spilling_{false};
   std::atomic<uint32_t> waiting_{0};
   std::atomic<int> end_{0};  // 0 open, 1 deleted, 2 broker closed
@@ -392,6 +399,7 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // State below is protected by mu_.
   mutable Mutex mu_;
   absl::btree_map<ReturnedKey, NodePtr> returned_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::btree_map<uint64_t, NodePtr>> peeked_ ABSL_GUARDED_BY(mu_);
   std::vector<absl::btree_map<uint64_t, NodePtr>> spill_ ABSL_GUARDED_BY(mu_);
   size_t spilled_ ABSL_GUARDED_BY(mu_) = 0;
   absl::btree_set<ExpiryKey> expiry_ ABSL_GUARDED_BY(mu_);

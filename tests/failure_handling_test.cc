@@ -632,6 +632,32 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "A statistics snapshot does not change where a delayed message "
+    "goes once ready") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  REQUIRE(Send(*e.b, "", "work", "B").ok());
+  REQUIRE(Send(*e.b, "", "work", "A", {.delay = absl::Seconds(10)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "C").ok());
+  (void)e.Stats("work");  // only looks
+  e.Advance(absl::Seconds(10));
+  // README "Order": a delayed message whose delay is over goes ahead of the
+  // messages never delivered (as it does when nobody took a snapshot).
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"A", "B", "C"});
+}
+
+TEST_CASE("Browsing does not change where a delayed message goes once ready") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work").ok());
+  REQUIRE(Send(*e.b, "", "work", "B").ok());
+  REQUIRE(Send(*e.b, "", "work", "A", {.delay = absl::Seconds(10)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "C").ok());
+  REQUIRE(e.b->Browse("work", 10).ok());  // copies, consumes nothing
+  e.Advance(absl::Seconds(10));
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"A", "B", "C"});
+}
+
+TEST_CASE(
     "A paced redrive moves past a message whose target is gone as an "
     "immediate one does") {
   Env e;
