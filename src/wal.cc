@@ -178,6 +178,8 @@ struct Replay {
   std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
   uint64_t next_msg_id = 1;
   uint32_t next_queue_id = 1;
+  // The greatest oldest segment a kSegments op says must exist.
+  uint64_t oldest_segment = 0;
   // The log being opened: the recovered envelopes point to it.
   const std::shared_ptr<Wal>& wal;
 
@@ -315,6 +317,9 @@ struct Replay {
       case wal::OpType::kDedup:
         dedup[{op.queue_id, op.name}] = op.at;
         break;
+      case wal::OpType::kSegments:
+        oldest_segment = std::max(oldest_segment, op.oldest_segment);
+        break;
       default:  // applied by Apply
         break;
     }
@@ -392,6 +397,18 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
       next_segment_ = batch->segment + 1;
     }
     reader.Recycle(std::move(batch));
+  }
+  if (!numbers.empty() && numbers.front() > replay.oldest_segment &&
+      replay.oldest_segment != 0) {
+    // The gap check above cannot see segments missing from the front.
+    return absl::DataLossError(
+        StrCat("the WAL in ", options_.dir, " is missing segment ",
+               SegmentPath(replay.oldest_segment),
+               numbers.front() - 1 > replay.oldest_segment
+                   ? StrCat(" through ", SegmentPath(numbers.front() - 1))
+                   : std::string(),
+               ", which the log says must exist (the oldest there is ",
+               numbers.front(), "): refusing to replay without it"));
   }
 
   // Rebuild the model and hand the state over.
@@ -639,6 +656,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         }
         break;
       case wal::OpType::kCheckpoint:
+      case wal::OpType::kSegments:
         break;
     }
   }
@@ -717,6 +735,7 @@ void Wal::StopSettling() {
 void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
   out.Checkpoint(next_msg_id_.load(std::memory_order_relaxed),
                  next_queue_id_.load(std::memory_order_relaxed));
+  out.Segments(segments_.empty() ? next_segment_ : segments_.front().number);
   std::string& bytes = out.out();
   for (const auto& [name, op] : exchanges_) bytes += op;
   for (const auto& [id, q] : queues_) bytes += q.op;
@@ -1337,9 +1356,20 @@ void Wal::CompactLocked(Done& done) {
   // may still be live (counted here while the segment was read, or whose
   // record's write failed and waits to be written again): then it stays
   // until the next segment starts.
-  if (!SyncUpToLocked(next_lsn_ - 1, done).ok() || segments_held_ ||
-      segments_.empty() || segments_.front().number != oldest.number ||
-      segments_.front().live > 0) {
+  auto still_oldest_and_settled = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !segments_held_ && !segments_.empty() &&
+           segments_.front().number == oldest.number &&
+           segments_.front().live == 0;
+  };
+  if (still_oldest_and_settled()) {
+    // The record that the segment may be gone is synced with them: recovery
+    // tells a segment deleted here from one lost (see kSegments).
+    wal::RecordBuilder gone;
+    gone.Segments(oldest.number + 1);
+    AppendLocked(gone, /*own_sync=*/false);
+  }
+  if (!SyncUpToLocked(next_lsn_ - 1, done).ok() ||
+      !still_oldest_and_settled()) {
     compact_failed_ = true;  // tried again once a new segment starts
     return;
   }

@@ -45,15 +45,16 @@ void PutDouble(std::string& out, double d) {
   PutFixed64(out, bits);
 }
 
-// Times: microseconds since the epoch; 0 stands for "none" (InfinitePast).
+// Times: microseconds since the epoch, those from the epoch on stored one
+// higher, so that 0 can stand for "none" (InfinitePast) and every time reads
+// back as it was.
 void PutTime(std::string& out, absl::Time t) {
   if (t == absl::InfinitePast()) {
     PutSVarint(out, 0);
     return;
   }
-  int64_t us = absl::ToUnixMicros(t);
-  if (us == 0) us = 1;  // the epoch itself reads back a microsecond late
-  PutSVarint(out, us);
+  const int64_t us = absl::ToUnixMicros(t);
+  PutSVarint(out, us < 0 ? us : us + (us < INT64_MAX ? 1 : 0));
 }
 
 void PutDuration(std::string& out, std::optional<absl::Duration> d) {
@@ -208,8 +209,9 @@ class Decoder {
     return d;
   }
   absl::Time Time() {
-    const int64_t us = SVarint();
-    return us == 0 ? absl::InfinitePast() : absl::FromUnixMicros(us);
+    const int64_t v = SVarint();
+    if (v == 0) return absl::InfinitePast();
+    return absl::FromUnixMicros(v < 0 ? v : v - 1);
   }
   std::optional<absl::Duration> Duration() {
     const int64_t us = SVarint();
@@ -491,6 +493,12 @@ void RecordBuilder::Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id) {
   End();
 }
 
+void RecordBuilder::Segments(uint64_t oldest) {
+  Begin(OpType::kSegments);
+  PutVarint(out_, oldest);
+  End();
+}
+
 // --- RecordReader -----------------------------------------------------------
 
 absl::Status RecordReader::Next(Op* op) {
@@ -570,6 +578,9 @@ absl::Status RecordReader::Next(Op* op) {
     case OpType::kCheckpoint:
       op->next_msg_id = d.Varint();
       op->next_queue_id = d.Varint32();
+      break;
+    case OpType::kSegments:
+      op->oldest_segment = d.Varint();
       break;
     default:
       return absl::DataLossError(StrCat("unknown operation type ",

@@ -9,7 +9,8 @@
 //   varint     := LEB128 unsigned, at most 10 bytes
 //   svarint    := zigzag-encoded varint
 //   string     := varint(length) byte[length]
-//   time       := svarint microseconds since the Unix epoch; 0 is "none"
+//   time       := svarint: 0 is "none"; else microseconds since the Unix
+//                 epoch, plus one from the epoch on (t >= 0 is t + 1)
 //   duration   := svarint microseconds; -1 is "none" (optional absent)
 //
 //   kExchange       = 1  name:string type:u8 flags:u8 alternate:string
@@ -30,6 +31,7 @@
 //   kRetry          = 10 queue_id:varint msg_id:varint ready_at:time
 //   kDedup          = 11 queue_id:varint message_id:string until:time
 //   kCheckpoint     = 12 next_msg_id:varint next_queue_id:varint
+//   kSegments       = 13 oldest:varint
 //
 //   message        := body:string properties
 //   properties     := message_id correlation_id content_type
@@ -69,7 +71,14 @@
 //   * A segment's first record is a checkpoint: kCheckpoint followed by the
 //     whole durable topology (kExchange, kQueue, kBind) and the deduplication
 //     entries still in their window (kDedup); it replaces the topology read
-//     so far.
+//     so far. Right after kCheckpoint comes kSegments naming the oldest
+//     segment there was then.
+//   * kSegments says that every segment from `oldest` up to the one holding
+//     it must exist: those below may have been deleted. It is written in
+//     each checkpoint, and synced on its own before the oldest segment is
+//     deleted (naming the next one). Recovery takes the greatest `oldest`
+//     it reads; a segment file missing from there on is kDataLoss, never a
+//     silent loss of what it held.
 
 #ifndef WARREN_SRC_WAL_RECORDS_H_
 #define WARREN_SRC_WAL_RECORDS_H_
@@ -103,6 +112,7 @@ enum class OpType : uint8_t {
   kRetry = 10,
   kDedup = 11,
   kCheckpoint = 12,
+  kSegments = 13,
 };
 
 // One queue's hold on a logged message.
@@ -229,6 +239,7 @@ class RecordBuilder {
   void Retry(uint32_t queue_id, uint64_t msg_id, absl::Time ready_at);
   void Dedup(uint32_t queue_id, std::string_view message_id, absl::Time until);
   void Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id);
+  void Segments(uint64_t oldest);
 
   std::string& out() { return out_; }
   const std::string& out() const { return out_; }
@@ -273,6 +284,7 @@ struct Op {
   uint32_t deliveries = 0;    // kDelivered
   uint64_t next_msg_id = 0;   // kCheckpoint
   uint32_t next_queue_id = 0;
+  uint64_t oldest_segment = 0;  // kSegments
 };
 
 // Reads the ops of one record in order.

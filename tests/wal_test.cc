@@ -1518,5 +1518,74 @@ TEST_CASE("The POSIX WAL survives a restart, with 0600 files", "[wal]") {
   std::filesystem::remove_all(tmpl);
 }
 
+TEST_CASE(
+    "A missing oldest segment is kDataLoss naming it, never a silent loss",
+    "[wal]") {
+  Fixture f;
+  // Large enough that compaction leaves its segment in place.
+  const std::string big(16 << 10, 'x');
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Publish("", "q", Message("a" + big), Persistent()).ok());
+  }
+  // Each open starts a segment of its own.
+  SECTION("the first segment of the log, which holds a live message") {
+    CHECK(f.MustOpen()->GetQueueStats("q")->ready == 1);
+  }
+  SECTION("the oldest segment left after older ones were deleted") {
+    {
+      auto b = f.MustOpen();
+      CHECK(DrainBodies(*b, "q") == std::vector<std::string>{"a" + big});
+      REQUIRE(b->Publish("", "q", Message("b" + big), Persistent()).ok());
+    }
+    {
+      // Segment 1, all settled, is deleted in the background.
+      auto b = f.MustOpen();
+      const absl::Time deadline = absl::Now() + absl::Seconds(30);
+      while (f.env.FileExists("/wal/000001.wal") && absl::Now() < deadline) {
+        std::this_thread::yield();
+      }
+      REQUIRE_FALSE(f.env.FileExists("/wal/000001.wal"));
+    }
+    // Segments the log deleted itself are not missing.
+    CHECK(f.MustOpen()->GetQueueStats("q")->ready == 1);
+  }
+  std::vector<std::string> segments = f.env.GetChildren("/wal").value();
+  std::erase_if(segments, [](const std::string& name) {
+    return !name.ends_with(".wal");
+  });
+  std::sort(segments.begin(), segments.end());
+  REQUIRE(segments.size() >= 2);
+  const std::string missing = "/wal/" + segments.front();
+  REQUIRE(f.env.RemoveFile(missing).ok());
+  REQUIRE(f.env.SyncDir("/wal").ok());
+  auto b = f.Open();
+  REQUIRE_FALSE(b.ok());
+  CHECK(b.status().code() == absl::StatusCode::kDataLoss);
+  CHECK_THAT(std::string(b.status().message()), Catch::Contains(missing));
+}
+
+TEST_CASE(
+    "Persistent message times at and around the Unix epoch come back exact",
+    "[wal]") {
+  const absl::Time at =
+      absl::UnixEpoch() + absl::Microseconds(GENERATE(-1, 0, 1, 1'000'000));
+  Fixture f;
+  Properties p;
+  p.timestamp = at;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
+    REQUIRE(b->Publish("", "q", Message("m", p), Persistent()).ok());
+  }
+  auto b = f.MustOpen();
+  auto c = b->Consume("q").value();
+  auto d = c->TryReceive();
+  REQUIRE(d.ok());
+  REQUIRE(d->properties().timestamp.has_value());
+  CHECK(*d->properties().timestamp == at);
+}
+
 }  // namespace
 }  // namespace warren
