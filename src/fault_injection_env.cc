@@ -243,6 +243,11 @@ FaultInjectionEnv::~FaultInjectionEnv() = default;
 
 absl::Status FaultInjectionEnv::CountCall(std::string_view operation,
                                           std::string_view path) {
+  if (down_) {
+    return absl::FailedPreconditionError(
+        StrCat(operation, " ", path,
+               ": the process crashed (a simulated crash; Restart() first)"));
+  }
   const uint64_t index = calls_++;
   if (!fault_armed_) return absl::OkStatus();
   const bool fails =
@@ -464,6 +469,7 @@ uint64_t FaultInjectionEnv::faults_injected() const {
 void FaultInjectionEnv::SimulateCrash(CrashKind kind) {
   MutexLock lock(&mu_);
   ++generation_;
+  down_ = true;
   locked_.clear();
   if (kind == CrashKind::kPowerLoss) {
     // Restore is idempotent, so an inode reachable from both namespaces may
@@ -472,6 +478,16 @@ void FaultInjectionEnv::SimulateCrash(CrashKind kind) {
     for (auto& [path, inode] : durable_) inode->Restore();
     live_ = durable_;
   }
+}
+
+void FaultInjectionEnv::Restart() {
+  MutexLock lock(&mu_);
+  down_ = false;
+}
+
+bool FaultInjectionEnv::down() const {
+  MutexLock lock(&mu_);
+  return down_;
 }
 
 absl::StatusOr<std::string> FaultInjectionEnv::GetContents(

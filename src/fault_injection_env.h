@@ -26,7 +26,11 @@
 // was synced; an unsynced rename is undone; an unsynced removal is undone).
 // After either crash every lock is released and every handle opened before
 // the crash is stale: its calls return kFailedPrecondition (a crashed process
-// has no handles), and it may only be destroyed.
+// has no handles), and it may only be destroyed. The process is down, too:
+// every counted call fails with kFailedPrecondition (uncounted) until
+// Restart(), which stands for starting it again. Whatever the crashed process
+// still runs in a test (a broker's background thread, its Close) cannot
+// change the files the next one recovers; call Restart() once it is gone.
 //
 // Not modelled: partially persisted unsynced data (a power cut here keeps
 // exactly the synced prefix, never a torn sector or a hole), reordering of
@@ -145,6 +149,10 @@ class FaultInjectionEnv final : public Env {
   // armed; the call count is not reset.
   void SimulateCrash(CrashKind kind = CrashKind::kPowerLoss)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Starts the process again after a crash: calls succeed again (those of
+  // handles opened before it stay stale). A no-op when it is not down.
+  void Restart() ABSL_LOCKS_EXCLUDED(mu_);
+  bool down() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // --- Test helpers (not counted, never failed by injection) ----------------
 
@@ -187,6 +195,8 @@ class FaultInjectionEnv final : public Env {
   std::set<std::string, std::less<>> locked_ ABSL_GUARDED_BY(mu_);
   // Incremented by every crash; handles from an older generation are stale.
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // Between a crash and Restart().
+  bool down_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool fault_armed_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t fault_index_ ABSL_GUARDED_BY(mu_) = 0;

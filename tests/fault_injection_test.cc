@@ -103,6 +103,7 @@ TEST_CASE_METHOD(FaultTest, "FaultInjectionTest.RenameWithoutSyncDirIsUndone",
   CHECK(env.FileExists("/d/a"));
   CHECK_FALSE(env.FileExists("/d/b"));
 
+  env.Restart();
   REQUIRE(env.RenameFile("/d/a", "/d/b").ok());
   REQUIRE(env.SyncDir("/d").ok());
   env.SimulateCrash();
@@ -131,6 +132,7 @@ TEST_CASE_METHOD(FaultTest, "FaultInjectionTest.TruncationWithoutSyncIsUndone",
   env.SimulateCrash();
   CHECK(Contents(env, "/d/f") == "old");
 
+  env.Restart();
   auto file = MustCreate(env, "/d/f");
   REQUIRE(file->Append("new").ok());
   REQUIRE(file->Sync().ok());
@@ -153,6 +155,31 @@ TEST_CASE_METHOD(FaultTest, "FaultInjectionTest.HandlesAreStaleAfterCrash",
         absl::StatusCode::kFailedPrecondition);
 }
 
+TEST_CASE_METHOD(
+    FaultTest, "FaultInjectionTest.TheCrashedProcessTouchesNothingUntilRestart",
+    "[fault]") {
+  REQUIRE(env.SetContents("/d/f", "contents", /*durable=*/true).ok());
+  env.SimulateCrash(CrashKind::kProcess);
+  const uint64_t calls = env.call_count();
+  CHECK(env.down());
+  // What the crashed process still runs changes nothing and is not counted.
+  CHECK(env.NewWritableFile("/d/f").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(env.NewWritableFile("/d/g").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(env.RemoveFile("/d/f").code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(env.LockFile("/d/LOCK").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(env.call_count() == calls);
+  CHECK(Contents(env, "/d/f") == "contents");
+  CHECK_FALSE(env.FileExists("/d/g"));
+  env.Restart();
+  CHECK_FALSE(env.down());
+  CHECK(env.GetChildren("/d").ok());
+  CHECK(env.RemoveFile("/d/f").ok());
+  CHECK(env.call_count() == calls + 2);
+}
+
 TEST_CASE_METHOD(FaultTest,
                  "FaultInjectionTest.LockFileTwiceFailsAndCrashReleasesLocks",
                  "[fault]") {
@@ -164,6 +191,7 @@ TEST_CASE_METHOD(FaultTest,
   auto again = env.LockFile("/d/LOCK");
   REQUIRE(again.ok());
   env.SimulateCrash(CrashKind::kProcess);  // The process that held it died.
+  env.Restart();
   auto after_crash = env.LockFile("/d/LOCK");
   REQUIRE(after_crash.ok());
   again->reset();  // The stale lock must not release the new holder's lock.
@@ -407,7 +435,10 @@ TEST_CASE(
           REQUIRE(out.saw_error == (env.faults_injected() > 0));
           REQUIRE(out.saw_error == (n < total));
           env.ClearFault();
-          if (crash.crash) env.SimulateCrash(crash.kind);
+          if (crash.crash) {
+            env.SimulateCrash(crash.kind);
+            env.Restart();
+          }
 
           std::vector<std::string> read;
           if (env.FileExists(kLogPath)) {
@@ -462,6 +493,7 @@ TEST_CASE("FaultInjectionTest.UnsyncedRecordsAreATornTailAfterPowerLoss",
       }
     }
     env.SimulateCrash(CrashKind::kPowerLoss);
+    env.Restart();
     auto in = env.NewSequentialFile(kLogPath);
     REQUIRE(in.ok());
     log::Reader reader(in->get(), nullptr, /*checksum=*/true);

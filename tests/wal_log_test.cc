@@ -35,9 +35,14 @@ struct LogFixture {
     options.clock = &clock;
     options.sync = SyncPolicy::kGroupCommit;
   }
+  // Opens the log as a process (re)started after any simulated crash does.
+  absl::StatusOr<std::shared_ptr<Wal>> Open(RecoveredState* recovered) {
+    env.Restart();
+    return Wal::Open(options, recovered);
+  }
   std::shared_ptr<Wal> MustOpen() {
     RecoveredState recovered;
-    auto wal = Wal::Open(options, &recovered);
+    auto wal = Open(&recovered);
     REQUIRE(wal.ok());
     return *std::move(wal);
   }
@@ -48,7 +53,7 @@ struct LogFixture {
   // in order.
   std::vector<std::string> RecoveredBodies() {
     RecoveredState recovered;
-    auto wal = Wal::Open(options, &recovered);
+    auto wal = Open(&recovered);
     REQUIRE(wal.ok());
     std::vector<std::string> bodies;
     for (const auto& m : recovered.messages) {
@@ -341,7 +346,7 @@ TEST_CASE(
                                  std::string(40 << 10, 'k')});
   // Reopened, the log deletes segments again.
   RecoveredState recovered;
-  auto wal = Wal::Open(f.options, &recovered);
+  auto wal = f.Open(&recovered);
   REQUIRE(wal.ok());
   CHECK_FALSE((*wal)->Stats().segments_held);
   REQUIRE((*wal)->Close().ok());
@@ -373,7 +378,7 @@ TEST_CASE(
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kProcess);
   }
   RecoveredState recovered;
-  auto wal = Wal::Open(f.options, &recovered);
+  auto wal = f.Open(&recovered);
   REQUIRE(wal.ok());
   REQUIRE(!recovered.messages.empty());
   const auto& refs = recovered.messages[0].refs;

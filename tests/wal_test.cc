@@ -37,7 +37,9 @@ struct Fixture {
     options.wal_dir = kDir;
     options.clock = &clock;
   }
+  // Opens a broker as a process (re)started after any simulated crash does.
   absl::StatusOr<std::unique_ptr<Broker>> Open() {
+    env.Restart();
     return internal::OpenBroker(options, &env);
   }
   std::unique_ptr<Broker> MustOpen() {
