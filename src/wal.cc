@@ -146,7 +146,7 @@ absl::StatusOr<std::shared_ptr<Wal>> Wal::Open(const Options& options,
   }
   wal->lock_ = *std::move(lock);
   WARREN_RETURN_IF_ERROR(wal->Recover(wal, recovered));
-  WARREN_RETURN_IF_ERROR(wal->StartSegment());
+  WARREN_RETURN_IF_ERROR(wal->StartSegment(/*written=*/~uint64_t{0}));
   {
     MutexLock l(&wal->mu_);
     wal->last_sync_ = absl::Now();
@@ -619,10 +619,14 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             if (q != queues_.end() &&
                 q->second.dedup_window > absl::ZeroDuration()) {
               // As replay: the latest window counts (see Replay).
-              absl::Time& until = dedup_[r.queue_id]
-                                      .try_emplace(e.name, absl::InfinitePast())
-                                      .first->second;
-              until = std::max(until, e.at + q->second.dedup_window);
+              const absl::Time until = e.at + q->second.dedup_window;
+              auto d = dedup_.find(r.queue_id);
+              auto it = d == dedup_.end() ? decltype(d->second.end()){}
+                                          : d->second.find(e.name);
+              if (d == dedup_.end() || it == d->second.end() ||
+                  it->second < until) {
+                SetDedupLocked(r.queue_id, e.name, until);
+              }
             }
           }
         }
@@ -647,13 +651,10 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       }
       case wal::OpType::kDedup:
-        if (e.at == absl::InfinitePast()) {
-          if (auto q = dedup_.find(e.queue_id); q != dedup_.end()) {
-            q->second.erase(e.name);
-          }
-        } else if (queues_.contains(e.queue_id)) {
-          dedup_[e.queue_id][e.name] = e.at;
+        if (e.at != absl::InfinitePast() && !queues_.contains(e.queue_id)) {
+          break;
         }
+        SetDedupLocked(e.queue_id, e.name, e.at);
         break;
       case wal::OpType::kCheckpoint:
       case wal::OpType::kSegments:
@@ -732,7 +733,26 @@ void Wal::StopSettling() {
   settling_ = false;
 }
 
-void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
+void Wal::SetDedupLocked(uint32_t queue_id, const std::string& id,
+                         absl::Time until) {
+  absl::Time before = absl::InfinitePast();
+  auto q = dedup_.find(queue_id);
+  if (q != dedup_.end()) {
+    if (auto it = q->second.find(id); it != q->second.end()) {
+      before = it->second;
+    }
+  }
+  if (before == until) return;
+  // Called from ApplyLocked, for the record about to take LSN next_lsn_.
+  dedup_changes_.push_back({next_lsn_, queue_id, id, before});
+  if (until == absl::InfinitePast()) {
+    q->second.erase(id);
+  } else {
+    dedup_[queue_id][id] = until;
+  }
+}
+
+void Wal::BuildCheckpointLocked(wal::RecordBuilder& out, uint64_t written) {
   out.Checkpoint(next_msg_id_.load(std::memory_order_relaxed),
                  next_queue_id_.load(std::memory_order_relaxed));
   out.Segments(segments_.empty() ? next_segment_ : segments_.front().number);
@@ -741,14 +761,34 @@ void Wal::BuildCheckpointLocked(wal::RecordBuilder& out) {
   for (const auto& [id, q] : queues_) bytes += q.op;
   for (const auto& [key, op] : bindings_) bytes += op;
   const absl::Time now = options_.clock->Now();
+  while (!dedup_changes_.empty() && dedup_changes_.front().lsn <= written) {
+    dedup_changes_.pop_front();
+  }
+  // The windows as the written records left them: undo the later changes,
+  // newest first.
+  std::map<std::pair<uint32_t, std::string_view>, absl::Time> undone;
+  for (auto it = dedup_changes_.rbegin(); it != dedup_changes_.rend(); ++it) {
+    undone[{it->queue_id, it->id}] = it->before;
+  }
   for (auto& [queue_id, entries] : dedup_) {
     for (auto it = entries.begin(); it != entries.end();) {
+      absl::Time until = it->second;
+      if (auto u = undone.find({queue_id, it->first}); u != undone.end()) {
+        until = u->second;
+        undone.erase(u);
+      }
       if (it->second <= now) {
         entries.erase(it++);
-      } else {
-        out.Dedup(queue_id, it->first, it->second);
-        ++it;
+        continue;
       }
+      if (until > now) out.Dedup(queue_id, it->first, until);
+      ++it;
+    }
+  }
+  // Windows that later records ended early (a refused publish's).
+  for (const auto& [key, until] : undone) {
+    if (until > now && queues_.contains(key.first)) {
+      out.Dedup(key.first, key.second, until);
     }
   }
 }
@@ -764,7 +804,7 @@ void Wal::PublishedIds(std::string_view record, uint64_t from, uint64_t to,
   }
 }
 
-absl::Status Wal::StartSegment() {
+absl::Status Wal::StartSegment(uint64_t written) {
   wal::RecordBuilder checkpoint;
   uint64_t number;
   {
@@ -776,7 +816,7 @@ absl::Status Wal::StartSegment() {
     // against it since, is started again under the same number.
     number = segments_.back().number;
     compact_failed_ = false;
-    BuildCheckpointLocked(checkpoint);
+    BuildCheckpointLocked(checkpoint, written);
   }
   const std::string path = SegmentPath(number);
   absl::Status s;
@@ -914,7 +954,7 @@ void Wal::LeadLocked(Done& done) {
   // segment that took them.
   std::vector<std::pair<size_t, uint64_t>> moved;
   if (!records.empty() && !writer_) {
-    s = StartSegment();
+    s = StartSegment(durable_upto);
     bytes_before = writer_ ? writer_->offset() : 0;
   }
   size_t begin = 0;
@@ -947,7 +987,7 @@ void Wal::LeadLocked(Done& done) {
       if (s.ok()) s = file_->Close();
       writer_.reset();
       file_.reset();
-      if (s.ok()) s = StartSegment();
+      if (s.ok()) s = StartSegment(durable_upto);
       bytes_before = writer_ ? writer_->offset() : 0;
     }
   }
@@ -971,6 +1011,10 @@ void Wal::LeadLocked(Done& done) {
   syncs_ += syncs;
   SetSyncedLocked(synced_upto);
   if (durable_upto > written_lsn_) written_lsn_ = durable_upto;
+  while (!dedup_changes_.empty() &&
+         dedup_changes_.front().lsn <= written_lsn_) {
+    dedup_changes_.pop_front();
+  }
   if (!s.ok() && durable_upto < last) {
     RecordFailureLocked({durable_upto + 1, last, false, s});
     RequeueLocked(batch, records, durable_upto + 1 - first);

@@ -295,8 +295,17 @@ class Wal {
   void DropBindingsLocked(
       const std::function<bool(const wal::BindingOp&)>& gone)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void BuildCheckpointLocked(wal::RecordBuilder& out)
+  // The checkpoint of a segment whose file holds the records up to LSN
+  // `written`: the deduplication windows are those of these records, not of
+  // the later ones (written after it, in its segment, or never: a window in
+  // the checkpoint without its message would drop the message's retry as a
+  // duplicate after a crash).
+  void BuildCheckpointLocked(wal::RecordBuilder& out, uint64_t written)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets the model's deduplication window of (queue_id, id) to `until`
+  // (InfinitePast: none), noting the change for BuildCheckpointLocked.
+  void SetDedupLocked(uint32_t queue_id, const std::string& id,
+                      absl::Time until) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Checks whether `lsn` is done: the status, or nullopt while pending.
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
@@ -379,8 +388,9 @@ class Wal {
   // Writes everything pending (and syncs when wanted); unlocks meanwhile.
   // Appends the callbacks now due to `done`.
   void LeadLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Starts segment `number` with a checkpoint. Without `mu_`, as the writer.
-  absl::Status StartSegment();
+  // Starts segment `number` with a checkpoint; the log's files hold the
+  // records up to LSN `written`. Without `mu_`, as the writer.
+  absl::Status StartSegment(uint64_t written);
   void CollectDoneLocked(Done& done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordFailureLocked(Failure f) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static void RunDone(Done& done);
@@ -492,6 +502,15 @@ class Wal {
   // Per durable queue: message id -> when its deduplication window ends.
   std::map<uint32_t, absl::flat_hash_map<std::string, absl::Time>> dedup_
       ABSL_GUARDED_BY(mu_);
+  // The changes to dedup_ made by records not yet written (in LSN order),
+  // with the window each replaced, so a checkpoint can leave them out.
+  struct DedupChange {
+    uint64_t lsn;
+    uint32_t queue_id;
+    std::string id;
+    absl::Time before;
+  };
+  std::deque<DedupChange> dedup_changes_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> next_msg_id_{1};
   std::atomic<uint32_t> next_queue_id_{1};
 

@@ -1589,5 +1589,49 @@ TEST_CASE(
   CHECK(*d->properties().timestamp == at);
 }
 
+TEST_CASE(
+    "An unconfirmed publish retried after a crash is never taken for a "
+    "duplicate of itself when a new segment began before it was written",
+    "[wal]") {
+  // A new segment's checkpoint carries the deduplication windows. Failing
+  // every call from the segment's start on, in turn, then crashing: the
+  // retried publish must leave exactly one copy, never none.
+  for (const auto kind : {FaultInjectionEnv::CrashKind::kProcess,
+                          FaultInjectionEnv::CrashKind::kPowerLoss}) {
+    for (uint64_t index = 0; index < 16; ++index) {
+      CAPTURE(static_cast<int>(kind), index);
+      Fixture f;
+      f.options.wal_segment_bytes = 64 << 10;
+      const QueueOptions options{.durable = true,
+                                 .dedup_window = absl::Hours(1)};
+      Message m("once");
+      m.properties().message_id = "m";
+      {
+        auto b = f.MustOpen();
+        REQUIRE(b->DeclareQueue("q", options).ok());
+        REQUIRE(b->DeclareQueue("fill", {.durable = true}).ok());
+        // Fills segment 1: the next write starts segment 2.
+        REQUIRE(b->Publish("", "fill", Message(std::string(70 << 10, 'f')),
+                           Persistent())
+                    .ok());
+        f.env.InjectFault(f.env.call_count() + index,
+                          absl::StatusCode::kResourceExhausted,
+                          FaultInjectionEnv::FaultMode::kPersistent);
+        auto first = b->Publish("", "q", m, Persistent());
+        f.env.SimulateCrash(kind);
+        if (first.ok()) {
+          CHECK(first->duplicates == 0);
+        }
+      }
+      f.env.ClearFault();
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("q", options).ok());
+      auto again = b->Publish("", "q", m, Persistent());
+      REQUIRE(again.ok());
+      CHECK(DrainBodies(*b, "q") == std::vector<std::string>{"once"});
+    }
+  }
+}
+
 }  // namespace
 }  // namespace warren
