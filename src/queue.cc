@@ -51,7 +51,7 @@ Queue::~Queue() = default;
 
 // --- Publishing --------------------------------------------------------------
 
-bool Queue::TryReserve(uint64_t bytes) {
+bool Queue::TryReserve(uint64_t bytes, bool holding_room_mu) {
   if (options_.max_length == 0) {
     ready_count_.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -69,7 +69,9 @@ bool Queue::TryReserve(uint64_t bytes) {
   do {
     if (cur + bytes > options_.max_length_bytes) {
       ready_count_.fetch_sub(1, std::memory_order_relaxed);
-      NotifyRoom();  // the count we held back may be what a waiter needs
+      // The count we held back may be what a waiter needs. Not when we hold
+      // room_mu_: every blocked publisher re-checks under it, so none saw it.
+      if (!holding_room_mu) NotifyRoom();
       return false;
     }
   } while (!ready_bytes_.compare_exchange_weak(cur, cur + bytes,
@@ -271,9 +273,9 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
     bool reserved = false;
     for (;;) {
       if (end_.load(std::memory_order_acquire) != kOpen) break;
-      if ((reserved = TryReserve(bytes))) break;
+      if ((reserved = TryReserve(bytes, /*holding_room_mu=*/true))) break;
       if (room_cv_.WaitWithDeadline(&room_mu_, deadline)) {
-        reserved = TryReserve(bytes);
+        reserved = TryReserve(bytes, /*holding_room_mu=*/true);
         break;
       }
     }

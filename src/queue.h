@@ -293,8 +293,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
   EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope);
   void CheckIdle();
   // Reserves room for one message of `bytes` under the limits; false when
-  // full.
-  bool TryReserve(uint64_t bytes);
+  // full. `holding_room_mu`: the caller (a blocked publisher) holds room_mu_.
+  bool TryReserve(uint64_t bytes, bool holding_room_mu = false);
   void OnTaken(const QueuedMessage& node);
   // Pops the next message without the lock when nothing is returned or
   // spilled; otherwise takes the lock.

@@ -501,6 +501,27 @@ TEST_CASE(
   CHECK(d.body() == "second");
 }
 
+TEST_CASE("Overflow block waits for room in a queue full by bytes") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work", {.max_length_bytes = 4, .overflow = Overflow::kBlock})
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "1234").ok());
+  CHECK(absl::IsDeadlineExceeded(
+      Send(*e.b, "", "work", "56", {.timeout = absl::Milliseconds(5)})
+          .status()));
+  CHECK(e.Stats("work").refused == 1);
+
+  absl::StatusOr<PublishOutcome> waited;
+  std::thread publisher([&] { waited = Send(*e.b, "", "work", "56"); });
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Ack(c->Receive(absl::Seconds(30)).value()).ok());  // makes room
+  publisher.join();
+  REQUIRE(waited.ok());
+  CHECK(waited->queues == 1);
+  CHECK(c->Receive(absl::Seconds(30)).value().body() == "56");
+}
+
 TEST_CASE("A queue unused for its expiry time is deleted") {
   Env e;
   REQUIRE(e.b->DeclareQueue("idle", {.expires = absl::Seconds(10)}).ok());
