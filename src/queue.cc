@@ -234,7 +234,12 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     return EnqueueResult::kAccepted;
   }
   const uint64_t bytes = envelope->message.body().size();
-  while (!TryReserve(bytes)) {
+  // A body larger than the byte limit never fits, however much room is made:
+  // it is refused at once, without waiting (kBlock) or dropping (kDropHead).
+  const bool never_fits =
+      options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
+  while (!never_fits) {
+    if (TryReserve(bytes)) return EnqueueReserved(std::move(envelope));
     if (options_.overflow == Overflow::kDropHead) {
       if (NodePtr victim = TakeAny()) {
         maxlen_dead->push_back(std::move(victim));
@@ -250,15 +255,18 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
       }
       return EnqueueResult::kFull;
     }
-    // Full, and nothing could be dropped to make room.
-    Add(publisher_side_.refused, 1);
-    if (dedup) ForgetId(envelope->message.properties().message_id);
-    if (options_.overflow == Overflow::kRejectPublishDlx) {
-      maxlen_dead->push_back(MakeNode(std::move(envelope)));
-    }
-    return EnqueueResult::kRefused;
+    break;
   }
-  return EnqueueReserved(std::move(envelope));
+  // Full, and nothing could be dropped to make room; or it never fits.
+  Add(publisher_side_.refused, 1);
+  // (A kBlock queue records the id only once the message has room.)
+  if (dedup && options_.overflow != Overflow::kBlock) {
+    ForgetId(envelope->message.properties().message_id);
+  }
+  if (options_.overflow == Overflow::kRejectPublishDlx) {
+    maxlen_dead->push_back(MakeNode(std::move(envelope)));
+  }
+  return EnqueueResult::kRefused;
 }
 
 Queue::EnqueueResult Queue::EnqueueBlocking(

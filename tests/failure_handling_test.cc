@@ -522,6 +522,43 @@ TEST_CASE("Overflow block waits for room in a queue full by bytes") {
   CHECK(c->Receive(absl::Seconds(30)).value().body() == "56");
 }
 
+TEST_CASE(
+    "A message larger than max_length_bytes is refused at once and "
+    "waits for no room") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work", {.max_length_bytes = 4, .overflow = Overflow::kBlock})
+              .ok());
+  REQUIRE(e.b->DeclareQueue("other").ok());
+  REQUIRE(e.b->DeclareExchange("both", ExchangeType::kFanout).ok());
+  REQUIRE(e.b->Bind("work", "both", "").ok());
+  REQUIRE(e.b->Bind("other", "both", "").ok());
+  // No amount of consuming makes room for 5 bytes under a 4-byte limit: the
+  // publish is refused as a full reject-publish queue refuses it, not after
+  // its (here long) timeout.
+  const PublishOptions patient{.timeout = absl::Seconds(20)};
+  auto alone = Send(*e.b, "", "work", "12345", patient);
+  CHECK(absl::IsResourceExhausted(alone.status()));
+  auto shared = Send(*e.b, "both", "", "12345", patient);
+  REQUIRE(shared.ok());
+  CHECK(shared->queues == 1);
+  CHECK(shared->refused_by == std::vector<std::string>{"work"});
+  CHECK(e.Stats("work").refused == 2);
+  CHECK(e.Stats("work").ready == 0);
+  // One that fits still goes in.
+  CHECK(Send(*e.b, "", "work", "1234").ok());
+
+  // Drop-head drops nothing for a message that could never fit.
+  REQUIRE(e.b->DeclareQueue("dh", WithDlx({.max_length_bytes = 4,
+                                           .overflow = Overflow::kDropHead}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "dh", "keep").ok());
+  CHECK(absl::IsResourceExhausted(Send(*e.b, "", "dh", "12345").status()));
+  CHECK(e.Stats("dh").refused == 1);
+  CHECK(e.Stats("dh").dead_lettered == 0);
+  CHECK(Drain(*e.b, "dh") == std::vector<std::string>{"keep"});
+}
+
 TEST_CASE("A queue unused for its expiry time is deleted") {
   Env e;
   REQUIRE(e.b->DeclareQueue("idle", {.expires = absl::Seconds(10)}).ok());

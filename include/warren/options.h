@@ -54,7 +54,9 @@ enum class Overflow {
   // The new message is refused and dead-lettered (reason `maxlen`).
   kRejectPublishDlx,
   // The publisher waits for room (backpressure) up to its
-  // PublishOptions::timeout, then gets kDeadlineExceeded.
+  // PublishOptions::timeout, then gets kDeadlineExceeded. A message larger
+  // than max_length_bytes, for which no room can ever come, is refused at
+  // once as under kRejectPublish.
   kBlock,
 };
 
