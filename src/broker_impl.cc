@@ -1053,14 +1053,20 @@ bool BrokerImpl::EraseIfUnused(Queue& queue, absl::FunctionRef<bool()> unused) {
   return true;
 }
 
-size_t BrokerImpl::RepublishLocked(const Exchange& exchange,
-                                   std::string_view key, Message&& message,
-                                   bool drop_cycles,
+size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
+                                   Message&& message, bool drop_cycles,
                                    std::vector<DeadBatch>& dead,
                                    std::vector<std::shared_ptr<Queue>>& flush,
                                    QueuedMessage* source) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, std::as_const(message).headers(), state);
+  // A publish to the exchange like any other in its statistics.
+  exchange.CountPublished();
+  if (state.queues.empty()) {
+    exchange.CountUnroutable();
+  } else {
+    exchange.CountRouted();
+  }
   // Drop the targets that would close a dead-letter cycle.
   if (drop_cycles)
     state.queues.erase(
@@ -1149,7 +1155,7 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
     {
       ReaderLock lock(&topo_mu_);
       if (closed_) return;
-      const Exchange* dlx = nullptr;
+      Exchange* dlx = nullptr;
       if (auto it = exchanges_.find(o.dead_letter_exchange.value_or(""));
           o.dead_letter_exchange.has_value() && it != exchanges_.end()) {
         dlx = it->second.get();
@@ -1283,7 +1289,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
     for (NodePtr& node : nodes) {
       const Message& m = node->envelope->message;
       const std::vector<DeathRecord> history = DeathHistory(m);
-      const Exchange* exchange = nullptr;
+      Exchange* exchange = nullptr;
       std::string key;
       if (!options.to_exchange.empty()) {
         if (auto it = exchanges_.find(options.to_exchange);

@@ -559,6 +559,42 @@ TEST_CASE(
   CHECK(Drain(*e.b, "dh") == std::vector<std::string>{"keep"});
 }
 
+TEST_CASE(
+    "Exchange statistics count the messages that dead-lettering and "
+    "redrive publish through the exchange") {
+  Env e;
+  TwoDeadLetters(e);  // two rejections published through "dlx"
+  auto dlx = e.b->GetExchangeStats("dlx").value();
+  CHECK(dlx.published == 2);
+  CHECK(dlx.routed == 2);
+  CHECK(dlx.unroutable == 0);
+
+  // Redrive back to the queue they died in goes through the default
+  // exchange; to a named exchange, through that one.
+  const uint64_t before = e.b->GetExchangeStats("").value().published;
+  CHECK(e.b->Redrive("dlq", {.max_messages = 1}).value() == 1);
+  auto def = e.b->GetExchangeStats("").value();
+  CHECK(def.published == before + 1);
+  REQUIRE(e.b->DeclareExchange("retry", ExchangeType::kDirect).ok());
+  REQUIRE(e.b->Bind("work", "retry", "again").ok());
+  CHECK(e.b->Redrive("dlq", {.to_exchange = "retry", .routing_key = "again"})
+            .value() == 1);
+  auto retry = e.b->GetExchangeStats("retry").value();
+  CHECK(retry.published == 1);
+  CHECK(retry.routed == 1);
+
+  // A dead letter that the exchange routes nowhere is unroutable there.
+  REQUIRE(e.b->DeclareExchange("void", ExchangeType::kFanout).ok());
+  REQUIRE(e.b->DeclareQueue("lost", {.dead_letter_exchange = "void"}).ok());
+  REQUIRE(Send(*e.b, "", "lost", "m").ok());
+  auto c = e.b->Consume("lost").value();
+  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  auto v = e.b->GetExchangeStats("void").value();
+  CHECK(v.published == 1);
+  CHECK(v.unroutable == 1);
+  CHECK(e.Stats("lost").dropped == 1);
+}
+
 TEST_CASE("A queue unused for its expiry time is deleted") {
   Env e;
   REQUIRE(e.b->DeclareQueue("idle", {.expires = absl::Seconds(10)}).ok());

@@ -57,7 +57,8 @@ struct QueueStats {
 
 struct ExchangeStats {
   std::string name;
-  uint64_t published = 0;   // publishes to this exchange
+  // Publishes to this exchange, dead-lettering and redrive included.
+  uint64_t published = 0;
   uint64_t routed = 0;      // publishes that reached at least one queue
   uint64_t unroutable = 0;  // publishes that reached no queue
   uint64_t returned = 0;    // unroutable mandatory publishes handed back
