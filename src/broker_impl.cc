@@ -1347,6 +1347,11 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
         "messages_per_second must be between 0 and 1e9");
   }
   if (options.routing_key.has_value()) {
+    // A queue target is reached through the default exchange by its name.
+    if (options.to_exchange.empty()) {
+      return absl::InvalidArgumentError(
+          "a redrive routing key needs a target exchange (to_exchange)");
+    }
     WARREN_RETURN_IF_ERROR(ValidateKey(*options.routing_key, "routing key"));
   }
   std::shared_ptr<Queue> q;

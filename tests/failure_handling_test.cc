@@ -691,6 +691,22 @@ TEST_CASE("Bad failure-handling input is refused and changes nothing") {
 }
 
 TEST_CASE(
+    "Redrive refuses a routing key without a target exchange and moves "
+    "nothing") {
+  Env e;
+  TwoDeadLetters(e);
+  REQUIRE(e.b->DeclareQueue("inspect").ok());
+  CHECK(absl::IsInvalidArgument(
+      e.b->Redrive("dlq", {.routing_key = "work"}).status()));
+  CHECK(absl::IsInvalidArgument(
+      e.b->Redrive("dlq", {.to_queue = "inspect", .routing_key = "work"})
+          .status()));
+  CHECK(Ready(*e.b, "dlq") == 2);
+  CHECK(Ready(*e.b, "work") == 0);
+  CHECK(Ready(*e.b, "inspect") == 0);
+}
+
+TEST_CASE(
     "A delayed message whose TTL runs out during its delay is expired "
     "when its time comes and not when the delay ends") {
   Env e;

@@ -89,7 +89,8 @@ struct RedriveOptions {
   // each message goes back to the queue it last died in.
   std::string to_queue;
   // Or an exchange to publish them to, with `routing_key` (default: the key
-  // each message had when it last died).
+  // each message had when it last died). A `routing_key` without
+  // `to_exchange` is kInvalidArgument: a queue target needs none.
   std::string to_exchange;
   std::optional<std::string> routing_key;
   // Most messages to move; 0 means all that are ready. Default: 0.
@@ -296,7 +297,8 @@ class Broker {
   // whose destination no longer exists stays in `dlq`.
   //   kNotFound         no such queue, target queue or target exchange;
   //   kFailedPrecondition `dlq` receives no queue's dead letters;
-  //   kInvalidArgument  both targets, a negative rate, or bad names.
+  //   kInvalidArgument  both targets, a routing key without `to_exchange`,
+  //                     a negative rate, or bad names.
   virtual absl::StatusOr<uint64_t> Redrive(std::string_view dlq,
                                            const RedriveOptions& options) = 0;
 
