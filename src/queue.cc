@@ -402,16 +402,56 @@ void Queue::Delay(NodePtr node, absl::Time at) {
 }
 
 void Queue::OnDelayDone(NodePtr node) {
+  std::vector<NodePtr> maxlen_dead;
   {
     MutexLock lock(&mu_);
     // Ready first, then no longer delayed: never counted nowhere.
+    bool reserved = false;
     if (end_.load(std::memory_order_acquire) == kOpen &&
-        ReturnLocked(std::move(node))) {
+        AdmitDelayedLocked(node, &reserved, &maxlen_dead) &&
+        ReturnLocked(std::move(node), reserved)) {
       HandOffLocked();
     }
     delayed_.fetch_sub(1, std::memory_order_relaxed);
   }
+  DeadLetter(std::move(maxlen_dead), DeathReason::kMaxLen);
   FlushExpired();
+}
+
+bool Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
+                               std::vector<NodePtr>* maxlen_dead) {
+  // A returned or retried message (delivered before) is never refused, nor
+  // is one whose time-to-live ran out (ReturnLocked expires it). Under
+  // kRejectPublish and kBlock the publisher, told the message was accepted,
+  // can no longer be told otherwise: it goes in over the limit.
+  if (node->deliveries > 0 ||
+      (options_.max_length == 0 && options_.max_length_bytes == 0) ||
+      (node->has_expiry() && Now() >= node->expires_at) ||
+      (options_.overflow != Overflow::kDropHead &&
+       options_.overflow != Overflow::kRejectPublishDlx)) {
+    return true;
+  }
+  const uint64_t bytes = node->body_size();
+  const bool never_fits =
+      options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
+  while (!never_fits) {
+    if (TryReserve(bytes)) {
+      *reserved = true;
+      return true;
+    }
+    if (options_.overflow == Overflow::kDropHead) {
+      if (NodePtr victim = TakeLocked()) {
+        maxlen_dead->push_back(std::move(victim));
+        continue;
+      }
+    }
+    break;
+  }
+  // Refused, as a publish now would be, and dead-lettered (or dropped and
+  // counted): nobody is left to tell.
+  Add(publisher_side_.refused, 1);
+  maxlen_dead->push_back(std::move(node));
+  return false;
 }
 
 absl::Duration Queue::RetryDelay(const QueuedMessage& node) {
@@ -590,13 +630,16 @@ void Queue::AddExpiredLocked(NodePtr node) {
   expired_pending_.store(true, std::memory_order_release);
 }
 
-bool Queue::ReturnLocked(NodePtr node) {
+bool Queue::ReturnLocked(NodePtr node, bool reserved) {
   if (node->has_expiry() && Now() >= node->expires_at) {
+    if (reserved) Unreserve(node->body_size());
     AddExpiredLocked(std::move(node));
     return false;
   }
-  ready_count_.fetch_add(1, std::memory_order_relaxed);
-  ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  if (!reserved) {
+    ready_count_.fetch_add(1, std::memory_order_relaxed);
+    ready_bytes_.fetch_add(node->body_size(), std::memory_order_relaxed);
+  }
   if (node->has_expiry()) IndexExpiryLocked(*node, /*in_returned=*/true);
   const ReturnedKey key{-static_cast<int>(node->priority), node->seq};
   returned_.emplace(key, std::move(node));

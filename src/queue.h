@@ -304,8 +304,19 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Spills `node` (ready, room reserved) behind the lock.
   void SpillLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts `node` into returned_ (ready again); false when its time-to-live
-  // ran out, in which case it is appended to expired_.
-  bool ReturnLocked(NodePtr node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ran out, in which case it is appended to expired_. `reserved`: its room
+  // under the limits is already reserved (TryReserve).
+  bool ReturnLocked(NodePtr node, bool reserved = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A delayed message whose delay is over meets the length limits: a
+  // delayed publish (never delivered) under kDropHead makes room by giving
+  // up on the oldest ready messages (appended to `maxlen_dead`), under
+  // kRejectPublishDlx it is refused when full (appended to `maxlen_dead`;
+  // false). Otherwise it goes in, over the limit if need be. Sets
+  // `*reserved` when it reserved the message's room.
+  bool AdmitDelayedLocked(NodePtr& node, bool* reserved,
+                          std::vector<NodePtr>* maxlen_dead)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the head of `level`'s ring to the end of peeked_[level]; false when
   // the ring is empty.
   bool PeekRingLocked(int level) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "test_util.h"
@@ -704,6 +705,80 @@ TEST_CASE(
   CHECK(Ready(*e.b, "dlq") == 2);
   CHECK(Ready(*e.b, "work") == 0);
   CHECK(Ready(*e.b, "inspect") == 0);
+}
+
+TEST_CASE(
+    "A delayed message meets the length limit when it becomes ready and "
+    "never vanishes uncounted") {
+  Env e;
+  auto reason_in_dlq = [&] {
+    auto dead = e.b->Browse("dlq", 1).value();
+    REQUIRE(dead.size() == 1);
+    return std::pair(std::string(dead[0].body()),
+                     DeathHistory(dead[0])[0].reason);
+  };
+  const PublishOptions later{.delay = absl::Seconds(5)};
+
+  SECTION("drop-head gives up on the oldest ready message to make room") {
+    REQUIRE(e.b->DeclareQueue(
+                   "work",
+                   WithDlx({.max_length = 2, .overflow = Overflow::kDropHead}))
+                .ok());
+    REQUIRE(Send(*e.b, "", "work", "late", later).ok());
+    REQUIRE(Send(*e.b, "", "work", "a").ok());
+    REQUIRE(Send(*e.b, "", "work", "b").ok());
+    e.Advance(absl::Seconds(5));
+    CHECK(e.Stats("work").ready == 2);
+    CHECK(reason_in_dlq() == std::pair(std::string("a"), DeathReason::kMaxLen));
+    CHECK(Drain(*e.b, "work") == std::vector<std::string>{"late", "b"});
+  }
+
+  SECTION("reject-publish-dlx refuses it and dead-letters it") {
+    REQUIRE(e.b->DeclareQueue(
+                   "work", WithDlx({.max_length = 2,
+                                    .overflow = Overflow::kRejectPublishDlx}))
+                .ok());
+    REQUIRE(Send(*e.b, "", "work", "late", later).ok());
+    REQUIRE(Send(*e.b, "", "work", "a").ok());
+    REQUIRE(Send(*e.b, "", "work", "b").ok());
+    e.Advance(absl::Seconds(5));
+    CHECK(e.Stats("work").refused == 1);
+    CHECK(e.Stats("work").delayed == 0);
+    CHECK(reason_in_dlq() ==
+          std::pair(std::string("late"), DeathReason::kMaxLen));
+    CHECK(Drain(*e.b, "work") == std::vector<std::string>{"a", "b"});
+  }
+
+  SECTION("reject-publish keeps the accepted message over the limit") {
+    REQUIRE(e.b->DeclareQueue("work", {.max_length = 2}).ok());
+    REQUIRE(Send(*e.b, "", "work", "late", later).ok());
+    REQUIRE(Send(*e.b, "", "work", "a").ok());
+    REQUIRE(Send(*e.b, "", "work", "b").ok());
+    e.Advance(absl::Seconds(5));
+    CHECK(e.Stats("work").ready == 3);
+    CHECK(e.Stats("work").refused == 0);
+    // New publishes are refused until the queue is below its limit again.
+    CHECK(absl::IsResourceExhausted(Send(*e.b, "", "work", "c").status()));
+    CHECK(Drain(*e.b, "work") == std::vector<std::string>{"late", "a", "b"});
+  }
+
+  SECTION("a retried message is returned and drops nothing") {
+    REQUIRE(
+        e.b->DeclareQueue(
+               "work", WithDlx({.max_length = 1,
+                                .overflow = Overflow::kDropHead,
+                                .retry = RetryPolicy{.backoff = Backoff::kFixed,
+                                                     .initial_delay =
+                                                         absl::Seconds(5)}}))
+            .ok());
+    REQUIRE(Send(*e.b, "", "work", "retried").ok());
+    auto c = e.b->Consume("work").value();
+    REQUIRE(c->Nack(c->TryReceive().value()).ok());
+    REQUIRE(Send(*e.b, "", "work", "a").ok());
+    e.Advance(absl::Seconds(5));
+    CHECK(e.Stats("work").ready == 2);
+    CHECK(Ready(*e.b, "dlq") == 0);
+  }
 }
 
 TEST_CASE(

@@ -203,7 +203,8 @@ struct PublishOptions {
   // instead of being dropped. Default: false.
   bool mandatory = false;
   // Consumers see the message only after this delay (per message: a short
-  // delay is never stuck behind a long one). Default: zero.
+  // delay is never stuck behind a long one). It meets the queue's length
+  // limits when the delay is over (see the README). Default: zero.
   absl::Duration delay = absl::ZeroDuration();
   // How long the publisher may wait for room in a full queue whose overflow
   // is kBlock, in real time. Default: infinite.
