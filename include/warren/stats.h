@@ -39,17 +39,24 @@ struct QueueStats {
   uint64_t delivered = 0;    // deliveries, redeliveries included
   uint64_t redelivered = 0;  // deliveries with `redelivered` set
   uint64_t acked = 0;
-  uint64_t nacked = 0;         // Nack, with or without requeue
-  uint64_t rejected = 0;       // Reject, with or without requeue
-  uint64_t requeued = 0;       // returned to the queue (nack, reject, close)
+  uint64_t nacked = 0;    // Nack, with or without requeue
+  uint64_t rejected = 0;  // Reject, with or without requeue
+  uint64_t requeued = 0;  // returned to the queue (nack, reject, close)
+  // A message given up on (rejected without requeue, expired, over the
+  // length limit, out of attempts) ends in exactly one of the next two,
+  // whatever the reason (which `nacked`, `rejected` or `expired` may count
+  // besides).
   uint64_t dead_lettered = 0;  // republished to the dead-letter exchange
   // Removed without delivery and not dead-lettered: no dead-letter exchange
-  // (drop-head, requeue=false), a dead-letter exchange that does not exist,
-  // nothing bound to it, or a dead-letter cycle.
+  // (drop-head, requeue=false, expiry, delivery limit), a dead-letter
+  // exchange that does not exist, nothing bound to it, or a dead-letter
+  // cycle.
   uint64_t dropped = 0;
-  uint64_t refused = 0;       // publishes refused by the length limit
-  uint64_t purged = 0;        // removed by PurgeQueue
-  uint64_t expired = 0;       // removed because their time-to-live ran out
+  uint64_t refused = 0;  // publishes refused by the length limit
+  uint64_t purged = 0;   // removed by PurgeQueue
+  // Removed because their time-to-live ran out (and dead-lettered or
+  // dropped: counted there too).
+  uint64_t expired = 0;
   uint64_t deduplicated = 0;  // publishes dropped as duplicates
   uint64_t lease_expired =
       0;  // deliveries returned because their lease ran out
