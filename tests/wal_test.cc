@@ -969,6 +969,24 @@ int PublishWithId(Broker& b, const std::string& id) {
   return r.ok() ? static_cast<int>(r->duplicates) : -1;
 }
 
+// With a publish of a second message into the full kBlock queue "q" (which
+// holds one) waiting for room: once its record is logged (at 0 s), moves the
+// clock to 5 s and acks the first message, so the queue takes the second then
+// (its window, if any, counted from there).
+void MakeRoomAtFiveSeconds(Fixture& f, Broker& b) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (b.Stats().wal.live_messages < 2 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  REQUIRE(b.Stats().wal.live_messages == 2);
+  REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
+  auto c = b.Consume("q").value();
+  auto d = c->TryReceive().value();
+  REQUIRE(c->Ack(d).ok());
+}
+
 TEST_CASE("After a restart deduplication windows end when they did before it",
           "[wal]") {
   // With a checkpoint between the publishes and the restart (a new segment
@@ -1094,20 +1112,7 @@ TEST_CASE("After a restart deduplication windows end when they did before it",
       REQUIRE(b->Publish("", "q", Message("first"), Persistent()).ok());
       std::atomic<int> duplicates{-2};
       std::thread publisher([&] { duplicates = PublishWithId(*b, "x"); });
-      // Its record is logged at 0 s; the queue has no room for it yet.
-      const auto deadline =
-          std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (b->Stats().wal.live_messages < 2 &&
-             std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::yield();
-      }
-      REQUIRE(b->Stats().wal.live_messages == 2);
-      REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
-      {
-        auto c = b->Consume("q").value();
-        auto d = c->TryReceive().value();
-        REQUIRE(c->Ack(d).ok());  // room: taken at 5 s, window ends at 15 s
-      }
+      MakeRoomAtFiveSeconds(f, *b);
       publisher.join();
       REQUIRE(duplicates == 0);
       roll(*b);
@@ -1298,20 +1303,7 @@ TEST_CASE(
           });
       duplicates = confirmed.get_future().get();
     });
-    // Its record is logged at 0 s; the queue has no room for it yet.
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (b->Stats().wal.live_messages < 2 &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::yield();
-    }
-    REQUIRE(b->Stats().wal.live_messages == 2);
-    REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
-    {
-      auto c = b->Consume("q").value();
-      auto d = c->TryReceive().value();
-      REQUIRE(c->Ack(d).ok());  // room: taken at 5 s, window ends at 15 s
-    }
+    MakeRoomAtFiveSeconds(f, *b);
     publisher.join();
     REQUIRE(duplicates == 0);
     // Nothing else is synced after the confirm.
