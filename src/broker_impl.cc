@@ -1060,13 +1060,6 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
                                    QueuedMessage* source) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, std::as_const(message).headers(), state);
-  // A publish to the exchange like any other in its statistics.
-  exchange.CountPublished();
-  if (state.queues.empty()) {
-    exchange.CountUnroutable();
-  } else {
-    exchange.CountRouted();
-  }
   // Drop the targets that would close a dead-letter cycle.
   if (drop_cycles)
     state.queues.erase(
@@ -1074,6 +1067,14 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
             state.queues.begin(), state.queues.end(),
             [&](Queue* q) { return IsDeadLetterCycle(message, q->name()); }),
         state.queues.end());
+  // A publish to the exchange like any other in its statistics: routed when
+  // it reaches a queue.
+  exchange.CountPublished();
+  if (state.queues.empty()) {
+    exchange.CountUnroutable();
+  } else {
+    exchange.CountRouted();
+  }
   if (state.queues.empty()) return 0;
   const absl::Time now = Now();
   // A persistent message stays persistent: its copy is logged with its

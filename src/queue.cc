@@ -218,13 +218,19 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   // forgets it (below), so retrying it is not taken for a duplicate. A
   // blocking publish records it only once it has room.
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
-  if (dedup &&
-      (delay > absl::ZeroDuration() || options_.overflow != Overflow::kBlock) &&
-      IsDuplicate(*envelope)) {
+  const bool records_id = dedup && (delay > absl::ZeroDuration() ||
+                                    options_.overflow != Overflow::kBlock);
+  if (records_id && IsDuplicate(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
-  if (delay > absl::ZeroDuration()) {
+  const uint64_t bytes = envelope->message.body().size();
+  // A body larger than the byte limit never fits, however much room is made:
+  // it is refused at once, delayed or not, without waiting (kBlock) or
+  // dropping (kDropHead).
+  const bool never_fits =
+      options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
+  if (delay > absl::ZeroDuration() && !never_fits) {
     // Not ready yet, so not counted against the limits until it is.
     NodePtr node = MakeNode(std::move(envelope));
     node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
@@ -233,11 +239,6 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     Delay(std::move(node), at);
     return EnqueueResult::kAccepted;
   }
-  const uint64_t bytes = envelope->message.body().size();
-  // A body larger than the byte limit never fits, however much room is made:
-  // it is refused at once, without waiting (kBlock) or dropping (kDropHead).
-  const bool never_fits =
-      options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
   while (!never_fits) {
     if (TryReserve(bytes)) return EnqueueReserved(std::move(envelope));
     if (options_.overflow == Overflow::kDropHead) {
@@ -257,12 +258,14 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     }
     break;
   }
-  // Full, and nothing could be dropped to make room; or it never fits.
-  Add(publisher_side_.refused, 1);
-  // (A kBlock queue records the id only once the message has room.)
-  if (dedup && options_.overflow != Overflow::kBlock) {
-    ForgetId(envelope->message.properties().message_id);
+  // Full, and nothing could be dropped to make room; or it never fits. (A
+  // duplicate is one whatever its size, as on the other queues.)
+  if (dedup && !records_id && SeenWithinWindow(*envelope)) {
+    Add(publisher_side_.deduplicated, 1);
+    return EnqueueResult::kDuplicate;
   }
+  Add(publisher_side_.refused, 1);
+  if (records_id) ForgetId(envelope->message.properties().message_id);
   if (options_.overflow == Overflow::kRejectPublishDlx) {
     maxlen_dead->push_back(MakeNode(std::move(envelope)));
   }
@@ -558,8 +561,8 @@ void Queue::FlushExpired() {
 // --- Consuming ---------------------------------------------------------------
 
 NodePtr Queue::TakeAny() {
-  // acquire: pairs with the release increments in ReturnLocked and
-  // PeekRingLocked and the release store of spilling_ in SpillLocked. Nothing
+  // acquire: pairs with the release increment in ReturnLocked and the
+  // release store of spilling_ in SpillLocked. Nothing
   // in the rings has a time-to-live, so the lock-free path needs no expiry
   // check.
   if (ahead_count_.load(std::memory_order_acquire) == 0 &&
@@ -567,6 +570,16 @@ NodePtr Queue::TakeAny() {
     for (int level = levels_ - 1; level >= 0; --level) {
       NodePtr node;
       if (rings_[level]->try_pop(node)) {
+        // acquire: pairs with the release fence in PeekRingLocked. A message
+        // read ahead of this one since the check above goes first.
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (ahead_count_.load(std::memory_order_relaxed) != 0) {
+          MutexLock lock(&mu_);
+          const uint64_t seq = node->seq;
+          peeked_[level].emplace(seq, std::move(node));
+          ahead_count_.fetch_add(1, std::memory_order_relaxed);
+          return TakeLocked();
+        }
         OnTaken(*node);
         return node;
       }
@@ -648,14 +661,20 @@ bool Queue::ReturnLocked(NodePtr node, bool reserved) {
   return true;
 }
 
-bool Queue::PeekRingLocked(int level) {
+const QueuedMessage* Queue::PeekRingLocked(int level) {
+  // Counted ahead before the pop: a consumer whose lock-free pop comes after
+  // this one in the ring sees the count (the release fence here pairs with
+  // the acquire fence in TakeAny through the ring's ticket), and puts its
+  // message back behind this one.
+  ahead_count_.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
   NodePtr head;
-  if (!rings_[level]->try_pop(head)) return false;
+  if (!rings_[level]->try_pop(head)) {
+    ahead_count_.fetch_sub(1, std::memory_order_release);
+    return nullptr;
+  }
   const uint64_t seq = head->seq;
-  peeked_[level].emplace(seq, std::move(head));
-  // release: pairs with the acquire load in TakeAny.
-  ahead_count_.fetch_add(1, std::memory_order_release);
-  return true;
+  return peeked_[level].emplace(seq, std::move(head)).first->second.get();
 }
 
 bool Queue::EligibleLocked(const ConsumerState* consumer) const {
@@ -931,11 +950,13 @@ std::vector<Message> Queue::Browse(size_t max) {
          it != returned_.end() && std::get<0>(it->first) == -level; ++it) {
       if (!show(*it->second)) return out;
     }
+    // The ring's heads as far as needed, read into the peeked set, which
+    // is served in its order.
+    while (out.size() + peeked_[level].size() < max &&
+           PeekRingLocked(level) != nullptr) {
+    }
     for (const auto& [seq, node] : peeked_[level]) {
       if (!show(*node)) return out;
-    }
-    while (out.size() < max && PeekRingLocked(level)) {
-      show(*std::prev(peeked_[level].end())->second);
     }
     for (const auto& [seq, node] : spill_[level]) {
       if (!show(*node)) return out;
@@ -1014,7 +1035,7 @@ QueueStats Queue::Stats() {
       oldest = std::min(oldest, node->envelope->published_at);
     }
     for (int level = 0; level < levels_; ++level) {
-      if (!peeked_[level].empty() || PeekRingLocked(level)) {
+      if (!peeked_[level].empty() || PeekRingLocked(level) != nullptr) {
         oldest = std::min(
             oldest, peeked_[level].begin()->second->envelope->published_at);
       }

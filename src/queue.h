@@ -317,9 +317,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
   bool AdmitDelayedLocked(NodePtr& node, bool* reserved,
                           std::vector<NodePtr>* maxlen_dead)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves the head of `level`'s ring to the end of peeked_[level]; false when
-  // the ring is empty.
-  bool PeekRingLocked(int level) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the head of `level`'s ring into peeked_[level] and returns it;
+  // nullptr when the ring is empty.
+  const QueuedMessage* PeekRingLocked(int level)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Hands ready messages to eligible waiters, longest-waiting first.
   void HandOffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

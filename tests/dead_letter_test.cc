@@ -287,6 +287,11 @@ TEST_CASE(
   REQUIRE(clock.Advance(absl::Seconds(1)).ok());  // b -> a would close it
   CHECK(Ready(*b, "a") == 0);
   CHECK(b->GetQueueStats("b")->dropped == 1);
+  // Through "to-a": x's dead letter reached a; b's reached no queue.
+  auto to_a = b->GetExchangeStats("to-a").value();
+  CHECK(to_a.published == 2);
+  CHECK(to_a.routed == 1);
+  CHECK(to_a.unroutable == 1);
 }
 
 }  // namespace

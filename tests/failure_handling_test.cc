@@ -558,6 +558,28 @@ TEST_CASE(
   CHECK(e.Stats("dh").refused == 1);
   CHECK(e.Stats("dh").dead_lettered == 0);
   CHECK(Drain(*e.b, "dh") == std::vector<std::string>{"keep"});
+
+  // Delayed, it is refused at once too, not when its delay ends.
+  REQUIRE(e.b->DeclareQueue("later", {.max_length_bytes = 4}).ok());
+  CHECK(absl::IsResourceExhausted(
+      Send(*e.b, "", "later", "12345", {.delay = absl::Seconds(10)}).status()));
+  CHECK(e.Stats("later").refused == 1);
+  CHECK(e.Stats("later").delayed == 0);
+
+  // A duplicate is a duplicate whatever its size, on a kBlock queue too.
+  REQUIRE(e.b->DeclareQueue("dedup", {.max_length_bytes = 4,
+                                      .overflow = Overflow::kBlock,
+                                      .dedup_window = absl::Minutes(1)})
+              .ok());
+  Message small("12");
+  small.properties().message_id = "a";
+  REQUIRE(e.b->Publish("", "dedup", small).ok());
+  Message big("12345");
+  big.properties().message_id = "a";
+  auto again = e.b->Publish("", "dedup", big, patient);
+  REQUIRE(again.ok());
+  CHECK(again->duplicates == 1);
+  CHECK(e.Stats("dedup").refused == 0);
 }
 
 TEST_CASE(

@@ -1,8 +1,10 @@
 // Queue behaviour: order, requeue position, limits, priorities, statistics
 // (SEMANTICS.md sections 4 and 8).
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test_util.h"
@@ -29,6 +31,45 @@ TEST_CASE("A queue delivers one publisher's messages in order") {
   PublishAll(*b, "q",
              bodies);  // beyond the ring: the overflow list keeps order
   CHECK(Drain(*b, "q") == bodies);
+}
+
+TEST_CASE(
+    "Statistics and browsing while one publisher and one consumer run never "
+    "change that publisher's order") {
+  // GetQueueStats and Browse read the rings' heads aside; a consumer popping
+  // a ring at that moment must not overtake them.
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  constexpr int kCount = 50'000;
+  std::atomic<bool> done{false};
+  std::atomic<int> publish_errors{0};
+  std::thread looker([&] {
+    while (!done.load(std::memory_order_relaxed)) {
+      (void)b->GetQueueStats("q");
+      (void)b->Browse("q", 3);
+    }
+  });
+  std::thread publisher([&] {
+    for (int i = 0; i < kCount; ++i) {
+      if (!Send(*b, "", "q", std::to_string(i)).ok()) ++publish_errors;
+    }
+  });
+  auto c = b->Consume("q").value();
+  int expected = 0;
+  int out_of_order = 0;
+  while (expected < kCount) {
+    auto d = c->Receive(absl::Seconds(30));
+    if (!d.ok()) break;
+    if (d->body() != std::to_string(expected)) ++out_of_order;
+    ++expected;
+    REQUIRE(c->Ack(*d).ok());
+  }
+  done = true;
+  publisher.join();
+  looker.join();
+  CHECK(publish_errors == 0);
+  CHECK(expected == kCount);
+  CHECK(out_of_order == 0);
 }
 
 TEST_CASE("Requeued messages return to their original position") {
