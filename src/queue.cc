@@ -247,22 +247,18 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
         continue;
       }
     }
-    if (options_.overflow == Overflow::kBlock) {
-      // A duplicate is dropped at once: it need not wait for room. One that
-      // waits is checked again when it has room (EnqueueBlocking).
-      if (dedup && SeenWithinWindow(*envelope)) {
-        Add(publisher_side_.deduplicated, 1);
-        return EnqueueResult::kDuplicate;
-      }
-      return EnqueueResult::kFull;
-    }
     break;
   }
-  // Full, and nothing could be dropped to make room; or it never fits. (A
-  // duplicate is one whatever its size, as on the other queues.)
+  // Full, and nothing could be dropped to make room; or it never fits. A
+  // kBlock queue, which records an id only once the message has room, drops
+  // a duplicate here at once, whatever its size: it need not wait for room
+  // (one that waits is checked again when it has room, EnqueueBlocking).
   if (dedup && !records_id && SeenWithinWindow(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
+  }
+  if (options_.overflow == Overflow::kBlock && !never_fits) {
+    return EnqueueResult::kFull;
   }
   Add(publisher_side_.refused, 1);
   if (records_id) ForgetId(envelope->message.properties().message_id);
@@ -434,10 +430,9 @@ bool Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
        options_.overflow != Overflow::kRejectPublishDlx)) {
     return true;
   }
+  // (It fits the byte limit: Enqueue refused one that never could.)
   const uint64_t bytes = node->body_size();
-  const bool never_fits =
-      options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
-  while (!never_fits) {
+  for (;;) {
     if (TryReserve(bytes)) {
       *reserved = true;
       return true;

@@ -804,35 +804,31 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "A delayed message whose TTL runs out during its delay is expired "
-    "when its time comes and not when the delay ends") {
+    "A message whose TTL runs out during a delay or retry backoff is expired "
+    "when its time comes and not when the wait ends") {
   Env e;
-  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
-  Message m("short-lived");
-  m.properties().expiration = absl::Seconds(1);
-  REQUIRE(e.b->Publish("", "work", m, {.delay = absl::Hours(1)}).ok());
-  e.Advance(absl::Seconds(2));
+  SECTION("a publish delay") {
+    REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
+    Message m("short-lived");
+    m.properties().expiration = absl::Seconds(1);
+    REQUIRE(e.b->Publish("", "work", m, {.delay = absl::Hours(1)}).ok());
+    e.Advance(absl::Seconds(2));
+  }
+  SECTION("a retry backoff") {
+    REQUIRE(
+        e.b->DeclareQueue(
+               "work",
+               WithDlx({.retry = RetryPolicy{.backoff = Backoff::kFixed,
+                                             .initial_delay = absl::Hours(1)},
+                        .message_ttl = absl::Seconds(10)}))
+            .ok());
+    REQUIRE(Send(*e.b, "", "work", "m").ok());
+    auto c = e.b->Consume("work").value();
+    REQUIRE(c->Nack(c->TryReceive().value()).ok());  // back in 1 h
+    e.Advance(absl::Seconds(11));                    // TTL over at 10 s
+  }
   // SEMANTICS 5: removed and dead-lettered `expired` promptly, not only when
-  // it reaches the head (here: not only when its one-hour delay ends).
-  CHECK(e.Stats("work").expired == 1);
-  CHECK(e.Stats("work").delayed == 0);
-  CHECK(Ready(*e.b, "dlq") == 1);
-}
-
-TEST_CASE(
-    "A message waiting out a retry backoff is expired when its TTL runs "
-    "out and not when the backoff ends") {
-  Env e;
-  REQUIRE(e.b->DeclareQueue(
-                 "work",
-                 WithDlx({.retry = RetryPolicy{.backoff = Backoff::kFixed,
-                                               .initial_delay = absl::Hours(1)},
-                          .message_ttl = absl::Seconds(10)}))
-              .ok());
-  REQUIRE(Send(*e.b, "", "work", "m").ok());
-  auto c = e.b->Consume("work").value();
-  REQUIRE(c->Nack(c->TryReceive().value()).ok());  // back in 1 h
-  e.Advance(absl::Seconds(11));                    // TTL over at 10 s
+  // it reaches the head (here: not only when its one-hour wait ends).
   CHECK(e.Stats("work").expired == 1);
   CHECK(e.Stats("work").delayed == 0);
   CHECK(Ready(*e.b, "dlq") == 1);
