@@ -619,14 +619,8 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
             if (q != queues_.end() &&
                 q->second.dedup_window > absl::ZeroDuration()) {
               // As replay: the latest window counts (see Replay).
-              const absl::Time until = e.at + q->second.dedup_window;
-              auto d = dedup_.find(r.queue_id);
-              auto it = d == dedup_.end() ? decltype(d->second.end()){}
-                                          : d->second.find(e.name);
-              if (d == dedup_.end() || it == d->second.end() ||
-                  it->second < until) {
-                SetDedupLocked(r.queue_id, e.name, until);
-              }
+              SetDedupLocked(r.queue_id, e.name, e.at + q->second.dedup_window,
+                             /*extend_only=*/true);
             }
           }
         }
@@ -734,7 +728,7 @@ void Wal::StopSettling() {
 }
 
 void Wal::SetDedupLocked(uint32_t queue_id, const std::string& id,
-                         absl::Time until) {
+                         absl::Time until, bool extend_only) {
   absl::Time before = absl::InfinitePast();
   auto q = dedup_.find(queue_id);
   if (q != dedup_.end()) {
@@ -742,7 +736,7 @@ void Wal::SetDedupLocked(uint32_t queue_id, const std::string& id,
       before = it->second;
     }
   }
-  if (before == until) return;
+  if (before == until || (extend_only && before > until)) return;
   // Called from ApplyLocked, for the record about to take LSN next_lsn_.
   dedup_changes_.push_back({next_lsn_, queue_id, id, before});
   if (until == absl::InfinitePast()) {
@@ -761,13 +755,11 @@ void Wal::BuildCheckpointLocked(wal::RecordBuilder& out, uint64_t written) {
   for (const auto& [id, q] : queues_) bytes += q.op;
   for (const auto& [key, op] : bindings_) bytes += op;
   const absl::Time now = options_.clock->Now();
-  while (!dedup_changes_.empty() && dedup_changes_.front().lsn <= written) {
-    dedup_changes_.pop_front();
-  }
   // The windows as the written records left them: undo the later changes,
   // newest first.
   std::map<std::pair<uint32_t, std::string_view>, absl::Time> undone;
-  for (auto it = dedup_changes_.rbegin(); it != dedup_changes_.rend(); ++it) {
+  for (auto it = dedup_changes_.rbegin();
+       it != dedup_changes_.rend() && it->lsn > written; ++it) {
     undone[{it->queue_id, it->id}] = it->before;
   }
   for (auto& [queue_id, entries] : dedup_) {

@@ -303,9 +303,11 @@ class Wal {
   void BuildCheckpointLocked(wal::RecordBuilder& out, uint64_t written)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets the model's deduplication window of (queue_id, id) to `until`
-  // (InfinitePast: none), noting the change for BuildCheckpointLocked.
+  // (InfinitePast: none; with `extend_only`, only when that ends it later),
+  // noting the change for BuildCheckpointLocked.
   void SetDedupLocked(uint32_t queue_id, const std::string& id,
-                      absl::Time until) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                      absl::Time until, bool extend_only = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Checks whether `lsn` is done: the status, or nullopt while pending.
   std::optional<absl::Status> DoneLocked(uint64_t lsn, bool sync) const
