@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "dense_id_map.h"
 #include "envelope.h"
 #include "log_reader.h"
 #include "segment_reader.h"
@@ -172,9 +173,11 @@ struct Replay {
     uint32_t bytes = 0;
   };
   // In the order their first publish op was read; `index` finds the live
-  // ones by id.
+  // ones by id (ids are handed out by one counter, so a DenseIdMap finds
+  // them by subtraction where a hash map would miss the cache on every
+  // publish replayed).
   std::vector<Msg> messages;
-  absl::flat_hash_map<uint64_t, size_t> index;
+  DenseIdMap<size_t> index;
   std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
   uint64_t next_msg_id = 1;
   uint32_t next_queue_id = 1;
@@ -184,15 +187,14 @@ struct Replay {
   const std::shared_ptr<Wal>& wal;
 
   Msg* Find(uint64_t id) {
-    auto it = index.find(id);
-    return it == index.end() ? nullptr : &messages[it->second];
+    const size_t* i = index.Find(id);
+    return i == nullptr ? nullptr : &messages[*i];
   }
   void Drop(uint64_t id) {
-    auto it = index.find(id);
-    if (it == index.end()) return;
-    Msg& m = messages[it->second];
-    m.live = {};
-    index.erase(it);
+    const size_t* i = index.Find(id);
+    if (i == nullptr) return;
+    messages[*i].live = {};
+    index.Erase(id);
   }
 
   explicit Replay(const std::shared_ptr<Wal>& log) : wal(log) {}
@@ -254,9 +256,12 @@ struct Replay {
     }
     // A later publish of the same id (a compaction's rewrite, or a move that
     // no queue took) replaces the body and the references it names.
-    auto [it, inserted] = index.try_emplace(op.msg_id, messages.size());
-    if (inserted) messages.emplace_back();
-    Msg& m = messages[it->second];
+    Msg* found = Find(op.msg_id);
+    if (found == nullptr) {
+      index.FindOrInsert(op.msg_id) = messages.size();
+      found = &messages.emplace_back();
+    }
+    Msg& m = *found;
     m.live.envelope =
         MakeEnvelope(std::move(op.message), std::move(op.exchange),
                      std::move(op.routing_key), op.published_at,
