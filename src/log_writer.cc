@@ -6,10 +6,7 @@
 #include <string_view>
 #include <utility>
 
-// xxHash is used header-only: XXH3 is inlined here, so libwarren has no link
-// dependency on libxxhash (only its header is needed to build).
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "xxh3.h"
 
 namespace warren::internal::log {
 
@@ -20,9 +17,9 @@ uint32_t RecordChecksum(uint64_t offset, uint8_t type,
   for (int i = 0; i < 8; ++i) meta[i] = static_cast<char>(offset >> (8 * i));
   meta[8] = static_cast<char>(type);
   EncodeFixed16(meta + 9, static_cast<uint16_t>(payload.size()));
-  const XXH64_hash_t seed = XXH3_64bits(meta, sizeof(meta));
+  const uint64_t seed = Xxh3WithSeed(meta, sizeof(meta), 0);
   return static_cast<uint32_t>(
-      XXH3_64bits_withSeed(payload.data(), payload.size(), seed));
+      Xxh3WithSeed(payload.data(), payload.size(), seed));
 }
 
 Writer::Writer(WritableFile* dest, uint64_t dest_length)

@@ -5,6 +5,7 @@
 // write cut short, nothing valid after it) is a clean end; damage followed by
 // valid data is reported with its byte range.
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <memory>
@@ -18,6 +19,10 @@
 #include "log_format.h"
 #include "log_reader.h"
 #include "log_writer.h"
+#include "xxh3.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 namespace Catch {
 template <>
@@ -944,6 +949,40 @@ TEST_CASE("LogTest.TrailerContentsAreIgnored", "[log]") {
       }
     }
   }
+}
+
+// The checksum is XXH3 whichever code computes it: the baseline build and
+// the AVX2 build (where this CPU and build have it) give XXH3's hash, as
+// xxHash's own header computes it here, for every length up to past the
+// largest record payload's block (XXH3 has separate code for lengths up to
+// 16, 128 and 240 bytes, for the rest by 64-byte stripes and 1 KiB blocks)
+// and seeds 0 and not.
+TEST_CASE("LogTest.ChecksumIsXxh3OnEveryCodePath", "[log]") {
+  std::mt19937_64 rng(7);
+  std::string data(kBlockSize, '\0');
+  for (char& c : data) c = static_cast<char>(rng());
+  const Xxh3Function avx2 = Xxh3WithSeedAvx2();
+  INFO("AVX2 code " << (avx2 != nullptr ? "tested" : "not built or no CPU"));
+  for (size_t size = 0; size <= data.size(); size += size < 2100 ? 1 : 997) {
+    for (const uint64_t seed : {uint64_t{0}, uint64_t{rng()}}) {
+      // Unaligned starts too: the vector code loads unaligned.
+      const char* p = data.data() + size % 5;
+      const size_t n = std::min(size, data.size() - size % 5);
+      const uint64_t want = XXH3_64bits_withSeed(p, n, seed);
+      INFO("size " << n << " seed " << seed);
+      CHECK(Xxh3WithSeedBaseline(p, n, seed) == want);
+      CHECK(Xxh3WithSeed(p, n, seed) == want);
+      if (avx2 != nullptr) CHECK(avx2(p, n, seed) == want);
+    }
+  }
+  // XXH3's own known answer for the empty input.
+  CHECK(Xxh3WithSeed("", 0, 0) == 0x2D06800538D394C2ULL);
+  // The record checksum is the formula in log_format.h.
+  const std::string_view payload(data.data(), 1000);
+  char meta[11] = {0x39, 0x30, 0, 0, 0, 0, 0, 0, 1, 0xe8 - 256, 3};
+  CHECK(RecordChecksum(12345, 1, payload) ==
+        static_cast<uint32_t>(XXH3_64bits_withSeed(
+            payload.data(), payload.size(), XXH3_64bits(meta, sizeof(meta)))));
 }
 
 }  // namespace
