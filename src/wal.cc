@@ -165,19 +165,17 @@ struct Replay {
   std::map<std::string, RecoveredState::ExchangeDecl> exchanges;
   std::map<uint32_t, RecoveredState::QueueDecl> queues;
   std::map<std::string, wal::BindingOp> bindings;
-  // A message read so far: its envelope (null once settled everywhere), the
-  // segment of its newest publish op and that op's size, and its queues.
+  // A live message read so far: its envelope, the segment of its newest
+  // publish op and that op's size, and its queues.
   struct Msg {
     RecoveredState::LiveMessage live;  // envelope and queues
     uint64_t segment = 0;
     uint32_t bytes = 0;
   };
-  // In the order their first publish op was read; `index` finds the live
-  // ones by id (ids are handed out by one counter, so a DenseIdMap finds
-  // them by subtraction where a hash map would miss the cache on every
-  // publish replayed).
-  std::vector<Msg> messages;
-  DenseIdMap<size_t> index;
+  // By id. Ids are handed out by one counter, so a DenseIdMap finds them by
+  // subtraction where a hash map would miss the cache on every publish
+  // replayed, and it grows by chunks without moving what it holds.
+  DenseIdMap<Msg> messages;
   std::map<std::pair<uint32_t, std::string>, absl::Time> dedup;
   uint64_t next_msg_id = 1;
   uint32_t next_queue_id = 1;
@@ -186,16 +184,8 @@ struct Replay {
   // The log being opened: the recovered envelopes point to it.
   const std::shared_ptr<Wal>& wal;
 
-  Msg* Find(uint64_t id) {
-    const size_t* i = index.Find(id);
-    return i == nullptr ? nullptr : &messages[*i];
-  }
-  void Drop(uint64_t id) {
-    const size_t* i = index.Find(id);
-    if (i == nullptr) return;
-    messages[*i].live = {};
-    index.Erase(id);
-  }
+  Msg* Find(uint64_t id) { return messages.Find(id); }
+  void Drop(uint64_t id) { messages.Erase(id); }
 
   explicit Replay(const std::shared_ptr<Wal>& log) : wal(log) {}
 
@@ -256,12 +246,7 @@ struct Replay {
     }
     // A later publish of the same id (a compaction's rewrite, or a move that
     // no queue took) replaces the body and the references it names.
-    Msg* found = Find(op.msg_id);
-    if (found == nullptr) {
-      index.FindOrInsert(op.msg_id) = messages.size();
-      found = &messages.emplace_back();
-    }
-    Msg& m = *found;
+    Msg& m = messages.FindOrInsert(op.msg_id);
     m.live.envelope =
         MakeEnvelope(std::move(op.message), std::move(op.exchange),
                      std::move(op.routing_key), op.published_at,
@@ -450,20 +435,19 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
       recovered->dedup.begin(), recovered->dedup.end(),
       [](const RecoveredState::DedupEntry& a,
          const RecoveredState::DedupEntry& b) { return a.until < b.until; });
-  // Hand the live messages over in publish (id) order. `messages` holds
-  // them in the order their publishes were read, which differs from id order
-  // only where publishers raced or a compaction rewrote a message: sort only
-  // then.
-  recovered->messages.reserve(replay.index.size());
-  for (Replay::Msg& m : replay.messages) {
-    if (m.live.envelope == nullptr) continue;
+  // Hand the live messages over in publish (id) order. ForEach visits the
+  // ids that fill the map's window in order, then the rest (ids far from
+  // the others, or left alone in an old chunk) in no order: sort only then.
+  recovered->messages.reserve(replay.messages.size());
+  replay.messages.ForEach([&](uint64_t /*id*/, Replay::Msg& m) {
+    mu_.AssertHeld();  // ForEach calls this here, under `l`
     auto& refs = m.live.refs;
     refs.erase(std::remove_if(refs.begin(), refs.end(),
                               [&](const wal::Ref& r) {
                                 return !replay.queues.contains(r.queue_id);
                               }),
                refs.end());
-    if (refs.empty()) continue;
+    if (refs.empty()) return;
     Entry& e = live_.FindOrInsert(m.live.envelope->wal_id);
     e.segment = m.segment;
     e.bytes = m.bytes;
@@ -473,7 +457,7 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
       s->live_bytes += m.bytes;
     }
     recovered->messages.push_back(std::move(m.live));
-  }
+  });
   auto by_id = [](const RecoveredState::LiveMessage& a,
                   const RecoveredState::LiveMessage& b) {
     return a.envelope->wal_id < b.envelope->wal_id;
