@@ -125,7 +125,8 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
       limit > 0 && deliveries >= limit) {
     return node;
   }
-  if (ready_at > Now()) {
+  // (Most messages were never delayed: no clock read for them.)
+  if (ready_at != absl::InfinitePast() && ready_at > Now()) {
     Delay(std::move(node), ready_at);
     return nullptr;
   }
