@@ -5,8 +5,6 @@
 #include <cstdio>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "dense_id_map.h"
 #include "envelope.h"
 #include "log_reader.h"
