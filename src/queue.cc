@@ -167,7 +167,7 @@ std::optional<absl::Time> Queue::DedupUntil(const std::string& message_id) {
   return it->second;
 }
 
-bool Queue::IsDuplicate(const Envelope& envelope) {
+bool Queue::IsDuplicate(const Envelope& envelope, absl::Time start) {
   const std::string& id = envelope.message.properties().message_id;
   if (id.empty()) return false;
   const absl::Time now = Now();
@@ -181,9 +181,14 @@ bool Queue::IsDuplicate(const Envelope& envelope) {
     }
     dedup_order_.pop_front();
   }
-  if (dedup_.contains(id)) return true;
-  const absl::Time until = now + options_.dedup_window;
-  dedup_.emplace(id, until);
+  const absl::Time until = start + options_.dedup_window;
+  auto [it, inserted] = dedup_.try_emplace(id, until);
+  if (!inserted) {
+    // Within its window; or ended and not dropped yet (dedup_order_ is
+    // ordered only as the ids were recorded), then renewed.
+    if (it->second > now) return true;
+    it->second = until;
+  }
   dedup_order_.emplace_back(until, id);
   return false;
 }
@@ -221,7 +226,7 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
   const bool records_id = dedup && (delay > absl::ZeroDuration() ||
                                     options_.overflow != Overflow::kBlock);
-  if (records_id && IsDuplicate(*envelope)) {
+  if (records_id && IsDuplicate(*envelope, envelope->published_at)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
@@ -241,7 +246,10 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     return EnqueueResult::kAccepted;
   }
   while (!never_fits) {
-    if (TryReserve(bytes)) return EnqueueReserved(std::move(envelope));
+    if (TryReserve(bytes)) {
+      const absl::Time published_at = envelope->published_at;
+      return EnqueueReserved(std::move(envelope), published_at);
+    }
     if (options_.overflow == Overflow::kDropHead) {
       if (NodePtr victim = TakeAny()) {
         maxlen_dead->push_back(std::move(victim));
@@ -296,7 +304,7 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
       return EnqueueResult::kRefused;
     }
   }
-  const EnqueueResult result = EnqueueReserved(std::move(envelope));
+  const EnqueueResult result = EnqueueReserved(std::move(envelope), Now());
   FlushExpired();
   // Deleted or closed while we waited: the message went with the queue.
   if (end_.load(std::memory_order_acquire) != kOpen) {
@@ -306,9 +314,10 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
 }
 
 Queue::EnqueueResult Queue::EnqueueReserved(
-    std::shared_ptr<const Envelope> envelope) {
+    std::shared_ptr<const Envelope> envelope, absl::Time dedup_start) {
   if (options_.overflow == Overflow::kBlock &&
-      options_.dedup_window > absl::ZeroDuration() && IsDuplicate(*envelope)) {
+      options_.dedup_window > absl::ZeroDuration() &&
+      IsDuplicate(*envelope, dedup_start)) {
     Unreserve(envelope->message.body().size());
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;

@@ -283,14 +283,20 @@ class Queue : public std::enable_shared_from_this<Queue> {
   }
 
   NodePtr MakeNode(std::shared_ptr<const Envelope> envelope);
-  // Whether the message's id is seen within the window; if not, records it.
-  bool IsDuplicate(const Envelope& envelope);
+  // Whether the message's id is seen within the window; if not, records it
+  // with a window from `start`: the publish for a message the queue takes as
+  // it is published, as the publish's record in the log counts it (so a
+  // restart restores the same window); now for one that waited for room,
+  // whose window the log records when the queue takes it.
+  bool IsDuplicate(const Envelope& envelope, absl::Time start);
   // The same question, recording nothing.
   bool SeenWithinWindow(const Envelope& envelope)
       ABSL_LOCKS_EXCLUDED(dedup_mu_);
   void Unreserve(uint64_t bytes);
   // Enqueues a message whose room is reserved.
-  EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope);
+  // `dedup_start`: as for IsDuplicate (kBlock queues record the id here).
+  EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope,
+                                absl::Time dedup_start);
   void CheckIdle();
   // Reserves room for one message of `bytes` under the limits; false when
   // full. `holding_room_mu`: the caller (a blocked publisher) holds room_mu_.

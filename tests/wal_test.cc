@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -1268,6 +1269,69 @@ TEST_CASE("Concurrent group-commit publishers share syncs and lose nothing",
   b.reset();
   auto r = f.MustOpen();
   CHECK(r->GetQueueStats("q")->ready == 800);
+}
+
+// A clock that reads `now` and, once armed, moves on by `jump` right after
+// its next read: a clock that moves between two reads of one publish.
+// Thread-safe. Not manual: nothing waits on it in the test that uses it.
+class JumpingClock final : public Clock {
+ public:
+  explicit JumpingClock(absl::Time now) : now_(now) {}
+  absl::Time Now() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    const absl::Time t = now_;
+    now_ += jump_;
+    jump_ = absl::ZeroDuration();
+    return t;
+  }
+  void ArmJump(absl::Duration jump) {
+    std::lock_guard<std::mutex> lock(mu_);
+    jump_ = jump;
+  }
+  void Set(absl::Time now) {
+    std::lock_guard<std::mutex> lock(mu_);
+    now_ = now;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable absl::Time now_;
+  mutable absl::Duration jump_ = absl::ZeroDuration();
+};
+
+TEST_CASE(
+    "A deduplication window runs from the publish in memory as in the log "
+    "even when the clock moves during the publish",
+    "[wal]") {
+  // The publish's record counts the window from the publish's time, which
+  // the queue must too: a restart restores the record's window, and the
+  // queue's must not differ from it.
+  const bool restart = GENERATE(false, true);
+  CAPTURE(restart);
+  FaultInjectionEnv env;
+  const absl::Time t0 = absl::FromUnixSeconds(1'700'000'000);
+  JumpingClock clock(t0);
+  BrokerOptions options;
+  options.wal_dir = kDir;
+  options.clock = &clock;
+  auto b = internal::OpenBroker(options, &env).value();
+  REQUIRE(
+      b->DeclareQueue("q", {.durable = true, .dedup_window = absl::Seconds(10)})
+          .ok());
+  // The publish reads the clock at t0 and again (as the queue takes the
+  // message) at t0 + 5 s.
+  clock.ArmJump(absl::Seconds(5));
+  REQUIRE(PublishWithId(*b, "x") == 0);
+  REQUIRE(clock.Now() == t0 + absl::Seconds(5));
+  if (restart) {
+    b->Close();
+    b.reset();
+    b = internal::OpenBroker(options, &env).value();
+  }
+  clock.Set(t0 + absl::Seconds(9));
+  CHECK(PublishWithId(*b, "x") == 1);
+  clock.Set(t0 + absl::Seconds(12));
+  CHECK(PublishWithId(*b, "x") == 0);
 }
 
 TEST_CASE(
