@@ -1056,6 +1056,7 @@ QueueStats Queue::Stats() {
   s.ready = ready_count_.load(std::memory_order_relaxed);
   s.ready_bytes = ready_bytes_.load(std::memory_order_relaxed);
   s.delayed = delayed_.load(std::memory_order_relaxed);
+  s.blocked_publishers = room_waiters_.load(std::memory_order_relaxed);
   const auto& p = publisher_side_;
   s.published = p.published.load(std::memory_order_relaxed);
   s.refused = p.refused.load(std::memory_order_relaxed);

@@ -3,6 +3,7 @@
 // sections 5 and 7).
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -491,13 +492,24 @@ TEST_CASE(
   CHECK(e.Stats("work").refused == 1);
   CHECK(Ready(*e.b, "work") == 1);
 
+  CHECK(e.Stats("work").blocked_publishers == 0);  // the late one gave up
+
   absl::StatusOr<PublishOutcome> waited;
   std::thread publisher([&] { waited = Send(*e.b, "", "work", "second"); });
+  // The statistics show the publisher waiting.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (e.Stats("work").blocked_publishers == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  CHECK(e.Stats("work").blocked_publishers == 1);
   auto c = e.b->Consume("work").value();
   REQUIRE(c->Ack(c->Receive(absl::Seconds(30)).value()).ok());  // makes room
   publisher.join();
   REQUIRE(waited.ok());
   CHECK(waited->queues == 1);
+  CHECK(e.Stats("work").blocked_publishers == 0);
   auto d = c->Receive(absl::Seconds(30)).value();
   CHECK(d.body() == "second");
 }

@@ -971,17 +971,20 @@ int PublishWithId(Broker& b, const std::string& id) {
 }
 
 // With a publish of a second message into the full kBlock queue "q" (which
-// holds one) waiting for room: once its record is logged (at 0 s), moves the
-// clock to 5 s and acks the first message, so the queue takes the second then
-// (its window, if any, counted from there).
+// holds one) waiting for room: once its record is logged (at 0 s) and it
+// waits, moves the clock to 5 s and acks the first message, so the queue
+// takes the second then (its window, if any, counted from there).
 void MakeRoomAtFiveSeconds(Fixture& f, Broker& b) {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (b.Stats().wal.live_messages < 2 &&
-         std::chrono::steady_clock::now() < deadline) {
+  auto waiting = [&] {
+    return b.Stats().wal.live_messages == 2 &&
+           b.GetQueueStats("q")->blocked_publishers == 1;
+  };
+  while (!waiting() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::yield();
   }
-  REQUIRE(b.Stats().wal.live_messages == 2);
+  REQUIRE(waiting());
   REQUIRE(f.clock.Advance(absl::Seconds(5)).ok());
   auto c = b.Consume("q").value();
   auto d = c->TryReceive().value();

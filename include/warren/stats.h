@@ -31,6 +31,8 @@ struct QueueStats {
   uint64_t unacked = 0;      // delivered and not yet settled
   uint64_t delayed = 0;      // waiting for a retry backoff or a publish delay
   uint64_t consumers = 0;    // registered, not cancelled or closed
+  // Publishes waiting for room in this full queue (Overflow::kBlock).
+  uint64_t blocked_publishers = 0;
   // How long the oldest ready message has waited since it was published (on
   // the broker's clock); zero when there is none.
   absl::Duration oldest_ready_age = absl::ZeroDuration();
