@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <thread>
 #include <utility>
 
 #include "consumer_state.h"
@@ -255,6 +256,15 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
         maxlen_dead->push_back(std::move(victim));
         continue;
       }
+      // Full, with nothing to drop: what the queue counts is on its way in
+      // (a concurrent publish between reserving its room and pushing its
+      // message) or out (a take not counted off yet). Either ends in a
+      // moment, and drop-head never refuses a message that fits: wait.
+      if (end_.load(std::memory_order_acquire) != kOpen) {
+        return EnqueueResult::kClosed;
+      }
+      std::this_thread::yield();
+      continue;
     }
     break;
   }

@@ -154,6 +154,43 @@ TEST_CASE("Overflow drop-head drops the oldest ready message") {
   CHECK(b->GetQueueStats("q")->dropped == 2);
 }
 
+TEST_CASE(
+    "Overflow drop-head never refuses concurrent publishers, by count or by "
+    "bytes") {
+  // A publisher that finds the queue full while another has reserved the
+  // last room but not yet pushed its message has nothing to drop yet; it
+  // waits for it instead of refusing.
+  const bool by_bytes = GENERATE(false, true);
+  CAPTURE(by_bytes);
+  auto b = NewBroker();
+  QueueOptions options{.overflow = Overflow::kDropHead};
+  if (by_bytes) {
+    options.max_length_bytes = 1;
+  } else {
+    options.max_length = 1;
+  }
+  REQUIRE(b->DeclareQueue("q", options).ok());
+  constexpr int kThreads = 4;
+  constexpr int kEach = 20000;
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kEach; ++i) {
+        auto r = Send(*b, "", "q", "x");
+        if (!r.ok() || r->queues != 1) refused.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  CHECK(refused.load() == 0);
+  const QueueStats s = b->GetQueueStats("q").value();
+  CHECK(s.refused == 0);
+  CHECK(s.published == kThreads * kEach);
+  CHECK(s.dropped == kThreads * kEach - 1);
+  CHECK(s.ready == 1);
+}
+
 TEST_CASE("Unacked messages do not count against max_length") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q", {.max_length = 1}).ok());
