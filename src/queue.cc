@@ -422,23 +422,35 @@ void Queue::Delay(NodePtr node, absl::Time at) {
 
 void Queue::OnDelayDone(NodePtr node) {
   std::vector<NodePtr> maxlen_dead;
-  {
-    MutexLock lock(&mu_);
-    // Ready first, then no longer delayed: never counted nowhere.
-    bool reserved = false;
-    if (end_.load(std::memory_order_acquire) == kOpen &&
-        AdmitDelayedLocked(node, &reserved, &maxlen_dead) &&
-        ReturnLocked(std::move(node), reserved)) {
-      HandOffLocked();
+  for (;;) {
+    {
+      MutexLock lock(&mu_);
+      bool reserved = false;
+      // Closed: the message went with the queue.
+      const Admission admission =
+          end_.load(std::memory_order_acquire) == kOpen
+              ? AdmitDelayedLocked(node, &reserved, &maxlen_dead)
+              : Admission::kRefused;
+      if (admission != Admission::kWait) {
+        // Ready first, then no longer delayed: never counted nowhere.
+        if (admission == Admission::kIn &&
+            ReturnLocked(std::move(node), reserved)) {
+          HandOffLocked();
+        }
+        delayed_.fetch_sub(1, std::memory_order_relaxed);
+        break;
+      }
     }
-    delayed_.fetch_sub(1, std::memory_order_relaxed);
+    // Full of messages on their way in or out: let them arrive (they may
+    // need mu_), then ask again.
+    std::this_thread::yield();
   }
   DeadLetter(std::move(maxlen_dead), DeathReason::kMaxLen);
   FlushExpired();
 }
 
-bool Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
-                               std::vector<NodePtr>* maxlen_dead) {
+Queue::Admission Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
+                                           std::vector<NodePtr>* maxlen_dead) {
   // A returned or retried message (delivered before) is never refused, nor
   // is one whose time-to-live ran out (ReturnLocked expires it). Under
   // kRejectPublish and kBlock the publisher, told the message was accepted,
@@ -448,20 +460,21 @@ bool Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
       (node->has_expiry() && Now() >= node->expires_at) ||
       (options_.overflow != Overflow::kDropHead &&
        options_.overflow != Overflow::kRejectPublishDlx)) {
-    return true;
+    return Admission::kIn;
   }
   // (It fits the byte limit: Enqueue refused one that never could.)
   const uint64_t bytes = node->body_size();
   for (;;) {
     if (TryReserve(bytes)) {
       *reserved = true;
-      return true;
+      return Admission::kIn;
     }
     if (options_.overflow == Overflow::kDropHead) {
       if (NodePtr victim = TakeLocked()) {
         maxlen_dead->push_back(std::move(victim));
         continue;
       }
+      return Admission::kWait;
     }
     break;
   }
@@ -469,7 +482,7 @@ bool Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
   // counted): nobody is left to tell.
   Add(publisher_side_.refused, 1);
   maxlen_dead->push_back(std::move(node));
-  return false;
+  return Admission::kRefused;
 }
 
 absl::Duration Queue::RetryDelay(const QueuedMessage& node) {

@@ -317,11 +317,15 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // A delayed message whose delay is over meets the length limits: a
   // delayed publish (never delivered) under kDropHead makes room by giving
   // up on the oldest ready messages (appended to `maxlen_dead`), under
-  // kRejectPublishDlx it is refused when full (appended to `maxlen_dead`;
-  // false). Otherwise it goes in, over the limit if need be. Sets
-  // `*reserved` when it reserved the message's room.
-  bool AdmitDelayedLocked(NodePtr& node, bool* reserved,
-                          std::vector<NodePtr>* maxlen_dead)
+  // kRejectPublishDlx it is refused when full (appended to `maxlen_dead`).
+  // Otherwise it goes in, over the limit if need be. Sets `*reserved` when
+  // it reserved the message's room. kWait: under kDropHead, full with
+  // nothing to drop yet (the room is held by messages on their way in or
+  // out, see Enqueue); the caller lets go of mu_, which they may need, and
+  // asks again.
+  enum class Admission { kIn, kRefused, kWait };
+  Admission AdmitDelayedLocked(NodePtr& node, bool* reserved,
+                               std::vector<NodePtr>* maxlen_dead)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the head of `level`'s ring into peeked_[level] and returns it;
   // nullptr when the ring is empty.
