@@ -1317,11 +1317,16 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       }
       // The message keeps its death history; the cycle rule does not apply
       // to a deliberate move.
+      std::vector<DeadBatch> dead_here;
       if (RepublishLocked(*exchange, key, Message(m), /*drop_cycles=*/false,
-                          dead, flush, node.get()) == 0) {
+                          dead_here, flush, node.get()) == 0) {
+        // It stays in the dead-letter queue. A target that refused it under
+        // kRejectPublishDlx handed back a copy to dead-letter: there must be
+        // no second one (it counts the refusal).
         stay.push_back(std::move(node));
         continue;
       }
+      for (DeadBatch& batch : dead_here) dead.push_back(std::move(batch));
       ++moved;
     }
     if (!look_past_stuck || moved > 0 || closed_) break;

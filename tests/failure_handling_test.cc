@@ -462,6 +462,35 @@ TEST_CASE("Redrive to a named queue or exchange, bounded in count") {
   CHECK(Drain(*e.b, "inspect") == std::vector<std::string>{"d1", "d2"});
 }
 
+TEST_CASE(
+    "Redrive into a full reject-publish-dlx queue leaves the message in the "
+    "dead-letter queue once") {
+  // The full queue refuses it; it stays where it was, and the refusal does
+  // not dead-letter a second copy of it back into the dead-letter queue.
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work",
+                            WithDlx({.max_length = 1,
+                                     .overflow = Overflow::kRejectPublishDlx}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "dead").ok());
+  {
+    auto c = e.b->Consume("work").value();
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+  REQUIRE(Send(*e.b, "", "work", "fill").ok());  // full now
+  for (int i = 0; i < 3; ++i) {
+    CHECK(e.b->Redrive("dlq", {}).value() == 0);
+    CHECK(Ready(*e.b, "dlq") == 1);
+  }
+  CHECK(e.Stats("work").refused == 3);
+  CHECK(e.Stats("work").dead_lettered == 1);  // the rejection only
+  // With room, the one copy moves.
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"fill"});
+  CHECK(e.b->Redrive("dlq", {}).value() == 1);
+  CHECK(Ready(*e.b, "dlq") == 0);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"dead"});
+}
+
 TEST_CASE("Redrive at a rate moves messages on the broker clock") {
   Env e;
   TwoDeadLetters(e);
