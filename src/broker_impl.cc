@@ -1054,14 +1054,14 @@ bool BrokerImpl::EraseIfUnused(Queue& queue, absl::FunctionRef<bool()> unused) {
 }
 
 size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
-                                   Message&& message, bool drop_cycles,
+                                   Message&& message, bool redrive,
                                    std::vector<DeadBatch>& dead,
                                    std::vector<std::shared_ptr<Queue>>& flush,
                                    QueuedMessage* source) {
   RouteState state;
   ResolveTargetsLocked(exchange, key, std::as_const(message).headers(), state);
-  // Drop the targets that would close a dead-letter cycle.
-  if (drop_cycles)
+  // Dead-lettering drops the targets that would close a cycle.
+  if (!redrive)
     state.queues.erase(
         std::remove_if(
             state.queues.begin(), state.queues.end(),
@@ -1108,8 +1108,8 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
-    const auto result =
-        q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead);
+    const auto result = q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead,
+                                   /*check_duplicate=*/!redrive);
     if (q->expired_pending()) flush.push_back(q->shared_from_this());
     // Dead-lettering and redrive never wait for room in a kBlock queue.
     if (result == Queue::EnqueueResult::kFull) q->CountRefused();
@@ -1172,7 +1172,7 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
-        if (RepublishLocked(*dlx, key, std::move(m), /*drop_cycles=*/true, dead,
+        if (RepublishLocked(*dlx, key, std::move(m), /*redrive=*/false, dead,
                             flush, node.get()) == 0) {
           w.from->CountDropped(1);
           continue;
@@ -1315,10 +1315,10 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
         stay.push_back(std::move(node));
         continue;
       }
-      // The message keeps its death history; the cycle rule does not apply
-      // to a deliberate move.
+      // The message keeps its death history; neither the cycle rule nor a
+      // target's deduplication applies to a deliberate move.
       std::vector<DeadBatch> dead_here;
-      if (RepublishLocked(*exchange, key, Message(m), /*drop_cycles=*/false,
+      if (RepublishLocked(*exchange, key, Message(m), /*redrive=*/true,
                           dead_here, flush, node.get()) == 0) {
         // It stays in the dead-letter queue. A target that refused it under
         // kRejectPublishDlx handed back a copy to dead-letter: there must be

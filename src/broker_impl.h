@@ -238,14 +238,16 @@ class BrokerImpl final : public Broker, private QueueOwner {
                        bool look_past_stuck = false);
   // Publishes `message` to `exchange` under the topology lock, as
   // dead-lettering and redrive do: no validation, counted in the exchange's
-  // statistics as any publish is; returns how many queues took it. With
-  // `drop_cycles`, skips queues that would close a dead-letter cycle. Queues
+  // statistics as any publish is; returns how many queues took it.
+  // Dead-lettering skips queues that would close a dead-letter cycle; a
+  // `redrive`, a deliberate move, does not, and no target's deduplication
+  // takes it for a duplicate (its id is recorded as seen). Queues
   // left with expired messages to dead-letter are added to `flush`.
   // `source`: the node the message moves out of (dead-lettering, redrive);
   // a persistent one's copy is persistent too, and its move is logged as
   // one record. Returns 0 with `source` as it was when no queue took it.
   size_t RepublishLocked(Exchange& exchange, std::string_view key,
-                         Message&& message, bool drop_cycles,
+                         Message&& message, bool redrive,
                          std::vector<DeadBatch>& dead,
                          std::vector<std::shared_ptr<Queue>>& flush,
                          QueuedMessage* source)

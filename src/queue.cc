@@ -168,7 +168,8 @@ std::optional<absl::Time> Queue::DedupUntil(const std::string& message_id) {
   return it->second;
 }
 
-bool Queue::IsDuplicate(const Envelope& envelope, absl::Time start) {
+bool Queue::IsDuplicate(const Envelope& envelope, absl::Time start,
+                        bool check) {
   const std::string& id = envelope.message.properties().message_id;
   if (id.empty()) return false;
   const absl::Time now = Now();
@@ -187,7 +188,7 @@ bool Queue::IsDuplicate(const Envelope& envelope, absl::Time start) {
   if (!inserted) {
     // Within its window; or ended and not dropped yet (dedup_order_ is
     // ordered only as the ids were recorded), then renewed.
-    if (it->second > now) return true;
+    if (check && it->second > now) return true;
     it->second = until;
   }
   dedup_order_.emplace_back(until, id);
@@ -217,7 +218,8 @@ void Queue::ForgetId(const std::string& id) {
 
 Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
                                     absl::Duration delay,
-                                    std::vector<NodePtr>* maxlen_dead) {
+                                    std::vector<NodePtr>* maxlen_dead,
+                                    bool check_duplicate) {
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
   }
@@ -227,7 +229,8 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
   const bool records_id = dedup && (delay > absl::ZeroDuration() ||
                                     options_.overflow != Overflow::kBlock);
-  if (records_id && IsDuplicate(*envelope, envelope->published_at)) {
+  if (records_id &&
+      IsDuplicate(*envelope, envelope->published_at, check_duplicate)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
@@ -249,7 +252,8 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   while (!never_fits) {
     if (TryReserve(bytes)) {
       const absl::Time published_at = envelope->published_at;
-      return EnqueueReserved(std::move(envelope), published_at);
+      return EnqueueReserved(std::move(envelope), published_at,
+                             check_duplicate);
     }
     if (options_.overflow == Overflow::kDropHead) {
       if (NodePtr victim = TakeAny()) {
@@ -272,7 +276,7 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   // kBlock queue, which records an id only once the message has room, drops
   // a duplicate here at once, whatever its size: it need not wait for room
   // (one that waits is checked again when it has room, EnqueueBlocking).
-  if (dedup && !records_id && SeenWithinWindow(*envelope)) {
+  if (dedup && !records_id && check_duplicate && SeenWithinWindow(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
@@ -324,10 +328,11 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
 }
 
 Queue::EnqueueResult Queue::EnqueueReserved(
-    std::shared_ptr<const Envelope> envelope, absl::Time dedup_start) {
+    std::shared_ptr<const Envelope> envelope, absl::Time dedup_start,
+    bool check_duplicate) {
   if (options_.overflow == Overflow::kBlock &&
       options_.dedup_window > absl::ZeroDuration() &&
-      IsDuplicate(*envelope, dedup_start)) {
+      IsDuplicate(*envelope, dedup_start, check_duplicate)) {
     Unreserve(envelope->message.body().size());
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;

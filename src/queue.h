@@ -135,10 +135,11 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // after it. Messages the overflow policy gives up on (drop-head victims,
   // or the new message under reject-publish-dlx) are appended to
   // `maxlen_dead` for the caller to pass to DeadLetter once it holds no
-  // broker lock.
+  // broker lock. `check_duplicate` false (a redrive, a deliberate move):
+  // the message's id is recorded as seen, and never makes it a duplicate.
   EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope,
-                        absl::Duration delay,
-                        std::vector<NodePtr>* maxlen_dead);
+                        absl::Duration delay, std::vector<NodePtr>* maxlen_dead,
+                        bool check_duplicate = true);
 
   // Enqueues into a full kBlock queue, waiting for room until `deadline`
   // (real time): kAccepted, kDuplicate, kClosed, or kRefused at the deadline.
@@ -288,7 +289,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // it is published, as the publish's record in the log counts it (so a
   // restart restores the same window); now for one that waited for room,
   // whose window the log records when the queue takes it.
-  bool IsDuplicate(const Envelope& envelope, absl::Time start);
+  // With `check` false, only records it.
+  bool IsDuplicate(const Envelope& envelope, absl::Time start,
+                   bool check = true);
   // The same question, recording nothing.
   bool SeenWithinWindow(const Envelope& envelope)
       ABSL_LOCKS_EXCLUDED(dedup_mu_);
@@ -296,7 +299,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Enqueues a message whose room is reserved.
   // `dedup_start`: as for IsDuplicate (kBlock queues record the id here).
   EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope,
-                                absl::Time dedup_start);
+                                absl::Time dedup_start,
+                                bool check_duplicate = true);
   void CheckIdle();
   // Reserves room for one message of `bytes` under the limits; false when
   // full. `holding_room_mu`: the caller (a blocked publisher) holds room_mu_.

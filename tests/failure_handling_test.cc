@@ -491,6 +491,38 @@ TEST_CASE(
   CHECK(Drain(*e.b, "work") == std::vector<std::string>{"dead"});
 }
 
+TEST_CASE(
+    "Redrive moves a message back into a queue whose deduplication window "
+    "still holds its id") {
+  // A deliberate move, not a duplicate publish: the message goes back (and
+  // its id counts as seen again, so a producer's retry is still dropped).
+  // A kBlock queue records ids as it takes messages, the others first.
+  const Overflow overflow =
+      GENERATE(Overflow::kRejectPublish, Overflow::kBlock);
+  CAPTURE(overflow == Overflow::kBlock);
+  Env e;
+  REQUIRE(
+      e.b->DeclareQueue("work", WithDlx({.overflow = overflow,
+                                         .dedup_window = absl::Minutes(10)}))
+          .ok());
+  Message job("job");
+  job.properties().message_id = "job-1";
+  REQUIRE(e.b->Publish("", "work", job).ok());
+  {
+    auto c = e.b->Consume("work").value();
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+  e.Advance(absl::Minutes(1));
+  CHECK(e.b->Redrive("dlq", {}).value() == 1);
+  CHECK(Ready(*e.b, "dlq") == 0);
+  CHECK(e.Stats("work").deduplicated == 0);
+  CHECK(Ready(*e.b, "work") == 1);
+  auto retry = e.b->Publish("", "work", job);
+  REQUIRE(retry.ok());
+  CHECK(retry->duplicates == 1);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"job"});
+}
+
 TEST_CASE("Redrive at a rate moves messages on the broker clock") {
   Env e;
   TwoDeadLetters(e);
