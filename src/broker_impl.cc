@@ -1109,7 +1109,7 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
   std::vector<NodePtr> maxlen_dead;
   for (Queue* q : state.queues) {
     const auto result = q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead,
-                                   /*check_duplicate=*/!redrive);
+                                   /*check_duplicate=*/false);
     if (q->expired_pending()) flush.push_back(q->shared_from_this());
     // Dead-lettering and redrive never wait for room in a kBlock queue.
     if (result == Queue::EnqueueResult::kFull) q->CountRefused();

@@ -240,9 +240,10 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // dead-lettering and redrive do: no validation, counted in the exchange's
   // statistics as any publish is; returns how many queues took it.
   // Dead-lettering skips queues that would close a dead-letter cycle; a
-  // `redrive`, a deliberate move, does not, and no target's deduplication
-  // takes it for a duplicate (its id is recorded as seen). Queues
-  // left with expired messages to dead-letter are added to `flush`.
+  // `redrive`, a deliberate move, does not. No target's deduplication takes
+  // a moved message for a duplicate (its id is recorded as seen): a second
+  // death, or a redrive, is not a producer's retry. Queues left with
+  // expired messages to dead-letter are added to `flush`.
   // `source`: the node the message moves out of (dead-lettering, redrive);
   // a persistent one's copy is persistent too, and its move is logged as
   // one record. Returns 0 with `source` as it was when no queue took it.

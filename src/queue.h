@@ -135,8 +135,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // after it. Messages the overflow policy gives up on (drop-head victims,
   // or the new message under reject-publish-dlx) are appended to
   // `maxlen_dead` for the caller to pass to DeadLetter once it holds no
-  // broker lock. `check_duplicate` false (a redrive, a deliberate move):
-  // the message's id is recorded as seen, and never makes it a duplicate.
+  // broker lock. `check_duplicate` false (a message that dead-lettering or
+  // a redrive moves): its id is recorded as seen, and never makes it a
+  // duplicate.
   EnqueueResult Enqueue(std::shared_ptr<const Envelope> envelope,
                         absl::Duration delay, std::vector<NodePtr>* maxlen_dead,
                         bool check_duplicate = true);

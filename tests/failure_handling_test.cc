@@ -523,6 +523,32 @@ TEST_CASE(
   CHECK(Drain(*e.b, "work") == std::vector<std::string>{"job"});
 }
 
+TEST_CASE(
+    "A second death of a redriven message reaches a dead-letter queue that "
+    "deduplicates") {
+  Env e;
+  REQUIRE(
+      e.b->DeclareQueue("dedup-dlq", {.dedup_window = absl::Minutes(10)}).ok());
+  REQUIRE(e.b->DeclareExchange("dedup-dlx", ExchangeType::kFanout).ok());
+  REQUIRE(e.b->Bind("dedup-dlq", "dedup-dlx", "").ok());
+  REQUIRE(
+      e.b->DeclareQueue("work", {.dead_letter_exchange = "dedup-dlx"}).ok());
+  Message job("job");
+  job.properties().message_id = "job-1";
+  REQUIRE(e.b->Publish("", "work", job).ok());
+  for (int death = 1; death <= 2; ++death) {
+    CAPTURE(death);
+    {
+      auto c = e.b->Consume("work").value();
+      REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+    }
+    CHECK(Ready(*e.b, "dedup-dlq") == 1);
+    CHECK(e.Stats("dedup-dlq").deduplicated == 0);
+    CHECK(e.b->Redrive("dedup-dlq", {}).value() == 1);
+  }
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"job"});
+}
+
 TEST_CASE("Redrive at a rate moves messages on the broker clock") {
   Env e;
   TwoDeadLetters(e);
