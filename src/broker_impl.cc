@@ -1107,6 +1107,7 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
                                wal_id != 0 ? wal_ : nullptr);
   size_t accepted = 0;
   std::vector<NodePtr> maxlen_dead;
+  const size_t dead_before = dead.size();
   for (Queue* q : state.queues) {
     const auto result = q->Enqueue(envelope, absl::ZeroDuration(), &maxlen_dead,
                                    /*check_duplicate=*/false);
@@ -1122,6 +1123,13 @@ size_t BrokerImpl::RepublishLocked(Exchange& exchange, std::string_view key,
       dead.emplace_back(q->shared_from_this(), std::move(maxlen_dead));
       maxlen_dead.clear();
     }
+  }
+  if (accepted == 0 && redrive) {
+    // The message stays in the dead-letter queue. A target that refused it
+    // under kRejectPublishDlx handed back a copy to dead-letter: there must
+    // be no second one (the target counts the refusal).
+    dead.erase(dead.begin() + static_cast<std::ptrdiff_t>(dead_before),
+               dead.end());
   }
   if (accepted == 0 && source_queue != 0 && source->wal_queue == 0) {
     // Nothing took it, and its settle is logged: log it again as it is, so
@@ -1317,16 +1325,11 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       }
       // The message keeps its death history; neither the cycle rule nor a
       // target's deduplication applies to a deliberate move.
-      std::vector<DeadBatch> dead_here;
-      if (RepublishLocked(*exchange, key, Message(m), /*redrive=*/true,
-                          dead_here, flush, node.get()) == 0) {
-        // It stays in the dead-letter queue. A target that refused it under
-        // kRejectPublishDlx handed back a copy to dead-letter: there must be
-        // no second one (it counts the refusal).
+      if (RepublishLocked(*exchange, key, Message(m), /*redrive=*/true, dead,
+                          flush, node.get()) == 0) {
         stay.push_back(std::move(node));
         continue;
       }
-      for (DeadBatch& batch : dead_here) dead.push_back(std::move(batch));
       ++moved;
     }
     if (!look_past_stuck || moved > 0 || closed_) break;

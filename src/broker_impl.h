@@ -242,11 +242,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // Dead-lettering skips queues that would close a dead-letter cycle; a
   // `redrive`, a deliberate move, does not. No target's deduplication takes
   // a moved message for a duplicate (its id is recorded as seen): a second
-  // death, or a redrive, is not a producer's retry. Queues left with
-  // expired messages to dead-letter are added to `flush`.
-  // `source`: the node the message moves out of (dead-lettering, redrive);
-  // a persistent one's copy is persistent too, and its move is logged as
-  // one record. Returns 0 with `source` as it was when no queue took it.
+  // death, or a redrive, is not a producer's retry. A redrive that no queue
+  // takes hands back nothing to dead-letter (the message stays). Queues left
+  // with expired messages to dead-letter are added to `flush`. `source`: the
+  // node the message moves out of (dead-lettering, redrive); a persistent one's
+  // copy is persistent too, and its move is logged as one record. Returns 0
+  // with `source` as it was when no queue took it.
   size_t RepublishLocked(Exchange& exchange, std::string_view key,
                          Message&& message, bool redrive,
                          std::vector<DeadBatch>& dead,
