@@ -368,6 +368,14 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
                                             " at offset ", r.offset, ": ",
                                             std::string(s.message())));
         }
+        if (decoded[n].type == wal::OpType::kFormat &&
+            decoded[n].format > wal::kLogFormat) {
+          return absl::FailedPreconditionError(StrCat(
+              SegmentPath(batch->segment), " is in log format ",
+              decoded[n].format, ", written by a newer warren; this build "
+              "reads formats up to ", wal::kLogFormat,
+              ": open the log with that version, or a later one"));
+        }
         ++n;
       }
       for (size_t i = 0; i < n; ++i) {
@@ -639,6 +647,7 @@ void Wal::ApplyLocked(absl::Span<const wal::Effect> effects,
         break;
       case wal::OpType::kCheckpoint:
       case wal::OpType::kSegments:
+      case wal::OpType::kFormat:
         break;
     }
   }
@@ -734,6 +743,7 @@ void Wal::SetDedupLocked(uint32_t queue_id, const std::string& id,
 }
 
 void Wal::BuildCheckpointLocked(wal::RecordBuilder& out, uint64_t written) {
+  out.Format(wal::kLogFormat);
   out.Checkpoint(next_msg_id_.load(std::memory_order_relaxed),
                  next_queue_id_.load(std::memory_order_relaxed));
   out.Segments(segments_.empty() ? next_segment_ : segments_.front().number);

@@ -499,6 +499,12 @@ void RecordBuilder::Segments(uint64_t oldest) {
   End();
 }
 
+void RecordBuilder::Format(uint32_t format) {
+  Begin(OpType::kFormat);
+  PutVarint(out_, format);
+  End();
+}
+
 // --- RecordReader -----------------------------------------------------------
 
 absl::Status RecordReader::Next(Op* op) {
@@ -581,6 +587,12 @@ absl::Status RecordReader::Next(Op* op) {
       break;
     case OpType::kSegments:
       op->oldest_segment = d.Varint();
+      break;
+    case OpType::kFormat:
+      op->format = d.Varint32();
+      if (d.ok() && op->format == 0) {
+        return absl::DataLossError("a record names log format 0");
+      }
       break;
     default:
       return absl::DataLossError(StrCat("unknown operation type ",

@@ -32,6 +32,7 @@
 //   kDedup          = 11 queue_id:varint message_id:string until:time
 //   kCheckpoint     = 12 next_msg_id:varint next_queue_id:varint
 //   kSegments       = 13 oldest:varint
+//   kFormat         = 14 format:varint
 //
 //   message        := body:string properties
 //   properties     := message_id correlation_id content_type
@@ -68,8 +69,14 @@
 //     comes back redelivered): the count only rises, so a record written
 //     twice (again after a failed write) or two deliveries logged out of
 //     order count as they happened.
-//   * A segment's first record is a checkpoint: kCheckpoint followed by the
-//     whole durable topology (kExchange, kQueue, kBind) and the deduplication
+//   * kFormat names the log format the segment is written in (kLogFormat
+//     below): the first op of a segment's first record. A segment without
+//     one was written before the format had a number, and is format 1.
+//     Recovery refuses a format newer than it reads (kFailedPrecondition,
+//     even where it would skip corruption): a newer warren may give the
+//     same bytes another meaning.
+//   * A segment's first record is a checkpoint: kFormat, kCheckpoint, then
+//     the whole durable topology (kExchange, kQueue, kBind) and the deduplication
 //     entries still in their window (kDedup); it replaces the topology read
 //     so far. Right after kCheckpoint comes kSegments naming the oldest
 //     segment there was then.
@@ -113,7 +120,13 @@ enum class OpType : uint8_t {
   kDedup = 11,
   kCheckpoint = 12,
   kSegments = 13,
+  kFormat = 14,
 };
+
+// The log format this build writes, and the newest it reads. Raise it (and
+// keep reading the older ones) whenever a change gives bytes that an older
+// build would accept a different meaning.
+inline constexpr uint32_t kLogFormat = 1;
 
 // One queue's hold on a logged message.
 struct Ref {
@@ -240,6 +253,7 @@ class RecordBuilder {
   void Dedup(uint32_t queue_id, std::string_view message_id, absl::Time until);
   void Checkpoint(uint64_t next_msg_id, uint32_t next_queue_id);
   void Segments(uint64_t oldest);
+  void Format(uint32_t format);
 
   std::string& out() { return out_; }
   const std::string& out() const { return out_; }
@@ -285,6 +299,7 @@ struct Op {
   uint64_t next_msg_id = 0;   // kCheckpoint
   uint32_t next_queue_id = 0;
   uint64_t oldest_segment = 0;  // kSegments
+  uint32_t format = 0;          // kFormat
 };
 
 // Reads the ops of one record in order.

@@ -3,6 +3,7 @@
 // record nobody waits for. The broker-level durability tests are in
 // wal_test.cc.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -15,6 +16,8 @@
 #include "catch2/catch.hpp"
 #include "envelope.h"
 #include "fault_injection_env.h"
+#include "log_reader.h"
+#include "log_writer.h"
 #include "wal.h"
 #include "wal_records.h"
 #include "warren/clock.h"
@@ -479,6 +482,116 @@ TEST_CASE(
                    << recovered[t].size() << " recovered");
     CHECK(next == confirmed[t].size());
   }
+}
+
+// The first ops of the first record of log segment `path`.
+std::vector<wal::OpType> FirstOps(FaultInjectionEnv& env,
+                                  const std::string& path, size_t n) {
+  auto file = env.NewSequentialFile(path);
+  REQUIRE(file.ok());
+  log::Reader reader(file->get(), /*reporter=*/nullptr, /*checksum=*/true);
+  std::string scratch;
+  std::string_view record;
+  REQUIRE(reader.ReadRecord(&record, &scratch));
+  wal::RecordReader ops(record);
+  std::vector<wal::OpType> types;
+  wal::Op op;
+  while (types.size() < n && !ops.done()) {
+    REQUIRE(ops.Next(&op).ok());
+    if (op.type == wal::OpType::kFormat) CHECK(op.format == wal::kLogFormat);
+    types.push_back(op.type);
+  }
+  return types;
+}
+
+TEST_CASE("Every log segment begins by naming its log format", "[wal]") {
+  LogFixture f;
+  auto wal = f.MustOpenSmallWithQueues(1);
+  // Fill the first segment so that a second one starts.
+  for (uint64_t id = 1; id <= 3; ++id) {
+    wal::RecordBuilder record = PublishRecord(id, 1, std::string(40 << 10, 'x'));
+    REQUIRE(Commit(*wal, record).ok());
+  }
+  REQUIRE(wal->Close().ok());
+  auto children = f.env.GetChildren(kDir);
+  REQUIRE(children.ok());
+  int segments = 0;
+  for (const std::string& name : *children) {
+    if (!name.ends_with(".wal")) continue;
+    ++segments;
+    INFO(name);
+    CHECK(FirstOps(f.env, std::string(kDir) + "/" + name, 2) ==
+          std::vector<wal::OpType>{wal::OpType::kFormat,
+                                   wal::OpType::kCheckpoint});
+  }
+  CHECK(segments >= 2);
+}
+
+TEST_CASE(
+    "A log in a newer log format is refused and left as it was even when "
+    "corruption is skipped",
+    "[wal]") {
+  const OnCorruption on_corruption =
+      GENERATE(OnCorruption::kFail, OnCorruption::kSkip);
+  LogFixture f;
+  f.options.on_corruption = on_corruption;
+  auto wal = f.MustOpenSmallWithQueues(1);
+  wal::RecordBuilder record = PublishRecord(1, 1, "before");
+  REQUIRE(Commit(*wal, record).ok());
+  // What a later warren, writing a format this build does not read, might
+  // append.
+  record.clear();
+  record.Format(wal::kLogFormat + 1);
+  REQUIRE(Commit(*wal, record).ok());
+  REQUIRE(wal->Close().ok());
+  auto before = f.env.GetContents(std::string(kDir) + "/000001.wal");
+  REQUIRE(before.ok());
+
+  RecoveredState recovered;
+  auto reopened = f.Open(&recovered);
+  REQUIRE_FALSE(reopened.ok());
+  CHECK(reopened.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(reopened.status().message()),
+             Catch::Contains("000001.wal is in log format " +
+                             std::to_string(wal::kLogFormat + 1)) &&
+                 Catch::Contains("newer warren"));
+  CHECK(f.env.GetContents(std::string(kDir) + "/000001.wal").value() ==
+        *before);
+  auto children = f.env.GetChildren(kDir);
+  REQUIRE(children.ok());
+  CHECK(std::count_if(children->begin(), children->end(), [](auto& name) {
+          return name.ends_with(".wal");
+        }) == 1);
+}
+
+TEST_CASE(
+    "A segment written before the log format had a number is read as "
+    "format 1",
+    "[wal]") {
+  LogFixture f;
+  REQUIRE(f.env.CreateDir(kDir).ok());
+  {
+    auto file = f.env.NewWritableFile(std::string(kDir) + "/000001.wal");
+    REQUIRE(file.ok());
+    REQUIRE(f.env.SyncDir(kDir).ok());
+    log::Writer writer(file->get());
+    // Its checkpoint, as such a warren wrote it: no kFormat.
+    wal::RecordBuilder record;
+    record.Checkpoint(1, 1);
+    record.Segments(1);
+    REQUIRE(writer.AddRecord(record.out()).ok());
+    record.clear();
+    record.Queue(1, "q1", {.durable = true});
+    REQUIRE(writer.AddRecord(record.out()).ok());
+    record = PublishRecord(1, 1, "kept");
+    REQUIRE(writer.AddRecord(record.out()).ok());
+    REQUIRE(writer.Sync().ok());
+    REQUIRE((*file)->Close().ok());
+  }
+  CHECK(f.RecoveredBodies() == std::vector<std::string>{"kept"});
+  // Segments it starts from then on name the format.
+  CHECK(FirstOps(f.env, std::string(kDir) + "/000002.wal", 1) ==
+        std::vector<wal::OpType>{wal::OpType::kFormat});
 }
 
 }  // namespace
