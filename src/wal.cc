@@ -370,11 +370,13 @@ absl::Status Wal::Recover(const std::shared_ptr<Wal>& self,
         }
         if (decoded[n].type == wal::OpType::kFormat &&
             decoded[n].format > wal::kLogFormat) {
-          return absl::FailedPreconditionError(StrCat(
-              SegmentPath(batch->segment), " is in log format ",
-              decoded[n].format, ", written by a newer warren; this build "
-              "reads formats up to ", wal::kLogFormat,
-              ": open the log with that version, or a later one"));
+          return absl::FailedPreconditionError(
+              StrCat(SegmentPath(batch->segment), " is in log format ",
+                     decoded[n].format,
+                     ", written by a newer warren; this build "
+                     "reads formats up to ",
+                     wal::kLogFormat,
+                     ": open the log with that version, or a later one"));
         }
         ++n;
       }

@@ -76,10 +76,10 @@
 //     even where it would skip corruption): a newer warren may give the
 //     same bytes another meaning.
 //   * A segment's first record is a checkpoint: kFormat, kCheckpoint, then
-//     the whole durable topology (kExchange, kQueue, kBind) and the deduplication
-//     entries still in their window (kDedup); it replaces the topology read
-//     so far. Right after kCheckpoint comes kSegments naming the oldest
-//     segment there was then.
+//     the whole durable topology (kExchange, kQueue, kBind) and the
+//     deduplication entries still in their window (kDedup); it replaces the
+//     topology read so far. Right after kCheckpoint comes kSegments naming the
+//     oldest segment there was then.
 //   * kSegments says that every segment from `oldest` up to the one holding
 //     it must exist: those below may have been deleted. It is written in
 //     each checkpoint, and synced on its own before the oldest segment is

@@ -509,7 +509,8 @@ TEST_CASE("Every log segment begins by naming its log format", "[wal]") {
   auto wal = f.MustOpenSmallWithQueues(1);
   // Fill the first segment so that a second one starts.
   for (uint64_t id = 1; id <= 3; ++id) {
-    wal::RecordBuilder record = PublishRecord(id, 1, std::string(40 << 10, 'x'));
+    wal::RecordBuilder record =
+        PublishRecord(id, 1, std::string(40 << 10, 'x'));
     REQUIRE(Commit(*wal, record).ok());
   }
   REQUIRE(wal->Close().ok());
@@ -559,9 +560,8 @@ TEST_CASE(
         *before);
   auto children = f.env.GetChildren(kDir);
   REQUIRE(children.ok());
-  CHECK(std::count_if(children->begin(), children->end(), [](auto& name) {
-          return name.ends_with(".wal");
-        }) == 1);
+  CHECK(std::count_if(children->begin(), children->end(),
+                      [](auto& name) { return name.ends_with(".wal"); }) == 1);
 }
 
 TEST_CASE(
