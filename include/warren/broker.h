@@ -119,7 +119,8 @@ class Broker {
   // were not settled, each ready again (those delivered but not acked are
   // flagged redelivered, their attempt counted).
   //   kInvalidArgument    bad options (e.g. a segment size under 64 KiB);
-  //   kFailedPrecondition another broker holds the directory;
+  //   kFailedPrecondition another broker holds the directory, or a segment
+  //                       is in a newer log format than this build reads;
   //   kDataLoss           damage in the middle of the log (file and byte
   //                       range named), unless on_corruption is kSkip;
   //   kResourceExhausted, kPermissionDenied, ... from the file system.
