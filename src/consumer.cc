@@ -265,9 +265,12 @@ absl::Status ConsumerState::Cancel() {
 }
 
 void ConsumerState::Close() {
+  // From here on it takes nothing new (its waiters are skipped), but it
+  // stays registered until what it held is back: with a single active
+  // consumer, the next one takes over only then, so it starts with those
+  // messages and not with newer ones.
   const bool was_active =
       state_.exchange(kClosed, std::memory_order_acq_rel) == kActive;
-  if (was_active) queue_->RemoveConsumer(this);
   std::vector<NodePtr> nodes;
   {
     MutexLock lock(&mu_);
@@ -287,7 +290,10 @@ void ConsumerState::Close() {
   const size_t n = nodes.size();
   queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
   queue_->CountSettled(n);
-  if (was_active) queue_->ConsumerGone();
+  if (was_active) {
+    queue_->RemoveConsumer(this);
+    queue_->ConsumerGone();
+  }
 }
 
 void ConsumerState::ArmLease(uint64_t tag, Held& held, absl::Time at) {

@@ -382,6 +382,54 @@ TEST_CASE(
   CHECK(got == "m");
 }
 
+TEST_CASE(
+    "Single active consumer: consumers that close holding a message keep "
+    "the queue's order across takeovers") {
+  // Three threads take turns as the active consumer: each receives and acks
+  // a few messages, then closes, sometimes while holding one it has not
+  // acked. The next consumer must start with that one, never a newer one.
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q", {.single_active_consumer = true}).ok());
+  constexpr int kMessages = 3000;
+  for (int i = 0; i < kMessages; ++i) {
+    REQUIRE(Send(*b, "", "q", std::to_string(i)).ok());
+  }
+  std::mutex mu;
+  std::vector<int> acked;
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      uint32_t turn = static_cast<uint32_t>(t);
+      while (!done.load()) {
+        ++turn;
+        auto c = b->Consume("q");
+        if (!c.ok()) return;
+        const uint32_t take = 1 + turn * 7 % 13;
+        for (uint32_t k = 1; k <= take && !done.load(); ++k) {
+          auto d = (*c)->Receive(absl::Milliseconds(1));
+          if (!d.ok()) continue;
+          if (k == take && turn % 2 == 0) break;  // closes holding it
+          std::lock_guard<std::mutex> l(mu);
+          if ((*c)->Ack(*d).ok())
+            acked.push_back(std::stoi(std::string(d->body())));
+          if (acked.size() == kMessages) done.store(true);
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  REQUIRE(acked.size() == kMessages);
+  size_t first_out_of_order = 0;
+  while (first_out_of_order < acked.size() &&
+         acked[first_out_of_order] == static_cast<int>(first_out_of_order)) {
+    ++first_out_of_order;
+  }
+  INFO("ack " << first_out_of_order << " was of message "
+              << acked[std::min<size_t>(first_out_of_order, kMessages - 1)]);
+  CHECK(first_out_of_order == acked.size());
+}
+
 TEST_CASE("Subscription handler results settle deliveries") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
