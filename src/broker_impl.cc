@@ -1180,11 +1180,15 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
+        const size_t handed_back = dead.size();
         if (RepublishLocked(*dlx, key, std::move(m), /*redrive=*/false, dead,
-                            flush, node.get()) == 0) {
+                            flush, node.get()) == 0 &&
+            dead.size() == handed_back) {
           w.from->CountDropped(1);
           continue;
         }
+        // Taken, or refused by a full kRejectPublishDlx queue that handed
+        // back its copy to dead-letter in turn: it lives on either way.
         w.from->CountDeadLettered(1);
       }
     }

@@ -245,6 +245,54 @@ TEST_CASE(
   CHECK(Ready(*b, "dead") == 1);
 }
 
+TEST_CASE(
+    "Dead-lettering into a full reject-publish-dlx queue counts as "
+    "dead-lettered at the source since the target dead-letters it on") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareExchange("dlx", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareExchange("dlx2", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("dead", {.max_length = 1,
+                                   .overflow = Overflow::kRejectPublishDlx,
+                                   .dead_letter_exchange = "dlx2"})
+              .ok());
+  REQUIRE(b->Bind("dead", "dlx", "").ok());
+  REQUIRE(b->DeclareQueue("dead2").ok());
+  REQUIRE(b->Bind("dead2", "dlx2", "").ok());
+  REQUIRE(b->DeclareQueue("work", {.dead_letter_exchange = "dlx"}).ok());
+  REQUIRE(Send(*b, "", "dead", "filler").ok());
+  REQUIRE(Send(*b, "", "work", "x").ok());
+  auto c = b->Consume("work").value();
+  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  auto work = b->GetQueueStats("work").value();
+  CHECK(work.dead_lettered == 1);
+  CHECK(work.dropped == 0);
+  auto dead = b->GetQueueStats("dead").value();
+  CHECK(dead.refused == 1);
+  CHECK(dead.dead_lettered == 1);
+  CHECK(dead.ready == 1);
+  // The message itself lives on, with both deaths in its history.
+  std::unique_ptr<Consumer> holder;
+  Delivery d = TakeOne(*b, "dead2", holder);
+  CHECK(d.body() == "x");
+  const std::vector<DeathRecord> history = DeathHistory(d.message());
+  REQUIRE(history.size() == 2);
+  CHECK(history[0].queue == "dead");
+  CHECK(history[0].reason == DeathReason::kMaxLen);
+  CHECK(history[1].queue == "work");
+  CHECK(history[1].reason == DeathReason::kRejected);
+
+  SECTION("and as dropped when that queue has nowhere to send it") {
+    REQUIRE(b->DeleteExchange("dlx2").ok());
+    REQUIRE(Send(*b, "", "work", "y").ok());
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+    // The source hands it on; the full queue, whose dead-letter exchange is
+    // gone, is where it ends.
+    CHECK(b->GetQueueStats("work")->dead_lettered == 2);
+    CHECK(b->GetQueueStats("dead")->refused == 2);
+    CHECK(b->GetQueueStats("dead")->dropped == 1);
+  }
+}
+
 TEST_CASE("Bad dead-letter options are InvalidArgument") {
   auto b = NewBroker();
   CHECK(absl::IsInvalidArgument(

@@ -48,11 +48,14 @@ struct QueueStats {
   // length limit, out of attempts) ends in exactly one of the next two,
   // whatever the reason (which `nacked`, `rejected` or `expired` may count
   // besides).
-  uint64_t dead_lettered = 0;  // republished to the dead-letter exchange
+  //
+  // Republished to the dead-letter exchange and taken by a queue there (or
+  // refused by a full kRejectPublishDlx queue, which dead-letters it on).
+  uint64_t dead_lettered = 0;
   // Removed without delivery and not dead-lettered: no dead-letter exchange
   // (drop-head, requeue=false, expiry, delivery limit), a dead-letter
-  // exchange that does not exist, nothing bound to it, or a dead-letter
-  // cycle.
+  // exchange that does not exist, nothing bound to it, a dead-letter cycle,
+  // or every queue there refused it (full, and not kRejectPublishDlx).
   uint64_t dropped = 0;
   uint64_t refused = 0;  // publishes refused by the length limit
   uint64_t purged = 0;   // removed by PurgeQueue
