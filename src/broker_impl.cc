@@ -281,6 +281,17 @@ void BrokerImpl::Restore(RecoveredState& state) {
     }
   }
   state.messages.clear();
+  // Delayed publishes whose delay ended while the broker was down meet the
+  // length limits, now that each queue holds the rest of its messages.
+  std::vector<std::pair<Queue*, std::vector<NodePtr>>> maxlen;
+  for (auto& [id, q] : by_id) {
+    if (std::vector<NodePtr> out = q->FinishRestore(); !out.empty()) {
+      maxlen.emplace_back(q.get(), std::move(out));
+    }
+  }
+  for (auto& [q, nodes] : maxlen) {
+    q->DeadLetter(std::move(nodes), DeathReason::kMaxLen);
+  }
   for (auto& [q, node] : spent) {
     std::vector<NodePtr> nodes;
     nodes.push_back(std::move(node));

@@ -166,9 +166,17 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // before). A message delivered as often as the queue's delivery limit (or
   // retry policy's max_attempts) allows was held when the broker stopped: as
   // a consumer's close would, the restart gives up on it: it is returned,
-  // for the caller to dead-letter (null otherwise).
+  // for the caller to dead-letter (null otherwise). A delayed publish whose
+  // delay is over waits for FinishRestore when the limits apply to it.
   [[nodiscard]] NodePtr Restore(std::shared_ptr<const Envelope> envelope,
                                 uint32_t deliveries, absl::Time ready_at);
+  // Recovery, once every message is restored: under kDropHead and
+  // kRejectPublishDlx, the delayed publishes whose delay is over meet the
+  // length limits, in the order their delays ended, counted against the
+  // ready messages never delivered (see the README). Returns what they
+  // refused or pushed out, for the caller to dead-letter (maxlen) once
+  // every queue is restored.
+  [[nodiscard]] std::vector<NodePtr> FinishRestore() ABSL_LOCKS_EXCLUDED(mu_);
   // Recovery: a message id seen within the deduplication window.
   void RestoreDedup(const std::string& message_id, absl::Time until);
   // When the deduplication window of `message_id` ends, if the queue
@@ -435,6 +443,13 @@ class Queue : public std::enable_shared_from_this<Queue> {
   absl::Time expiry_timer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Expired messages found while taking, to dead-letter after unlocking.
   std::vector<NodePtr> expired_ ABSL_GUARDED_BY(mu_);
+  // Recovery only (Restore, FinishRestore): delayed publishes whose delay
+  // is over, with when it ended, waiting to meet the limits; and the count
+  // and bytes of the ready messages never delivered restored so far.
+  std::vector<std::pair<absl::Time, NodePtr>> restore_pending_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t restored_fresh_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t restored_fresh_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Waiter*> waiters_ ABSL_GUARDED_BY(mu_);
   // Registration order; front is the single active consumer.
   std::vector<const ConsumerState*> consumers_ ABSL_GUARDED_BY(mu_);
