@@ -1191,10 +1191,10 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
                     now);
         const std::string key =
             o.dead_letter_routing_key.value_or(env.routing_key);
-        const size_t handed_back = dead.size();
+        const size_t dead_before = dead.size();
         if (RepublishLocked(*dlx, key, std::move(m), /*redrive=*/false, dead,
                             flush, node.get()) == 0 &&
-            dead.size() == handed_back) {
+            dead.size() == dead_before) {
           w.from->CountDropped(1);
           continue;
         }
