@@ -515,6 +515,18 @@ std::vector<std::string> ReadyBodies(Broker& b, std::string_view queue) {
   return out;
 }
 
+// Declares durable queue "q", limited to two ready messages with `overflow`,
+// whose dead letters go to durable queue "dead".
+void DeclareQueueOfTwo(Broker& b, Overflow overflow) {
+  REQUIRE(b.DeclareQueue("dead", {.durable = true}).ok());
+  REQUIRE(b.DeclareQueue("q", {.durable = true,
+                               .max_length = 2,
+                               .overflow = overflow,
+                               .dead_letter_exchange = "",
+                               .dead_letter_routing_key = "dead"})
+              .ok());
+}
+
 TEST_CASE(
     "A delayed message whose delay ended while the broker was down meets "
     "the length limits at open as it would have with the broker up",
@@ -525,13 +537,7 @@ TEST_CASE(
   CAPTURE(overflow == Overflow::kDropHead, restart);
   Fixture f;
   auto b = f.MustOpen();
-  REQUIRE(b->DeclareQueue("dead", {.durable = true}).ok());
-  REQUIRE(b->DeclareQueue("q", {.durable = true,
-                                .max_length = 2,
-                                .overflow = overflow,
-                                .dead_letter_exchange = "",
-                                .dead_letter_routing_key = "dead"})
-              .ok());
+  DeclareQueueOfTwo(*b, overflow);
   REQUIRE(b->Publish("", "q", Message("A"), Persistent()).ok());
   REQUIRE(b->Publish("", "q", Message("B"), Persistent()).ok());
   PublishOptions later = Persistent();
@@ -576,13 +582,7 @@ TEST_CASE(
   CAPTURE(overflow == Overflow::kDropHead);
   Fixture f;
   auto b = f.MustOpen();
-  REQUIRE(b->DeclareQueue("dead", {.durable = true}).ok());
-  REQUIRE(b->DeclareQueue("q", {.durable = true,
-                                .max_length = 2,
-                                .overflow = overflow,
-                                .dead_letter_exchange = "",
-                                .dead_letter_routing_key = "dead"})
-              .ok());
+  DeclareQueueOfTwo(*b, overflow);
   REQUIRE(b->Publish("", "q", Message("A"), Persistent()).ok());
   auto c = b->Consume("q").value();
   REQUIRE(c->TryReceive().value().body() == "A");  // held, not acked
