@@ -137,12 +137,9 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
     // publish order, which in memory is where a delivered one returns too:
     // FIFO within a priority, nothing delivered skips an older message.)
     MutexLock lock(&mu_);
-    if (deliveries == 0 &&
-        (options_.max_length != 0 || options_.max_length_bytes != 0) &&
-        (options_.overflow == Overflow::kDropHead ||
-         options_.overflow == Overflow::kRejectPublishDlx)) {
-      // A delayed publish: it meets the limits, as in memory once its
-      // delay is over, when FinishRestore knows what else is ready.
+    if (DelayedMeetsLimits(*node)) {
+      // As in memory once its delay is over, when FinishRestore knows what
+      // else is ready.
       restore_pending_.emplace_back(ready_at, std::move(node));
       return nullptr;
     }
@@ -523,15 +520,10 @@ void Queue::OnDelayDone(NodePtr node) {
 
 Queue::Admission Queue::AdmitDelayedLocked(NodePtr& node, bool* reserved,
                                            std::vector<NodePtr>* maxlen_dead) {
-  // A returned or retried message (delivered before) is never refused, nor
-  // is one whose time-to-live ran out (ReturnLocked expires it). Under
-  // kRejectPublish and kBlock the publisher, told the message was accepted,
-  // can no longer be told otherwise: it goes in over the limit.
-  if (node->deliveries > 0 ||
-      (options_.max_length == 0 && options_.max_length_bytes == 0) ||
-      (node->has_expiry() && Now() >= node->expires_at) ||
-      (options_.overflow != Overflow::kDropHead &&
-       options_.overflow != Overflow::kRejectPublishDlx)) {
+  // One that does not meet the limits goes in, over them if need be; so
+  // does one whose time-to-live ran out (ReturnLocked expires it).
+  if (!DelayedMeetsLimits(*node) ||
+      (node->has_expiry() && Now() >= node->expires_at)) {
     return Admission::kIn;
   }
   // (It fits the byte limit: Enqueue refused one that never could.)

@@ -337,6 +337,17 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // out, see Enqueue); the caller lets go of mu_, which they may need, and
   // asks again.
   enum class Admission { kIn, kRefused, kWait };
+  // Whether a delayed message whose delay is over meets the length limits:
+  // a delayed publish (never delivered) in a queue with limits, under
+  // kDropHead or kRejectPublishDlx. A returned or retried message is never
+  // refused, and under kRejectPublish and kBlock the publisher, told the
+  // message was accepted, can no longer be told otherwise.
+  bool DelayedMeetsLimits(const QueuedMessage& node) const {
+    return node.deliveries == 0 &&
+           (options_.max_length != 0 || options_.max_length_bytes != 0) &&
+           (options_.overflow == Overflow::kDropHead ||
+            options_.overflow == Overflow::kRejectPublishDlx);
+  }
   Admission AdmitDelayedLocked(NodePtr& node, bool* reserved,
                                std::vector<NodePtr>* maxlen_dead)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
