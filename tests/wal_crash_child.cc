@@ -3,7 +3,7 @@
 //
 //   warren_wal_crash_child dir=D oracle=F sync=never|interval|group|every
 //                          segment=BYTES cycle=N seed=S topology=0|1
-//                          [hold=1]
+//                          [failure=1] [hold=1]
 //
 // It opens a durable broker on D, declares (or, with topology=1, expects to
 // find) the durable exchange `crash.x`, the durable queue `crash` bound to it
@@ -13,6 +13,14 @@
 // with a callback or a future, PublishBatch) to `crash`, through the default
 // exchange or `crash.x`, while consumer threads receive and ack, hold, nack
 // with requeue and ack with `multiple` at random.
+//
+// With failure=1, `crash` also has a retry policy (4 attempts, backoff of a
+// few milliseconds) and dead-letters to the durable queue `crash.dlq`
+// through the default exchange. Some single publishes are delayed by a few
+// milliseconds; consumers nack now and then, with requeue (a retry, or a
+// dead-lettering once out of attempts) or without (dead-lettered at once);
+// and a third consumer acks what reaches `crash.dlq`, checking that each
+// message there died in `crash`.
 //
 // The oracle F (O_APPEND; one write(2) per event, which SIGKILL cannot take
 // back) gets one line per event, each written only once the event is certain:
@@ -26,6 +34,12 @@
 //                the same consumer thread returned OK (the log is written in
 //                order, so the delivery, logged before Receive returned, is
 //                at least as durable as that ack)
+//   W <p> <s>    the message is about to be published with a delay
+//                (failure=1)
+//   R <p> <s>    a nack of the message is about to be sent (failure=1)
+//
+// The `crash.dlq` consumer writes only I and A lines: an ack in either
+// queue settles a message for good.
 //
 // Once every publisher has had a publish confirmed and every consumer an ack
 // returned (so that the parent's random timer starts in the steady state,
@@ -82,6 +96,7 @@ constexpr uint32_t kPrefetch = 64;
 constexpr uint64_t kMaxReady = 1500;
 constexpr const char* kQueue = "crash";
 constexpr const char* kExchange = "crash.x";
+constexpr const char* kDeadLetterQueue = "crash.dlq";
 
 // Exit code when Open fails with kFailedPrecondition (another broker holds
 // the directory).
@@ -145,6 +160,7 @@ struct Args {
   uint32_t cycle = 0;
   uint64_t seed = 1;
   bool topology = false;
+  bool failure = false;
   bool hold = false;
 };
 
@@ -172,6 +188,8 @@ Args ParseArgs(int argc, char** argv) {
       a.seed = std::strtoull(value.c_str(), nullptr, 10);
     } else if (key == "topology") {
       a.topology = value == "1";
+    } else if (key == "failure") {
+      a.failure = value == "1";
     } else if (key == "hold") {
       a.hold = value == "1";
     } else {
@@ -233,7 +251,8 @@ void CheckOutcome(const absl::StatusOr<PublishOutcome>& r, const char* what,
         " queues");
 }
 
-void Publisher(Broker& broker, uint32_t pub, uint64_t seed, Latch& started) {
+void Publisher(Broker& broker, uint32_t pub, uint64_t seed, bool failure,
+               Latch& started) {
   std::mt19937_64 rng(seed);
   auto chance = [&](double p) {
     return std::uniform_real_distribution<double>(0, 1)(rng) < p;
@@ -270,6 +289,11 @@ void Publisher(Broker& broker, uint32_t pub, uint64_t seed, Latch& started) {
     // The first publish is a synchronous one: once it returns, this
     // publisher is running.
     const int kind = seq == 0 ? 0 : static_cast<int>(rng() % 100);
+    // Single publishes (not batches) are sometimes delayed.
+    if (failure && seq > 0 && kind < 85 && chance(0.1)) {
+      options.delay = absl::Milliseconds(1 + rng() % 5);
+      Record('W', pub, seq + 1);
+    }
     if (kind < 55) {
       const uint32_t s = ++seq;
       auto r = broker.Publish(
@@ -332,7 +356,7 @@ struct Held {
 
 uint64_t Key(uint32_t pub, uint32_t seq) { return (uint64_t{pub} << 32) | seq; }
 
-void ConsumerLoop(Broker& broker, uint64_t seed, Latch& started) {
+void ConsumerLoop(Broker& broker, uint64_t seed, bool failure, Latch& started) {
   std::mt19937_64 rng(seed);
   auto chance = [&](double p) {
     return std::uniform_real_distribution<double>(0, 1)(rng) < p;
@@ -413,13 +437,65 @@ void ConsumerLoop(Broker& broker, uint64_t seed, Latch& started) {
       } else if (r < 90) {
         ack(i, true);
       } else {
-        if (auto s = c.Nack(held[i].delivery, {.requeue = true}); !s.ok()) {
+        // With failure=1, a nack with requeue is a retry after a backoff
+        // (or a dead-lettering, out of attempts); one without dead-letters.
+        const bool requeue = !failure || chance(0.5);
+        if (failure) Record('R', held[i].pub, held[i].seq);
+        if (auto s = c.Nack(held[i].delivery, {.requeue = requeue}); !s.ok()) {
           Die("Nack", s);
         }
         held.erase(held.begin() + static_cast<ptrdiff_t>(i));
       }
       if (chance(0.5)) break;
     }
+  }
+}
+
+// Receives from `crash.dlq` and acks everything, holding some of it a while,
+// checking that each message died in `crash` and that no acked message comes
+// back.
+void DeadLetterLoop(Broker& broker, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto consumer = broker.Consume(kDeadLetterQueue, {.prefetch = kPrefetch});
+  if (!consumer.ok()) Die("Consume crash.dlq", consumer.status());
+  Consumer& c = **consumer;
+  std::unordered_set<uint64_t> acked;
+  std::vector<std::pair<uint32_t, uint32_t>> held;
+  Delivery last;  // the latest of `held`
+  for (;;) {
+    auto got = c.ReceiveBatch(kPrefetch, absl::Milliseconds(10));
+    if (got.ok()) {
+      for (Delivery& d : *got) {
+        auto parsed = ParseBody(d.body());
+        if (!parsed.ok()) Die("dead-lettered body", parsed.status());
+        const std::optional<DeathSite> death = FirstDeath(d.message());
+        if (!death.has_value() || death->queue != kQueue) {
+          Die("a message in crash.dlq did not die in crash");
+        }
+        if (acked.contains(Key(parsed->pub, parsed->seq))) {
+          Die("an acked dead letter was delivered again");
+        }
+        held.emplace_back(parsed->pub, parsed->seq);
+        last = std::move(d);
+      }
+    } else if (!absl::IsDeadlineExceeded(got.status()) &&
+               !absl::IsResourceExhausted(got.status())) {
+      Die("ReceiveBatch crash.dlq", got.status());
+    }
+    if (held.empty() || rng() % 2 == 0) continue;  // hold them a while
+    std::string intents;
+    std::string acks;
+    for (const auto& [pub, seq] : held) {
+      AppendEvent(intents, 'I', pub, seq);
+      AppendEvent(acks, 'A', pub, seq);
+      acked.insert(Key(pub, seq));
+    }
+    Record(intents);
+    if (auto s = c.Ack(last, {.multiple = true}); !s.ok()) {
+      Die("Ack crash.dlq", s);
+    }
+    Record(acks);
+    held.clear();
   }
 }
 
@@ -467,13 +543,31 @@ int Main(int argc, char** argv) {
     if (auto s = b.GetQueueStats(kQueue); !s.ok()) {
       Die("durable queue after recovery", s.status());
     }
+    if (args.failure) {
+      if (auto s = b.GetQueueStats(kDeadLetterQueue); !s.ok()) {
+        Die("durable dead-letter queue after recovery", s.status());
+      }
+    }
   } else {
     if (auto s = b.DeclareExchange(kExchange, ExchangeType::kDirect,
                                    {.durable = true});
         !s.ok()) {
       Die("DeclareExchange", s);
     }
-    if (auto s = b.DeclareQueue(kQueue, {.durable = true}); !s.ok()) {
+    QueueOptions options{.durable = true};
+    if (args.failure) {
+      if (auto s = b.DeclareQueue(kDeadLetterQueue, {.durable = true});
+          !s.ok()) {
+        Die("DeclareQueue crash.dlq", s);
+      }
+      options.dead_letter_exchange = "";
+      options.dead_letter_routing_key = kDeadLetterQueue;
+      options.retry = RetryPolicy{.max_attempts = 4,
+                                  .initial_delay = absl::Milliseconds(1),
+                                  .max_delay = absl::Milliseconds(8),
+                                  .jitter = Jitter::kFull};
+    }
+    if (auto s = b.DeclareQueue(kQueue, options); !s.ok()) {
       Die("DeclareQueue", s);
     }
     if (auto s = b.Bind(kQueue, kExchange, "k"); !s.ok()) Die("Bind", s);
@@ -490,11 +584,14 @@ int Main(int argc, char** argv) {
   for (int t = 0; t < kPublishers; ++t) {
     const uint32_t pub = args.cycle * 8 + static_cast<uint32_t>(t) + 1;
     threads.emplace_back(Publisher, std::ref(b), pub, args.seed * 31 + t,
-                         std::ref(started));
+                         args.failure, std::ref(started));
   }
   for (int t = 0; t < kConsumers; ++t) {
     threads.emplace_back(ConsumerLoop, std::ref(b), args.seed * 37 + t,
-                         std::ref(started));
+                         args.failure, std::ref(started));
+  }
+  if (args.failure) {
+    threads.emplace_back(DeadLetterLoop, std::ref(b), args.seed * 41);
   }
   started.Wait();
   WriteAll(STDOUT_FILENO, "ready\n");

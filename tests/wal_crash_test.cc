@@ -17,9 +17,18 @@
 //   * a batch is all there or all gone (but for acked messages);
 //   * bodies are intact, and no message is there twice.
 //
+// The failure-handling variant (failure=1 in the child) adds a retry policy
+// and a dead-letter queue, delayed publishes and nacks with and without
+// requeue; the checks then take the two queues together (a message lives in
+// exactly one of them, and a dead-lettering is never undone), and each
+// publisher's order is checked among the messages never delayed or nacked.
+// The checking broker runs on a manual clock an hour ahead, so that every
+// delay and backoff is over when it opens.
+//
 // Cycles go on in the same directory, so the log accumulates restarts,
 // segment switches (small segments in some cycles) and compaction. The fast
-// variant runs in the unit suite; the [stress] variant (200 cycles) in CI
+// variants run in the unit suite; the [stress] ones (200 cycles, and 100 of
+// the failure-handling variant) in CI
 // under the sanitizers. WARREN_WAL_CRASH_SEED=<n> repeats a run's random
 // choices (not its timing); WARREN_WAL_CRASH_VERBOSE=1 prints each cycle.
 
@@ -60,6 +69,7 @@ using crash::ParseBody;
 
 constexpr const char* kQueue = "crash";
 constexpr const char* kExchange = "crash.x";
+constexpr const char* kDeadLetterQueue = "crash.dlq";
 constexpr int kExitLocked = 6;  // as in wal_crash_child.cc
 
 std::string ChildPath() {
@@ -266,6 +276,9 @@ class Oracle {
   bool Delivered(uint64_t k) const { return delivered_.contains(k); }
   bool DeliveryLogged(uint64_t k) const { return logged_delivery_.contains(k); }
   bool AckSent(uint64_t k) const { return ack_sent_.contains(k); }
+  // Published with a delay, or nacked: its place in publish order is gone.
+  bool Reordered(uint64_t k) const { return reordered_.contains(k); }
+  bool Nacked(uint64_t k) const { return nacked_.contains(k); }
   bool Acked(uint64_t k) const { return acked_.contains(k); }
   const absl::flat_hash_set<uint64_t>& confirmed() const { return confirmed_; }
   const absl::flat_hash_set<uint64_t>& acked() const { return acked_; }
@@ -307,6 +320,13 @@ class Oracle {
       case 'A':
         acked_.insert(k);
         break;
+      case 'W':
+        reordered_.insert(k);
+        break;
+      case 'R':
+        reordered_.insert(k);
+        nacked_.insert(k);
+        break;
       default:
         FAIL("bad oracle line: " << line);
     }
@@ -321,6 +341,8 @@ class Oracle {
   absl::flat_hash_set<uint64_t> logged_delivery_;
   absl::flat_hash_set<uint64_t> ack_sent_;
   absl::flat_hash_set<uint64_t> acked_;
+  absl::flat_hash_set<uint64_t> reordered_;
+  absl::flat_hash_set<uint64_t> nacked_;
   absl::flat_hash_set<uint64_t> unsettled_;  // confirmed, no ack sent
 };
 
@@ -329,7 +351,9 @@ struct History {
   // Messages in the queue at the last check, with the attempt of this
   // process's delivery of them there.
   absl::flat_hash_map<uint64_t, uint32_t> attempt;
-  // Messages once in the queue at a check and gone at a later one.
+  // Messages in the dead-letter queue at the last check.
+  absl::flat_hash_set<uint64_t> dead;
+  // Messages once in a queue at a check and gone from both at a later one.
   absl::flat_hash_set<uint64_t> gone;
   // Messages delivered just before a kill, back without the redelivered
   // flag (allowed: their delivery was not yet in the log).
@@ -341,6 +365,7 @@ struct Found {
   crash::Body body;
   bool redelivered;
   uint32_t attempt;
+  bool dead;  // in the dead-letter queue
 };
 
 class Problems {
@@ -361,11 +386,49 @@ class Problems {
   std::vector<std::string> list_;
 };
 
-// Opens the broker on `dir` after a crash and checks the queue against the
-// oracle (see the file comment). Returns the number of messages in it.
+// Receives every ready message of `queue` on `broker` into `found`, and
+// returns the consumer that holds them. (Closing it returns them, and
+// dead-letters those out of attempts: close it only once every queue is
+// drained.)
+std::unique_ptr<Consumer> Drain(Broker& broker, const char* queue, bool dead,
+                                const Oracle& oracle, std::vector<Found>& found,
+                                Problems& problems) {
+  auto consumer = broker.Consume(queue);
+  REQUIRE(consumer.ok());
+  for (;;) {
+    auto d = (*consumer)->TryReceive();
+    if (absl::IsUnavailable(d.status())) break;
+    INFO("TryReceive: " << d.status().ToString());
+    REQUIRE(d.ok());
+    auto body = ParseBody(d->body());
+    if (!body.ok()) {
+      problems.Add(body.status().ToString());
+      continue;
+    }
+    const uint64_t key = Key(body->pub, body->seq);
+    if (dead) {
+      const std::optional<DeathSite> death = FirstDeath(d->message());
+      if (!death.has_value() || death->queue != kQueue) {
+        problems.Add(KeyString(key) + " is in " + kDeadLetterQueue +
+                     " but did not die in " + kQueue);
+      } else if (death->reason == DeathReason::kRejected &&
+                 !oracle.Nacked(key)) {
+        problems.Add(KeyString(key) + " died rejected, but was never nacked");
+      }
+    }
+    found.push_back({key, *body, d->redelivered(), d->attempt(), dead});
+  }
+  return *std::move(consumer);
+}
+
+// Opens the broker on `dir` after a crash and checks the queue (with
+// `failure`, the queue and its dead-letter queue) against the oracle (see
+// the file comment). Returns the number of messages found.
 size_t CheckRecovery(const std::string& dir, uint64_t segment_bytes,
-                     const Oracle& oracle, History& history) {
+                     bool failure, const Oracle& oracle, History& history) {
+  ManualClock later(absl::Now() + absl::Hours(1));
   auto opened = Broker::Open({.wal_dir = dir,
+                              .clock = failure ? &later : nullptr,
                               .sync = SyncPolicy::kGroupCommit,
                               .wal_segment_bytes = segment_bytes});
   INFO("Open after the kill: " << opened.status().ToString());
@@ -387,47 +450,58 @@ size_t CheckRecovery(const std::string& dir, uint64_t segment_bytes,
     broker->Close();
     return 0;
   }
+  // Declared before `crash`, so there whenever `crash` is.
+  auto dead_queue = failure ? broker->GetQueueStats(kDeadLetterQueue)
+                            : absl::StatusOr<QueueStats>(QueueStats{});
+  INFO("dead-letter queue: " << dead_queue.status().ToString());
+  REQUIRE(dead_queue.ok());
+  // Nothing is held after a restart, and on the clock an hour ahead every
+  // delay and backoff is over.
   CHECK(queue->unacked == 0);
   CHECK(queue->delayed == 0);
+  CHECK(dead_queue->delayed == 0);
 
   std::vector<Found> found;
   Problems problems;
-  {
-    auto consumer = broker->Consume(kQueue);
-    REQUIRE(consumer.ok());
-    for (;;) {
-      auto d = (*consumer)->TryReceive();
-      if (absl::IsUnavailable(d.status())) break;
-      INFO("TryReceive: " << d.status().ToString());
-      REQUIRE(d.ok());
-      auto body = ParseBody(d->body());
-      if (!body.ok()) {
-        problems.Add(body.status().ToString());
-        continue;
-      }
-      found.push_back(
-          {Key(body->pub, body->seq), *body, d->redelivered(), d->attempt()});
-    }
-  }
-  CHECK(found.size() == queue->ready);
-  // Every message recovered is in the one durable queue.
-  CHECK(stats.wal.recovered_messages == queue->ready);
-  CHECK(stats.wal.live_messages == queue->ready);
+  std::unique_ptr<Consumer> live =
+      Drain(*broker, kQueue, /*dead=*/false, oracle, found, problems);
+  std::unique_ptr<Consumer> dead =
+      failure ? Drain(*broker, kDeadLetterQueue, /*dead=*/true, oracle, found,
+                      problems)
+              : nullptr;
+  CHECK(found.size() == queue->ready + dead_queue->ready);
+  // Every message recovered is in one of the durable queues.
+  CHECK(stats.wal.recovered_messages == queue->ready + dead_queue->ready);
+  CHECK(stats.wal.live_messages == queue->ready + dead_queue->ready);
 
   absl::flat_hash_set<uint64_t> present;
   absl::flat_hash_map<uint32_t, uint32_t> last_seq;  // per publisher
   for (const Found& f : found) {
     const std::string name = KeyString(f.key);
     if (!present.insert(f.key).second) problems.Add(name + " is there twice");
-    uint32_t& last = last_seq[f.body.pub];
-    if (f.body.seq <= last) {
-      problems.Add(name + " comes after s" + std::to_string(last) +
-                   " of the same publisher");
-    }
-    last = std::max(last, f.body.seq);
     if (oracle.Acked(f.key)) problems.Add(name + " was acked, and is back");
     if (history.gone.contains(f.key)) {
-      problems.Add(name + " had left the queue, and is back");
+      problems.Add(name + " had left the queues, and is back");
+    }
+    if (f.dead) {
+      // Dead-lettered by a nack without requeue, or out of attempts (the
+      // checks' own deliveries count): either way after a delivery.
+      if (!oracle.Delivered(f.key) && !history.attempt.contains(f.key) &&
+          !history.dead.contains(f.key)) {
+        problems.Add(name + " is dead-lettered, but was never delivered");
+      }
+      continue;
+    }
+    if (history.dead.contains(f.key)) {
+      problems.Add(name + " was dead-lettered, and is back in " + kQueue);
+    }
+    if (!oracle.Reordered(f.key)) {
+      uint32_t& last = last_seq[f.body.pub];
+      if (f.body.seq <= last) {
+        problems.Add(name + " comes after s" + std::to_string(last) +
+                     " of the same publisher");
+      }
+      last = std::max(last, f.body.seq);
     }
     if (oracle.DeliveryLogged(f.key) && !f.redelivered) {
       problems.Add(name +
@@ -464,19 +538,30 @@ size_t CheckRecovery(const std::string& dir, uint64_t segment_bytes,
                    (oracle.Delivered(k) ? " (it was delivered)" : ""));
     }
   }
-  for (const auto& [k, attempt] : history.attempt) {
-    if (present.contains(k)) continue;
+  auto left = [&](uint64_t k) {
+    if (present.contains(k)) return;
     history.gone.insert(k);
     if (!oracle.AckSent(k)) {
       problems.Add(KeyString(k) +
                    " was there at the last check, never acked, and is lost");
     }
-  }
+  };
+  for (const auto& [k, attempt] : history.attempt) left(k);
+  for (uint64_t k : history.dead) left(k);
   history.attempt.clear();
-  for (const Found& f : found) history.attempt[f.key] = f.attempt;
+  history.dead.clear();
+  for (const Found& f : found) {
+    if (f.dead) {
+      history.dead.insert(f.key);
+    } else {
+      history.attempt[f.key] = f.attempt;
+    }
+  }
 
   INFO(problems.ToString());
   CHECK(problems.empty());
+  live.reset();
+  dead.reset();
   broker->Close();
   return found.size();
 }
@@ -485,6 +570,8 @@ struct CrashRunOptions {
   int cycles;
   // Longest run of a child, from its "ready" to the kill.
   std::chrono::microseconds max_run;
+  // The failure-handling variant (see the file comment).
+  bool failure = false;
 };
 
 void RunCrashCycles(const CrashRunOptions& run) {
@@ -527,7 +614,8 @@ void RunCrashCycles(const CrashRunOptions& run) {
                    "segment=" + std::to_string(segment),
                    "cycle=" + std::to_string(cycle),
                    "seed=" + std::to_string(rng()),
-                   std::string("topology=") + (oracle.topology() ? "1" : "0")});
+                   std::string("topology=") + (oracle.topology() ? "1" : "0"),
+                   std::string("failure=") + (run.failure ? "1" : "0")});
       const auto spawned = std::chrono::steady_clock::now();
       if (!early) {
         const std::string line = child.ReadLine();
@@ -547,16 +635,18 @@ void RunCrashCycles(const CrashRunOptions& run) {
     oracle.Refresh();
     const DirUsage usage = Usage(dir);
     max_dir_bytes = std::max(max_dir_bytes, usage.bytes);
-    const size_t ready = CheckRecovery(dir, segment, oracle, history);
+    const size_t ready =
+        CheckRecovery(dir, segment, run.failure, oracle, history);
     if (verbose) {
       std::printf(
           "cycle %d: sync=%s segment=%llu startup=%lldus kill=%lldus%s "
-          "ready=%zu "
+          "ready=%zu (dead-lettered %zu) "
           "oracle=%zu lines, dir=%llu bytes in %llu files\n",
           cycle, PolicyArg(policy), static_cast<unsigned long long>(segment),
           static_cast<long long>(startup.count()),
           static_cast<long long>(delay.count()), early ? " (early)" : "", ready,
-          oracle.lines(), static_cast<unsigned long long>(usage.bytes),
+          history.dead.size(), oracle.lines(),
+          static_cast<unsigned long long>(usage.bytes),
           static_cast<unsigned long long>(usage.files));
     }
   }
@@ -566,17 +656,22 @@ void RunCrashCycles(const CrashRunOptions& run) {
 
   // Settle everything: what is left of the log afterwards is bounded by the
   // live data (none), not by the history of the run.
+  // (On the clock an hour ahead nothing waits out a delay.)
+  ManualClock later(absl::Now() + absl::Hours(1));
   {
-    auto broker = Broker::Open({.wal_dir = dir}).value();
-    auto consumer = broker->Consume(kQueue).value();
-    while (true) {
-      auto d = consumer->TryReceive();
-      if (!d.ok()) break;
-      REQUIRE(consumer->Ack(*d).ok());
+    auto broker = Broker::Open({.wal_dir = dir, .clock = &later}).value();
+    for (const char* queue : {kQueue, kDeadLetterQueue}) {
+      if (!run.failure && queue == kDeadLetterQueue) continue;
+      auto consumer = broker->Consume(queue).value();
+      while (true) {
+        auto d = consumer->TryReceive();
+        if (!d.ok()) break;
+        REQUIRE(consumer->Ack(*d).ok());
+      }
     }
     broker->Close();
   }
-  auto broker = Broker::Open({.wal_dir = dir}).value();
+  auto broker = Broker::Open({.wal_dir = dir, .clock = &later}).value();
   const BrokerStats stats = broker->Stats();
   CHECK(stats.wal.live_messages == 0);
   CHECK(broker->GetQueueStats(kQueue).value().ready == 0);
@@ -655,6 +750,23 @@ TEST_CASE("WAL crash: SIGKILL at random moments then recovery is checked",
 TEST_CASE("WAL crash: 200 kill -9 cycles on one directory",
           "[wal][crash][stress]") {
   RunCrashCycles({.cycles = 200, .max_run = std::chrono::milliseconds(120)});
+}
+
+TEST_CASE(
+    "WAL crash: retries delays and dead-lettering survive SIGKILL at random "
+    "moments",
+    "[wal][crash]") {
+  RunCrashCycles(
+      {.cycles = 8, .max_run = std::chrono::milliseconds(80), .failure = true});
+}
+
+TEST_CASE(
+    "WAL crash: 100 kill -9 cycles of retries delays and dead-lettering on "
+    "one directory",
+    "[wal][crash][stress]") {
+  RunCrashCycles({.cycles = 100,
+                  .max_run = std::chrono::milliseconds(120),
+                  .failure = true});
 }
 
 TEST_CASE("WAL directory lock holds against another process", "[wal][crash]") {
