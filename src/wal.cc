@@ -944,6 +944,10 @@ void Wal::LeadLocked(Done& done) {
   // against (it filled, or closed, after they were appended), with the
   // segment that took them.
   std::vector<std::pair<size_t, uint64_t>> moved;
+  // records[unsynced_from..] were written after the last sync this call
+  // made; `synced`: a sync succeeded (what unsynced_ holds is durable).
+  size_t unsynced_from = 0;
+  bool synced = false;
   if (!records.empty() && !writer_) {
     s = StartSegment(durable_upto);
     bytes_before = writer_ ? writer_->offset() : 0;
@@ -961,6 +965,8 @@ void Wal::LeadLocked(Done& done) {
       if (s.ok()) {
         ++syncs;
         durable_upto = synced_upto = first + i;
+        unsynced_from = i + 1;
+        synced = true;
       }
     }
     if (s.ok() && writer_->offset() >= options_.segment_bytes &&
@@ -971,6 +977,8 @@ void Wal::LeadLocked(Done& done) {
       if (s.ok()) {
         ++syncs;
         durable_upto = synced_upto = first + i;
+        unsynced_from = i + 1;
+        synced = true;
         bytes += writer_->offset() - bytes_before;
         MutexLock l(&mu_);
         segments_.back().size = writer_->offset();
@@ -1007,15 +1015,42 @@ void Wal::LeadLocked(Done& done) {
     dedup_changes_.pop_front();
   }
   if (!s.ok() && durable_upto < last) {
-    RecordFailureLocked({durable_upto + 1, last, false, s});
+    // Records of an abandoned segment written again were written once:
+    // their write stays confirmed, and only their sync failed (again).
+    const uint64_t from = durable_upto + 1;
+    if (written_lsn_ >= from) {
+      RecordFailureLocked({from, std::min(last, written_lsn_), true, s});
+    }
+    if (last > written_lsn_) {
+      RecordFailureLocked(
+          {std::max(from, written_lsn_ + 1), last, /*sync_only=*/false, s});
+    }
     RequeueLocked(batch, records, durable_upto + 1 - first);
   }
+  // What this call wrote and did not sync, records[unsynced_from..written),
+  // joins what earlier calls wrote to the segment (unless this call synced
+  // that) unless the sync below covers it.
+  const bool keep_unsynced = options_.sync != SyncPolicy::kNever;
+  if (synced) {
+    unsynced_.clear();
+    unsynced_records_.clear();
+  }
+  const size_t written = static_cast<size_t>(durable_upto + 1 - first);
+  const size_t unsynced_begin =
+      unsynced_from == 0 ? 0 : records[unsynced_from - 1].end;
+  const size_t unsynced_end =
+      unsynced_from < written ? records[written - 1].end : unsynced_begin;
   if (writer_ && !segments_.empty()) segments_.back().size = writer_->offset();
   const absl::Time now = absl::Now();
-  bool sync = s.ok() && writer_ && UnsyncedLocked() &&
-              (sync_wanted_ > synced_lsn_ ||
-               (interval && now - last_sync_ >= options_.sync_interval) ||
-               writer_->offset() >= options_.segment_bytes);
+  bool sync =
+      s.ok() && writer_ &&
+      ((UnsyncedLocked() &&
+        (sync_wanted_ > synced_lsn_ ||
+         (interval && now - last_sync_ >= options_.sync_interval) ||
+         writer_->offset() >= options_.segment_bytes)) ||
+       (keep_unsynced && unsynced_.size() + (unsynced_end - unsynced_begin) >=
+                             kMaxUnsyncedBytes));
+  bool synced_all = false;
   if (sync) {
     const uint64_t target = written_lsn_;
     mu_.Unlock();
@@ -1027,6 +1062,17 @@ void Wal::LeadLocked(Done& done) {
       last_sync_took_ = absl::Now() - now;
       group_size_ = sync_waiters_.size();
       SetSyncedLocked(target);
+      unsynced_.clear();
+      unsynced_records_.clear();
+      synced_all = true;
+    }
+  }
+  if (keep_unsynced && !synced_all && unsynced_begin < unsynced_end) {
+    const size_t base = unsynced_.size();
+    unsynced_.append(batch, unsynced_begin, unsynced_end - unsynced_begin);
+    for (size_t i = unsynced_from; i < written; ++i) {
+      unsynced_records_.push_back(records[i]);
+      unsynced_records_.back().end = base + records[i].end - unsynced_begin;
     }
   }
   if (writer_ && (!s.ok() || writer_->offset() >= options_.segment_bytes)) {
@@ -1041,6 +1087,14 @@ void Wal::LeadLocked(Done& done) {
         segments_held_ = true;
       }
       abandoned_lsn_ = written_lsn_;
+      // They are written again, ahead of the records of a failed write, as
+      // those are: their waiters were told of the failure, but later
+      // records must not be durable without them.
+      if (!unsynced_records_.empty()) {
+        RequeueLocked(unsynced_, unsynced_records_, 0);
+        unsynced_.clear();
+        unsynced_records_.clear();
+      }
     }
     mu_.Unlock();
     if (s.ok()) (void)file_->Close();
@@ -1107,7 +1161,7 @@ void Wal::RequeueLocked(const std::string& batch,
       pending_records_[i].end += bytes;
     }
   }
-  retry_records_ = n;
+  retry_records_ += n;
 }
 
 void Wal::CollectDoneLocked(Done& done) {

@@ -38,7 +38,10 @@
 //
 // Errors: a failed write or sync fails the waiters of the records it
 // concerned (and only them); the segment is abandoned and the next write
-// starts a new one, so the broker goes on once the disk recovers.
+// starts a new one, so the broker goes on once the disk recovers. The
+// records that failed to be written, and (but under kNever) those written
+// to the abandoned segment after its last sync, are written again ahead of
+// later ones, so that the log catches up with memory in order.
 //
 // Thread-safe.
 
@@ -333,7 +336,8 @@ class Wal {
   void CountAgainstLocked(Entry& entry, uint64_t segment, uint32_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts the records of a failed write from `records[from]` on back at the
-  // front of the pending ones (see retry_records_).
+  // front of the pending ones (see retry_records_), ahead of any put back
+  // before.
   void RequeueLocked(const std::string& batch,
                      const std::vector<PendingRecord>& records, size_t from)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -426,12 +430,22 @@ class Wal {
   // Pending records: bytes back to back, LSNs next_lsn_ - n .. next_lsn_-1.
   std::string pending_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingRecord> pending_records_ ABSL_GUARDED_BY(mu_);
-  // The first retry_records_ pending records failed to be written once
-  // (their callers were told so). They are written again, ahead of the
+  // The first retry_records_ pending records failed to be written once, or
+  // were written to a segment abandoned before they were synced (their
+  // callers were told so). They are written again, ahead of the
   // rest, with the next records or at Close, so the log catches up with
   // memory once the disk recovers; they are not work on their own, so a
   // failing disk is not retried in a loop.
   size_t retry_records_ ABSL_GUARDED_BY(mu_) = 0;
+  // The records written to the current segment since its last sync (not
+  // under kNever), kept to be written again should that sync fail: the
+  // failed segment's unsynced records may be gone after a power loss, while
+  // later records, synced in the next segment, may depend on them (the ack
+  // of a dead letter on the move that made it). Bytes back to back, as in
+  // pending_; a sync is due once they reach kMaxUnsyncedBytes.
+  std::string unsynced_ ABSL_GUARDED_BY(mu_);
+  std::vector<PendingRecord> unsynced_records_ ABSL_GUARDED_BY(mu_);
+  static constexpr size_t kMaxUnsyncedBytes = 4 << 20;
   uint64_t next_lsn_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;

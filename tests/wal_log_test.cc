@@ -318,8 +318,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "After records are lost to a failed sync the log deletes no segment "
-    "until it is opened again",
+    "After a failed sync the log writes the unsynced records again and "
+    "deletes no segment until it is opened again",
     "[wal]") {
   LogFixture f;
   {
@@ -335,24 +335,54 @@ TEST_CASE(
     const absl::Status moved = Commit(*wal, record);
     REQUIRE(moved.code() == absl::StatusCode::kDataLoss);
     REQUIRE(std::string(moved.message()).find("sync") != std::string::npos);
-    // The disk is back; later records are synced in segment 3.
+    // The disk is back; the move is written again in segment 3, ahead of
+    // the later records synced there.
     REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
     CHECK(wal->Stats().segments_held);
-    // Segment 1, settled only by the lost move, stays.
+    // Segment 1, whose message the move settled, stays all the same.
     REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/true).ok());
     CHECK(wal->Stats().segments == 3);
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
   }
-  // The move is lost with the power; message 1 is still there, as before it.
+  // The move survives the power loss in segment 3 (its first copy, never
+  // synced, is gone): message 1 is in queue 2, as memory had it.
   CHECK(f.RecoveredBodies() ==
-        std::vector<std::string>{std::string(70 << 10, 'x'),
-                                 std::string(40 << 10, 'k')});
+        std::vector<std::string>{"moved", std::string(40 << 10, 'k')});
   // Reopened, the log deletes segments again.
   RecoveredState recovered;
   auto wal = f.Open(&recovered);
   REQUIRE(wal.ok());
   CHECK_FALSE((*wal)->Stats().segments_held);
   REQUIRE((*wal)->Close().ok());
+}
+
+TEST_CASE("Records nobody waits for are synced once 4 MiB of them are unsynced",
+          "[wal]") {
+  // The log keeps the records a sync has not covered, to write them again
+  // should it fail: a sync bounds what it keeps.
+  LogFixture f;
+  f.options.segment_bytes = uint64_t{64} << 20;
+  auto wal = f.MustOpen();
+  const uint64_t syncs = wal->Stats().syncs;
+  // 3 MiB: no sync (nobody waits, and the segment is far from full).
+  auto append = [&](int n) {
+    uint64_t lsn = 0;
+    for (int i = 0; i < n; ++i) {
+      wal::RecordBuilder record;
+      record.Publish(uint64_t(i) + 1, "", "", absl::UnixEpoch(),
+                     Message(std::string(256 << 10, 'u')), {});
+      lsn = wal->Append(record, /*own_sync=*/false, /*will_wait=*/true);
+    }
+    REQUIRE(wal->Wait(lsn, /*sync=*/false).ok());
+  };
+  append(12);
+  CHECK(wal->Stats().syncs == syncs);
+  // 2 MiB more: over 4 MiB, a sync. (The write after it waits for the
+  // write that synced to finish.)
+  append(8);
+  REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/false).ok());
+  CHECK(wal->Stats().syncs > syncs);
+  REQUIRE(wal->Close().ok());
 }
 
 TEST_CASE(
