@@ -445,7 +445,7 @@ class Wal {
   // pending_; a sync is due once they reach kMaxUnsyncedBytes.
   std::string unsynced_ ABSL_GUARDED_BY(mu_);
   std::vector<PendingRecord> unsynced_records_ ABSL_GUARDED_BY(mu_);
-  static constexpr size_t kMaxUnsyncedBytes = 4 << 20;
+  static constexpr size_t kMaxUnsyncedBytes = 16 << 20;
   uint64_t next_lsn_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t written_lsn_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t synced_lsn_ ABSL_GUARDED_BY(mu_) = 0;

@@ -356,15 +356,16 @@ TEST_CASE(
   REQUIRE((*wal)->Close().ok());
 }
 
-TEST_CASE("Records nobody waits for are synced once 4 MiB of them are unsynced",
-          "[wal]") {
+TEST_CASE(
+    "Records nobody waits for are synced once 16 MiB of them are unsynced",
+    "[wal]") {
   // The log keeps the records a sync has not covered, to write them again
   // should it fail: a sync bounds what it keeps.
   LogFixture f;
   f.options.segment_bytes = uint64_t{64} << 20;
   auto wal = f.MustOpen();
   const uint64_t syncs = wal->Stats().syncs;
-  // 3 MiB: no sync (nobody waits, and the segment is far from full).
+  // 15 MiB: no sync (nobody waits, and the segment is far from full).
   auto append = [&](int n) {
     uint64_t lsn = 0;
     for (int i = 0; i < n; ++i) {
@@ -375,9 +376,9 @@ TEST_CASE("Records nobody waits for are synced once 4 MiB of them are unsynced",
     }
     REQUIRE(wal->Wait(lsn, /*sync=*/false).ok());
   };
-  append(12);
+  append(60);
   CHECK(wal->Stats().syncs == syncs);
-  // 2 MiB more: over 4 MiB, a sync. (The write after it waits for the
+  // 2 MiB more: over 16 MiB, a sync. (The write after it waits for the
   // write that synced to finish.)
   append(8);
   REQUIRE(wal->Wait(AppendFiller(*wal), /*sync=*/false).ok());
