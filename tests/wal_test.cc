@@ -12,6 +12,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -858,6 +859,167 @@ TEST_CASE(
       }
     }
   }
+}
+
+// Runs random workloads of `seeds` seeds on a queue with a retry policy and
+// its dead-letter queue: publishes (some delayed, some in batches), receives,
+// acks, nacks with and without requeue, redrives, purges and clock moves,
+// with a disk fault (once, or for half the run) at a random call. Then a
+// confirmed publish, and a crash (a power loss only under the policies
+// that survive one). After it each message is in at most one of the
+// queues, no acked (or purged) one is back, and every confirmed one that
+// was not is there.
+void RunRandomFaultWorkloads(int seeds) {
+  for (int seed = 1; seed <= seeds; ++seed) {
+    CAPTURE(seed);
+    std::mt19937_64 rng(seed);
+    auto pick = [&](uint64_t n) { return rng() % n; };
+    // A power loss only under the policies that survive one.
+    const auto kind = pick(2) == 0 ? FaultInjectionEnv::CrashKind::kProcess
+                                   : FaultInjectionEnv::CrashKind::kPowerLoss;
+    const SyncPolicy policies[] = {SyncPolicy::kGroupCommit,
+                                   SyncPolicy::kEveryPublish,
+                                   SyncPolicy::kNever, SyncPolicy::kInterval};
+    const SyncPolicy policy =
+        policies[pick(kind == FaultInjectionEnv::CrashKind::kProcess ? 4 : 2)];
+    const absl::StatusCode code = pick(2) == 0
+                                      ? absl::StatusCode::kResourceExhausted
+                                      : absl::StatusCode::kDataLoss;
+    const bool persistent_fault = pick(3) == 0;
+    CAPTURE(static_cast<int>(policy), static_cast<int>(kind),
+            static_cast<int>(code), persistent_fault);
+    Fixture f;
+    f.options.sync = policy;
+    f.options.wal_segment_bytes = 64 << 10;
+    std::set<std::string> confirmed, acked, maybe_settled;
+    {
+      auto b = f.MustOpen();
+      REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
+      REQUIRE(b->DeclareQueue("q", {.durable = true,
+                                    .dead_letter_exchange = "",
+                                    .dead_letter_routing_key = "dlq",
+                                    .retry =
+                                        RetryPolicy{
+                                            .max_attempts = 3,
+                                            .backoff = Backoff::kFixed,
+                                        }})
+                  .ok());
+      auto cq = b->Consume("q").value();
+      auto cd = b->Consume("dlq").value();
+      std::vector<Delivery> held_q, held_d;
+      const uint64_t fault_at = f.env.call_count() + pick(300);
+      f.env.InjectFault(fault_at, code,
+                        persistent_fault
+                            ? FaultInjectionEnv::FaultMode::kPersistent
+                            : FaultInjectionEnv::FaultMode::kOnce);
+      int next = 0;
+      const int ops = 150;
+      for (int op = 0; op < ops; ++op) {
+        if (persistent_fault && op == ops / 2) f.env.ClearFault();
+        const uint64_t r = pick(100);
+        if (r < 25) {
+          const std::string body = "m" + std::to_string(next++);
+          PublishOptions o = Persistent();
+          if (pick(5) == 0) o.delay = absl::Seconds(1 + pick(3));
+          if (b->Publish("", "q", Message(body), o).ok()) {
+            confirmed.insert(body);
+          }
+        } else if (r < 30) {
+          std::vector<OutgoingMessage> batch;
+          std::vector<std::string> bodies;
+          for (int i = 0; i < 3; ++i) {
+            bodies.push_back("m" + std::to_string(next++));
+            batch.push_back({"q", Message(bodies.back())});
+          }
+          auto res = b->PublishBatch("", std::move(batch), Persistent());
+          REQUIRE(res.ok());
+          for (size_t i = 0; i < bodies.size(); ++i) {
+            if ((*res)[i].ok()) confirmed.insert(bodies[i]);
+          }
+        } else if (r < 50) {
+          auto d = cq->TryReceive();
+          if (d.ok()) held_q.push_back(*std::move(d));
+        } else if (r < 58) {
+          auto d = cd->TryReceive();
+          if (d.ok()) held_d.push_back(*std::move(d));
+        } else if (r < 80 && !held_q.empty()) {
+          const size_t i = pick(held_q.size());
+          Delivery d = std::move(held_q[i]);
+          held_q.erase(held_q.begin() + static_cast<ptrdiff_t>(i));
+          const std::string body(d.body());
+          const uint64_t how = pick(4);
+          if (how < 2) {
+            if (cq->Ack(d).ok()) {
+              acked.insert(body);
+            } else {
+              maybe_settled.insert(body);
+            }
+          } else {
+            (void)cq->Nack(d, {.requeue = how == 2});
+          }
+        } else if (r < 88 && !held_d.empty()) {
+          const size_t i = pick(held_d.size());
+          Delivery d = std::move(held_d[i]);
+          held_d.erase(held_d.begin() + static_cast<ptrdiff_t>(i));
+          const std::string body(d.body());
+          if (pick(2) == 0) {
+            if (cd->Ack(d).ok()) {
+              acked.insert(body);
+            } else {
+              maybe_settled.insert(body);
+            }
+          } else {
+            (void)cd->Nack(d, {.requeue = true});
+          }
+        } else if (r < 92) {
+          (void)b->Redrive("dlq", {.max_messages = 1 + pick(3)});
+        } else if (r < 94) {
+          auto seen = b->Browse("dlq", 1000);
+          REQUIRE(seen.ok());
+          auto purged = b->PurgeQueue("dlq");
+          for (const Message& m : *seen) {
+            (purged.ok() ? acked : maybe_settled).insert(std::string(m.body()));
+          }
+        } else {
+          REQUIRE(f.clock.Advance(absl::Seconds(pick(3))).ok());
+        }
+      }
+      f.env.ClearFault();
+      // A confirm that covers everything before it.
+      if (b->Publish("", "q", Message("after"), Persistent()).ok()) {
+        confirmed.insert("after");
+      }
+      f.env.SimulateCrash(kind);
+    }
+    REQUIRE(f.clock.Advance(absl::Hours(1)).ok());
+    auto b = f.MustOpen();
+    std::map<std::string, int> copies;
+    for (const char* queue : {"q", "dlq"}) {
+      for (auto& s : DrainBodies(*b, queue)) ++copies[s];
+    }
+    for (const auto& [body, n] : copies) {
+      INFO(body);
+      CHECK(n == 1);
+      CHECK_FALSE(acked.contains(body));
+    }
+    for (const std::string& s : confirmed) {
+      INFO(s);
+      if (!acked.contains(s) && !maybe_settled.contains(s)) {
+        CHECK(copies.contains(s));
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "Random workloads under disk faults keep each message in at most one "
+    "queue and every confirmed one after a crash",
+    "[wal]") {
+  RunRandomFaultWorkloads(40);
+}
+
+TEST_CASE("Random workloads under disk faults: 1000 seeds", "[wal][stress]") {
+  RunRandomFaultWorkloads(1000);
 }
 
 TEST_CASE(
