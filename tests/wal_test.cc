@@ -861,14 +861,35 @@ TEST_CASE(
   }
 }
 
-// Runs random workloads of `seeds` seeds on a queue with a retry policy and
-// its dead-letter queue: publishes (some delayed, some in batches), receives,
-// acks, nacks with and without requeue, redrives, purges and clock moves,
-// with a disk fault (once, or for half the run) at a random call. Then a
-// confirmed publish, and a crash (a power loss only under the policies
-// that survive one). After it each message is in at most one of the
-// queues, no acked (or purged) one is back, and every confirmed one that
-// was not is there.
+// The options of the queue "q" of a random fault workload: dead letters go
+// to "dlq"; by seed, a retry policy, a TTL, a length limit (dropping the
+// head or refusing with dead-lettering) or all of them, and priorities.
+QueueOptions RandomQueueOptions(int seed) {
+  QueueOptions o{.durable = true,
+                 .dead_letter_exchange = "",
+                 .dead_letter_routing_key = "dlq"};
+  const int variant = seed % 4;
+  if (variant == 0 || variant == 3) {
+    o.retry = RetryPolicy{.max_attempts = 3, .backoff = Backoff::kFixed};
+  }
+  if (variant == 1 || variant == 3) o.message_ttl = absl::Seconds(4);
+  if (variant == 2 || variant == 3) {
+    o.max_length = 4;
+    o.overflow =
+        seed % 8 == 6 ? Overflow::kRejectPublishDlx : Overflow::kDropHead;
+  }
+  if (seed % 5 == 0) o.max_priority = 5;
+  return o;
+}
+
+// Runs random workloads of `seeds` seeds on a queue (see RandomQueueOptions)
+// and its dead-letter queue: publishes (some delayed, some with a priority
+// or an expiration, some in batches), receives, acks, nacks with and
+// without requeue, redrives, purges and clock moves, with a disk fault
+// (once, or for half the run) at a random call. Then a confirmed publish,
+// and a crash (a power loss only under the policies that survive one).
+// After it each message is in at most one of the queues, no acked (or
+// purged) one is back, and every confirmed one that was not is there.
 void RunRandomFaultWorkloads(int seeds) {
   for (int seed = 1; seed <= seeds; ++seed) {
     CAPTURE(seed);
@@ -895,15 +916,7 @@ void RunRandomFaultWorkloads(int seeds) {
     {
       auto b = f.MustOpen();
       REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
-      REQUIRE(b->DeclareQueue("q", {.durable = true,
-                                    .dead_letter_exchange = "",
-                                    .dead_letter_routing_key = "dlq",
-                                    .retry =
-                                        RetryPolicy{
-                                            .max_attempts = 3,
-                                            .backoff = Backoff::kFixed,
-                                        }})
-                  .ok());
+      REQUIRE(b->DeclareQueue("q", RandomQueueOptions(seed)).ok());
       auto cq = b->Consume("q").value();
       auto cd = b->Consume("dlq").value();
       std::vector<Delivery> held_q, held_d;
@@ -921,7 +934,10 @@ void RunRandomFaultWorkloads(int seeds) {
           const std::string body = "m" + std::to_string(next++);
           PublishOptions o = Persistent();
           if (pick(5) == 0) o.delay = absl::Seconds(1 + pick(3));
-          if (b->Publish("", "q", Message(body), o).ok()) {
+          Properties props;
+          props.priority = static_cast<uint8_t>(pick(6));
+          if (pick(4) == 0) props.expiration = absl::Seconds(pick(5));
+          if (b->Publish("", "q", Message(body, std::move(props)), o).ok()) {
             confirmed.insert(body);
           }
         } else if (r < 30) {
