@@ -863,7 +863,8 @@ TEST_CASE(
 
 // The options of the queue "q" of a random fault workload: dead letters go
 // to "dlq"; by seed, a retry policy, a TTL, a length limit (dropping the
-// head or refusing with dead-lettering) or all of them, and priorities.
+// head or refusing with dead-lettering) or all of them, priorities, and
+// leases.
 QueueOptions RandomQueueOptions(int seed) {
   QueueOptions o{.durable = true,
                  .dead_letter_exchange = "",
@@ -879,13 +880,16 @@ QueueOptions RandomQueueOptions(int seed) {
         seed % 8 == 6 ? Overflow::kRejectPublishDlx : Overflow::kDropHead;
   }
   if (seed % 5 == 0) o.max_priority = 5;
+  if (seed % 3 == 0) o.ack_deadline = absl::Seconds(2);
   return o;
 }
 
 // Runs random workloads of `seeds` seeds on a queue (see RandomQueueOptions)
 // and its dead-letter queue: publishes (some delayed, some with a priority
-// or an expiration, some in batches), receives, acks, nacks with and
-// without requeue, redrives, purges and clock moves, with a disk fault
+// or an expiration, some in batches, some asynchronous; bodies of up to
+// 9 KB, so that segments fill and compaction runs), receives, acks, nacks
+// with and without requeue, consumers closed, redrives, purges and clock
+// moves, with a disk fault
 // (once, or for half the run) at a random call. Then a confirmed publish,
 // and a crash (a power loss only under the policies that survive one).
 // After it each message is in at most one of the queues, no acked (or
@@ -912,7 +916,16 @@ void RunRandomFaultWorkloads(int seeds) {
     Fixture f;
     f.options.sync = policy;
     f.options.wal_segment_bytes = 64 << 10;
+    std::mutex confirmed_mu;  // PublishAsync callbacks add to `confirmed`
     std::set<std::string> confirmed, acked, maybe_settled;
+    // A body: the message's name, a space, and padding of 'x'.
+    auto make_body = [&](const std::string& name) {
+      return name + " " +
+             std::string(pick(4) == 0 ? pick(9000) : pick(50), 'x');
+    };
+    auto name_of = [](std::string_view body) {
+      return std::string(body.substr(0, body.find(' ')));
+    };
     {
       auto b = f.MustOpen();
       REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
@@ -930,27 +943,42 @@ void RunRandomFaultWorkloads(int seeds) {
       for (int op = 0; op < ops; ++op) {
         if (persistent_fault && op == ops / 2) f.env.ClearFault();
         const uint64_t r = pick(100);
-        if (r < 25) {
-          const std::string body = "m" + std::to_string(next++);
+        if (r < 5) {
+          const std::string name = "m" + std::to_string(next++);
+          b->PublishAsync("", "q", Message(make_body(name)), Persistent(),
+                          [&, name](absl::StatusOr<PublishOutcome> outcome) {
+                            if (!outcome.ok()) return;
+                            std::lock_guard<std::mutex> lock(confirmed_mu);
+                            confirmed.insert(name);
+                          });
+        } else if (r < 7) {
+          cq->Close();  // returns what it held
+          held_q.clear();
+          cq = b->Consume("q").value();
+        } else if (r < 25) {
+          const std::string name = "m" + std::to_string(next++);
           PublishOptions o = Persistent();
           if (pick(5) == 0) o.delay = absl::Seconds(1 + pick(3));
           Properties props;
           props.priority = static_cast<uint8_t>(pick(6));
           if (pick(4) == 0) props.expiration = absl::Seconds(pick(5));
-          if (b->Publish("", "q", Message(body, std::move(props)), o).ok()) {
-            confirmed.insert(body);
+          if (b->Publish("", "q", Message(make_body(name), std::move(props)), o)
+                  .ok()) {
+            std::lock_guard<std::mutex> lock(confirmed_mu);
+            confirmed.insert(name);
           }
         } else if (r < 30) {
           std::vector<OutgoingMessage> batch;
-          std::vector<std::string> bodies;
+          std::vector<std::string> names;
           for (int i = 0; i < 3; ++i) {
-            bodies.push_back("m" + std::to_string(next++));
-            batch.push_back({"q", Message(bodies.back())});
+            names.push_back("m" + std::to_string(next++));
+            batch.push_back({"q", Message(make_body(names.back()))});
           }
           auto res = b->PublishBatch("", std::move(batch), Persistent());
           REQUIRE(res.ok());
-          for (size_t i = 0; i < bodies.size(); ++i) {
-            if ((*res)[i].ok()) confirmed.insert(bodies[i]);
+          std::lock_guard<std::mutex> lock(confirmed_mu);
+          for (size_t i = 0; i < names.size(); ++i) {
+            if ((*res)[i].ok()) confirmed.insert(names[i]);
           }
         } else if (r < 50) {
           auto d = cq->TryReceive();
@@ -962,7 +990,7 @@ void RunRandomFaultWorkloads(int seeds) {
           const size_t i = pick(held_q.size());
           Delivery d = std::move(held_q[i]);
           held_q.erase(held_q.begin() + static_cast<ptrdiff_t>(i));
-          const std::string body(d.body());
+          const std::string body = name_of(d.body());
           const uint64_t how = pick(4);
           if (how < 2) {
             if (cq->Ack(d).ok()) {
@@ -977,7 +1005,7 @@ void RunRandomFaultWorkloads(int seeds) {
           const size_t i = pick(held_d.size());
           Delivery d = std::move(held_d[i]);
           held_d.erase(held_d.begin() + static_cast<ptrdiff_t>(i));
-          const std::string body(d.body());
+          const std::string body = name_of(d.body());
           if (pick(2) == 0) {
             if (cd->Ack(d).ok()) {
               acked.insert(body);
@@ -994,7 +1022,7 @@ void RunRandomFaultWorkloads(int seeds) {
           REQUIRE(seen.ok());
           auto purged = b->PurgeQueue("dlq");
           for (const Message& m : *seen) {
-            (purged.ok() ? acked : maybe_settled).insert(std::string(m.body()));
+            (purged.ok() ? acked : maybe_settled).insert(name_of(m.body()));
           }
         } else {
           REQUIRE(f.clock.Advance(absl::Seconds(pick(3))).ok());
@@ -1003,6 +1031,7 @@ void RunRandomFaultWorkloads(int seeds) {
       f.env.ClearFault();
       // A confirm that covers everything before it.
       if (b->Publish("", "q", Message("after"), Persistent()).ok()) {
+        std::lock_guard<std::mutex> lock(confirmed_mu);
         confirmed.insert("after");
       }
       f.env.SimulateCrash(kind);
@@ -1011,7 +1040,15 @@ void RunRandomFaultWorkloads(int seeds) {
     auto b = f.MustOpen();
     std::map<std::string, int> copies;
     for (const char* queue : {"q", "dlq"}) {
-      for (auto& s : DrainBodies(*b, queue)) ++copies[s];
+      for (const std::string& body : DrainBodies(*b, queue)) {
+        const std::string name = name_of(body);
+        INFO(name);
+        if (name != body) {
+          CHECK(body.find_first_not_of('x', name.size() + 1) ==
+                std::string::npos);
+        }
+        ++copies[name];
+      }
     }
     for (const auto& [body, n] : copies) {
       INFO(body);
