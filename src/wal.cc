@@ -1027,9 +1027,9 @@ void Wal::LeadLocked(Done& done) {
     }
     RequeueLocked(batch, records, durable_upto + 1 - first);
   }
-  // What this call wrote and did not sync, records[unsynced_from..written),
-  // joins what earlier calls wrote to the segment (unless this call synced
-  // that) unless the sync below covers it.
+  // What this call wrote after its last sync, records[unsynced_from..
+  // written), joins unsynced_ (emptied if this call synced), unless the
+  // sync below covers it.
   const bool keep_unsynced = options_.sync != SyncPolicy::kNever;
   if (synced) {
     unsynced_.clear();
