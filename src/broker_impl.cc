@@ -189,10 +189,15 @@ std::string JoinNames(const std::vector<std::string>& names) {
 struct BrokerImpl::RouteState {
   absl::InlinedVector<Queue*, 8> queues;
   absl::flat_hash_set<Queue*> seen;  // used once `queues` grows large
+  // Exchanges reached so far, each routed once; `pending`: those still to
+  // route.
   absl::InlinedVector<const Exchange*, 4> visited;
+  absl::flat_hash_set<const Exchange*> visited_set;  // once `visited` grows
+  absl::InlinedVector<const Exchange*, 4> pending;
+
+  static constexpr size_t kLinearLimit = 16;
 
   void AddQueue(Queue* q) {
-    constexpr size_t kLinearLimit = 16;
     if (queues.size() < kLinearLimit) {
       if (std::find(queues.begin(), queues.end(), q) != queues.end()) return;
       queues.push_back(q);
@@ -201,12 +206,21 @@ struct BrokerImpl::RouteState {
     if (seen.empty()) seen.insert(queues.begin(), queues.end());
     if (seen.insert(q).second) queues.push_back(q);
   }
-  bool Visit(const Exchange* e) {
-    if (std::find(visited.begin(), visited.end(), e) != visited.end()) {
-      return false;
+  // Queues `e` to be routed through, unless it was reached before (a cycle,
+  // or two paths to it).
+  void AddExchange(const Exchange* e) {
+    if (visited.size() < kLinearLimit) {
+      if (std::find(visited.begin(), visited.end(), e) != visited.end()) {
+        return;
+      }
+    } else {
+      if (visited_set.empty()) {
+        visited_set.insert(visited.begin(), visited.end());
+      }
+      if (!visited_set.insert(e).second) return;
     }
     visited.push_back(e);
-    return true;
+    pending.push_back(e);
   }
 };
 
@@ -710,44 +724,40 @@ uint64_t BrokerImpl::LogBindingLocked(const Exchange& source,
 // --- Publishing
 // ----------------------------------------------------------------
 
-void BrokerImpl::RouteLocked(const Exchange& exchange,
-                             std::string_view routing_key,
-                             const Headers& headers, RouteState& state) const {
-  if (!state.Visit(&exchange)) return;  // a cycle: already routed through it
-  if (exchange.name().empty()) {
-    if (auto it = queues_.find(routing_key); it != queues_.end()) {
-      state.AddQueue(it->second.get());
-    }
-    return;
-  }
-  exchange.Route(routing_key, headers, [&](const Destination& d) {
-    topo_mu_.AssertReaderHeld();  // called synchronously, under our lock
-    if (d.queue != nullptr) {
-      state.AddQueue(d.queue);
-    } else {
-      RouteLocked(*d.exchange, routing_key, headers, state);
-    }
-  });
-}
-
 void BrokerImpl::ResolveTargetsLocked(const Exchange& exchange,
                                       std::string_view routing_key,
                                       const Headers& headers,
                                       RouteState& state) const {
-  RouteLocked(exchange, routing_key, headers, state);
-  // Alternate exchanges: follow the chain until something routes or an
-  // exchange repeats.
-  const Exchange* current = &exchange;
-  while (state.queues.empty() &&
-         !current->options().alternate_exchange.empty()) {
-    auto it = exchanges_.find(current->options().alternate_exchange);
-    if (it == exchanges_.end()) break;
-    current = it->second.get();
-    if (std::find(state.visited.begin(), state.visited.end(), current) !=
-        state.visited.end()) {
-      break;
+  // As RabbitMQ's rabbit_exchange:route1: a work list of exchanges, each
+  // routed once however many paths reach it. An exchange whose own bindings
+  // match nothing (no queue and no exchange) passes the message to its
+  // alternate exchange, wherever it stands on the path.
+  state.AddExchange(&exchange);
+  while (!state.pending.empty()) {
+    const Exchange& x = *state.pending.back();
+    state.pending.pop_back();
+    if (x.name().empty()) {
+      if (auto it = queues_.find(routing_key); it != queues_.end()) {
+        state.AddQueue(it->second.get());
+      }
+      continue;
     }
-    RouteLocked(*current, routing_key, headers, state);
+    bool matched = false;
+    x.Route(routing_key, headers, [&](const Destination& d) {
+      topo_mu_.AssertReaderHeld();  // called synchronously, under our lock
+      matched = true;
+      if (d.queue != nullptr) {
+        state.AddQueue(d.queue);
+      } else {
+        state.AddExchange(d.exchange);
+      }
+    });
+    if (!matched && !x.options().alternate_exchange.empty()) {
+      if (auto it = exchanges_.find(x.options().alternate_exchange);
+          it != exchanges_.end()) {
+        state.AddExchange(it->second.get());
+      }
+    }
   }
 }
 

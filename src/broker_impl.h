@@ -125,8 +125,8 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // auto-delete exchanges left with none.
   std::vector<std::string> UnbindEverywhereLocked(
       const Destination& destination) ABSL_EXCLUSIVE_LOCKS_REQUIRED(topo_mu_);
-  // Routes through `exchange` and, when nothing matched, its chain of
-  // alternate exchanges.
+  // Routes through `exchange`, the exchanges bound to it in turn, and the
+  // alternate exchange of each one whose bindings matched nothing.
   void ResolveTargetsLocked(const Exchange& exchange,
                             std::string_view routing_key,
                             const Headers& headers, RouteState& state) const
@@ -220,9 +220,6 @@ class BrokerImpl final : public Broker, private QueueOwner {
   absl::Status ValidateBindingArguments(const Exchange& source,
                                         std::string_view key,
                                         const BindingArguments& args) const;
-  void RouteLocked(const Exchange& exchange, std::string_view routing_key,
-                   const Headers& headers, RouteState& state) const
-      ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<std::unique_ptr<Consumer>> MakeConsumer(
       std::string_view queue, uint32_t prefetch, std::string_view tag,
       std::optional<absl::Duration> ack_deadline);

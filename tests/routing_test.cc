@@ -237,6 +237,90 @@ TEST_CASE("An alternate-exchange loop ends without routing") {
   REQUIRE(out->returned.has_value());
 }
 
+TEST_CASE(
+    "Each exchange on the path uses its own alternate exchange when its "
+    "bindings match nothing") {
+  auto b = NewBroker();
+  // front -> q1 and front -> mid (e2e); mid matches nothing for "k", so its
+  // alternate exchange takes the message, although q1 got it already.
+  REQUIRE(b->DeclareExchange("front", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareExchange("mid", ExchangeType::kDirect,
+                             {.alternate_exchange = "ae"})
+              .ok());
+  REQUIRE(b->DeclareExchange("ae", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("q1").ok());
+  REQUIRE(b->DeclareQueue("leftovers").ok());
+  REQUIRE(b->Bind("q1", "front", "").ok());
+  REQUIRE(b->Bind("leftovers", "ae", "").ok());
+  REQUIRE(b->BindExchange("mid", "front", "").ok());
+
+  auto out = Send(*b, "front", "k", "both");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 2);
+  CHECK(Drain(*b, "q1") == std::vector<std::string>{"both"});
+  CHECK(Drain(*b, "leftovers") == std::vector<std::string>{"both"});
+
+  // With q1 gone, the alternate exchange of mid alone routes it, and that
+  // counts as routed at front.
+  REQUIRE(b->DeleteQueue("q1").ok());
+  out = Send(*b, "front", "k", "only-ae", {.mandatory = true});
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+  CHECK_FALSE(out->returned.has_value());
+  CHECK(Drain(*b, "leftovers") == std::vector<std::string>{"only-ae"});
+  CHECK(b->GetExchangeStats("front")->unroutable == 0);
+}
+
+TEST_CASE(
+    "An exchange whose binding leads to another exchange does not use its "
+    "alternate exchange even when nothing downstream matches") {
+  auto b = NewBroker();
+  // As in RabbitMQ: x's own binding matched (to y), so x's alternate
+  // exchange is not consulted; y matches nothing and has none.
+  REQUIRE(b->DeclareExchange("x", ExchangeType::kFanout,
+                             {.alternate_exchange = "ae"})
+              .ok());
+  REQUIRE(b->DeclareExchange("y", ExchangeType::kDirect).ok());
+  REQUIRE(b->DeclareExchange("ae", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareQueue("leftovers").ok());
+  REQUIRE(b->Bind("leftovers", "ae", "").ok());
+  REQUIRE(b->BindExchange("y", "x", "").ok());
+
+  auto out = Send(*b, "x", "k", "m", {.mandatory = true});
+  REQUIRE(out.ok());
+  CHECK(out->queues == 0);
+  CHECK(out->returned.has_value());
+  CHECK(Ready(*b, "leftovers") == 0);
+  CHECK(b->GetExchangeStats("x")->unroutable == 1);
+
+  // Without the binding, x matches nothing and its alternate exchange
+  // takes the message.
+  REQUIRE(b->UnbindExchange("y", "x", "").ok());
+  out = Send(*b, "x", "k", "m2", {.mandatory = true});
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+  CHECK(Drain(*b, "leftovers") == std::vector<std::string>{"m2"});
+}
+
+TEST_CASE(
+    "A publish through a chain of tens of thousands of exchanges reaches "
+    "its end") {
+  auto b = NewBroker();
+  constexpr int kChain = 50000;
+  REQUIRE(b->DeclareExchange("x0", ExchangeType::kFanout).ok());
+  for (int i = 1; i < kChain; ++i) {
+    const std::string name = "x" + std::to_string(i);
+    REQUIRE(b->DeclareExchange(name, ExchangeType::kFanout).ok());
+    REQUIRE(b->BindExchange(name, "x" + std::to_string(i - 1), "").ok());
+  }
+  REQUIRE(b->DeclareQueue("end").ok());
+  REQUIRE(b->Bind("end", "x" + std::to_string(kChain - 1), "").ok());
+  auto out = Send(*b, "x0", "k", "far");
+  REQUIRE(out.ok());
+  CHECK(out->queues == 1);
+  CHECK(Drain(*b, "end") == std::vector<std::string>{"far"});
+}
+
 TEST_CASE("A mandatory unroutable publish hands the message back") {
   auto b = NewBroker();
   REQUIRE(b->DeclareExchange("d", ExchangeType::kDirect).ok());

@@ -121,8 +121,10 @@ struct ExchangeOptions {
   // Cannot be published to directly, only through exchange-to-exchange
   // bindings. Default: false.
   bool internal = false;
-  // Exchange that receives messages this exchange cannot route. It need not
-  // exist when declared; a missing alternate exchange routes nothing.
+  // Exchange that receives the messages this exchange's own bindings match
+  // nothing for (no queue and no exchange), also when this exchange is
+  // reached through an exchange-to-exchange binding. It need not exist when
+  // declared; a missing alternate exchange routes nothing.
   // Default: "" (none).
   std::string alternate_exchange;
 
