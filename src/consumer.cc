@@ -1,5 +1,6 @@
 #include "warren/consumer.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -150,7 +151,9 @@ absl::StatusOr<std::vector<Delivery>> ConsumerState::ReceiveBatch(
   }
   WARREN_ASSIGN_OR_RETURN(Delivery first, Receive(true, deadline));
   std::vector<Delivery> out;
-  out.reserve(max_messages);
+  // Room for a typical batch: `max_messages` is a bound, not a size (a
+  // caller may pass SIZE_MAX for "all that is ready").
+  out.reserve(std::min<size_t>(max_messages, 256));
   out.push_back(std::move(first));
   while (out.size() < max_messages) {
     absl::StatusOr<Delivery> next = Receive(false, absl::InfinitePast());

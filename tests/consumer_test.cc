@@ -5,6 +5,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -148,6 +149,23 @@ TEST_CASE("ReceiveBatch returns up to the requested number at once") {
   REQUIRE(c->Ack(more[0], {.multiple = true}).ok());
   CHECK(c->unacked() == 0);
   CHECK(b->GetQueueStats("q")->acked == 4);
+}
+
+TEST_CASE("ReceiveBatch with no practical bound returns what is ready") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  for (int i = 0; i < 300; ++i) {
+    REQUIRE(Send(*b, "", "q", std::to_string(i)).ok());
+  }
+  auto c = b->Consume("q").value();
+  auto batch = c->ReceiveBatch(SIZE_MAX, absl::Seconds(1));
+  REQUIRE(batch.ok());
+  REQUIRE(batch->size() == 300);
+  CHECK(batch->front().body() == "0");
+  CHECK(batch->back().body() == "299");
+  CHECK(c->unacked() == 300);
+  REQUIRE(c->Ack(batch->back(), {.multiple = true}).ok());
+  CHECK(b->GetQueueStats("q")->acked == 300);
 }
 
 TEST_CASE(
