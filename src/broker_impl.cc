@@ -881,6 +881,10 @@ absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
 BrokerImpl::PublishBatch(std::string_view exchange,
                          std::vector<OutgoingMessage> messages,
                          const PublishOptions& options) {
+  if (!exchange.empty()) {
+    // Checked for every message below too; this is for an empty batch.
+    WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
+  }
   for (const OutgoingMessage& m : messages) {
     WARREN_RETURN_IF_ERROR(
         ValidatePublish(exchange, m.routing_key, m.message, options));
@@ -1454,6 +1458,7 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
 
 absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
     std::string_view queue) const {
+  WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
@@ -1462,6 +1467,9 @@ absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
 
 absl::StatusOr<ExchangeStats> BrokerImpl::GetExchangeStats(
     std::string_view exchange) const {
+  if (!exchange.empty()) {
+    WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
+  }
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * e, FindExchangeLocked(exchange));

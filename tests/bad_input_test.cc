@@ -59,6 +59,13 @@ TEST_CASE("Bad names and keys are InvalidArgument and change nothing") {
   CHECK(absl::IsInvalidArgument(f.b->Consume("").status()));
   CHECK(absl::IsInvalidArgument(
       f.b->Consume("q", {.tag = std::string(256, 't')}).status()));
+  // An empty batch still names its exchange, and lookups name theirs.
+  CHECK(absl::IsInvalidArgument(f.b->PublishBatch(long_name, {}).status()));
+  CHECK(absl::IsInvalidArgument(f.b->PublishBatch(with_nul, {}).status()));
+  CHECK(absl::IsInvalidArgument(f.b->GetQueueStats("").status()));
+  CHECK(absl::IsInvalidArgument(f.b->GetQueueStats(long_name).status()));
+  CHECK(absl::IsInvalidArgument(f.b->GetExchangeStats(long_name).status()));
+  CHECK(absl::IsInvalidArgument(f.b->GetExchangeStats(with_nul).status()));
   // 255 bytes is fine.
   CHECK(f.b->DeclareQueue(std::string(255, 'n')).ok());
   CHECK(f.b->DeleteQueue(std::string(255, 'n')).ok());

@@ -305,7 +305,8 @@ class Broker {
 
   // --- Statistics -----------------------------------------------------------
 
-  //   kNotFound no such queue / exchange.
+  //   kNotFound no such queue / exchange; kInvalidArgument a bad name (the
+  //   empty name is the default exchange).
   virtual absl::StatusOr<QueueStats> GetQueueStats(
       std::string_view queue) const = 0;
   virtual absl::StatusOr<ExchangeStats> GetExchangeStats(
