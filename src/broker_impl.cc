@@ -1295,17 +1295,43 @@ absl::StatusOr<std::vector<Message>> BrokerImpl::Browse(std::string_view queue,
 }
 
 bool BrokerImpl::IsDeadLetterTargetLocked(const Queue& target) const {
+  // The exchanges some queue dead-letters to, and those they lead to in turn
+  // through exchange-to-exchange bindings and alternate exchanges, whatever
+  // the keys: `target` receives dead letters when one of them is bound to it.
+  absl::flat_hash_set<const Exchange*> seen;
+  std::vector<const Exchange*> pending;
+  auto reach = [&](const Exchange* x) {
+    if (seen.insert(x).second) pending.push_back(x);
+  };
   for (const auto& [name, q] : queues_) {
     const QueueOptions& o = q->options();
     if (!o.dead_letter_exchange.has_value()) continue;
     if (o.dead_letter_exchange->empty()) {
-      if (o.dead_letter_routing_key == target.name()) return true;
+      // The default exchange: to the queue the dead-letter routing key
+      // names, or else the one each message's own routing key names, which
+      // may be any queue.
+      if (!o.dead_letter_routing_key.has_value() ||
+          *o.dead_letter_routing_key == target.name()) {
+        return true;
+      }
       continue;
     }
-    auto dlx = exchanges_.find(*o.dead_letter_exchange);
-    if (dlx == exchanges_.end()) continue;
-    for (const Binding& b : dlx->second->bindings()) {
+    if (auto dlx = exchanges_.find(*o.dead_letter_exchange);
+        dlx != exchanges_.end()) {
+      reach(dlx->second.get());
+    }
+  }
+  while (!pending.empty()) {
+    const Exchange* x = pending.back();
+    pending.pop_back();
+    for (const Binding& b : x->bindings()) {
       if (b.destination.queue == &target) return true;
+      if (b.destination.exchange != nullptr) reach(b.destination.exchange);
+    }
+    if (const std::string& ae = x->options().alternate_exchange; !ae.empty()) {
+      if (auto it = exchanges_.find(ae); it != exchanges_.end()) {
+        reach(it->second.get());
+      }
     }
   }
   return false;

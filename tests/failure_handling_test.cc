@@ -20,6 +20,7 @@ namespace warren {
 namespace {
 
 using testing::Drain;
+using testing::NewBroker;
 using testing::Ready;
 using testing::Send;
 
@@ -811,6 +812,43 @@ TEST_CASE("Bad failure-handling input is refused and changes nothing") {
   CHECK(absl::IsInvalidArgument(
       e.b->Redrive("dlq", {.messages_per_second = -1}).status()));
   CHECK(Ready(*e.b, "dlq") == 2);
+}
+
+TEST_CASE(
+    "Redrive takes a queue that dead letters reach through other exchanges "
+    "or the default exchange") {
+  auto b = NewBroker();
+  // work -> dlx -> dlx2 (an exchange-to-exchange binding) -> far, and an
+  // alternate exchange of dlx2 -> spare for what its bindings do not match.
+  REQUIRE(b->DeclareExchange("dlx", ExchangeType::kFanout).ok());
+  REQUIRE(b->DeclareExchange("dlx2", ExchangeType::kDirect,
+                             {.alternate_exchange = "spare-ae"})
+              .ok());
+  REQUIRE(b->DeclareExchange("spare-ae", ExchangeType::kFanout).ok());
+  REQUIRE(b->BindExchange("dlx2", "dlx", "").ok());
+  REQUIRE(b->DeclareQueue("far").ok());
+  REQUIRE(b->DeclareQueue("spare").ok());
+  REQUIRE(b->Bind("far", "dlx2", "work").ok());
+  REQUIRE(b->Bind("spare", "spare-ae", "").ok());
+  REQUIRE(b->DeclareQueue("plain").ok());
+  // No queue dead-letters to dlx yet.
+  CHECK(absl::IsFailedPrecondition(b->Redrive("far", {}).status()));
+  REQUIRE(b->DeclareQueue("work", {.dead_letter_exchange = "dlx"}).ok());
+  {
+    REQUIRE(Send(*b, "", "work", "w1").ok());
+    auto c = b->Consume("work").value();
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+  REQUIRE(Ready(*b, "far") == 1);
+  CHECK(b->Redrive("far", {}).value() == 1);
+  CHECK(b->Redrive("spare", {}).value() == 0);
+  CHECK(Drain(*b, "work") == std::vector<std::string>{"w1"});
+  CHECK(absl::IsFailedPrecondition(b->Redrive("plain", {}).status()));
+
+  // Dead-lettering to the default exchange under each message's own key
+  // may reach any queue.
+  REQUIRE(b->DeclareQueue("by-key", {.dead_letter_exchange = ""}).ok());
+  CHECK(b->Redrive("plain", {}).value() == 0);
 }
 
 TEST_CASE(

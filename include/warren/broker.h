@@ -291,11 +291,15 @@ class Broker {
   virtual absl::StatusOr<std::vector<Message>> Browse(std::string_view queue,
                                                       size_t max_messages) = 0;
 
-  // Moves messages out of the dead-letter queue `dlq` (one bound to some
-  // queue's dead-letter exchange), keeping their death history: back to the
-  // queue each died in, or to `to_queue`, or to `to_exchange`. Returns how
-  // many moved now (0 with a rate: they move in the background). A message
-  // whose destination no longer exists stays in `dlq`.
+  // Moves messages out of the dead-letter queue `dlq` (one that some queue's
+  // dead letters reach: bound to its dead-letter exchange, directly or
+  // through exchange-to-exchange bindings and alternate exchanges, or named
+  // by its dead-letter routing key on the default exchange; any queue when
+  // one dead-letters to the default exchange under each message's own
+  // key), keeping their death history: back to the queue each died in, or
+  // to `to_queue`, or to `to_exchange`. Returns how many moved now (0 with a
+  // rate: they move in the background). A message whose destination no
+  // longer exists stays in `dlq`.
   //   kNotFound         no such queue, target queue or target exchange;
   //   kFailedPrecondition `dlq` receives no queue's dead letters;
   //   kInvalidArgument  both targets, a routing key without `to_exchange`,
