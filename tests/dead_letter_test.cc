@@ -156,6 +156,25 @@ TEST_CASE("Drop-head dead-letters the oldest with reason maxlen") {
   CHECK(b->GetQueueStats("work")->dead_lettered == 2);
 }
 
+TEST_CASE(
+    "Drop-head in a priority queue dead-letters the next message to be "
+    "delivered") {
+  // As RabbitMQ's priority queues: the head is the oldest message of the
+  // highest priority present, not the oldest message of all.
+  auto b = WithDlq(
+      {.max_length = 2, .overflow = Overflow::kDropHead, .max_priority = 5});
+  REQUIRE(Send(*b, "jobs", "job.email", "old-low").ok());
+  Message high("high");
+  high.properties().priority = 5;
+  REQUIRE(b->Publish("jobs", "job.email", std::move(high)).ok());
+  REQUIRE(Send(*b, "jobs", "job.email", "new-low").ok());
+  CHECK(Drain(*b, "work") == std::vector<std::string>{"old-low", "new-low"});
+  std::unique_ptr<Consumer> dc;
+  Delivery d = TakeOne(*b, "dead", dc);
+  CHECK(d.body() == "high");
+  CHECK(DeathHistory(d.message())[0].reason == DeathReason::kMaxLen);
+}
+
 TEST_CASE("Reject-publish-dlx refuses the new message and dead-letters it") {
   auto b = WithDlq({.max_length = 1, .overflow = Overflow::kRejectPublishDlx});
   REQUIRE(Send(*b, "jobs", "job.email", "kept").ok());

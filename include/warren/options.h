@@ -48,8 +48,10 @@ enum class ExchangeType {
 enum class Overflow {
   // The new message is refused; the publisher is told (default).
   kRejectPublish,
-  // The oldest ready message is dead-lettered (reason `maxlen`), or dropped
-  // when the queue has no dead-letter exchange, to make room.
+  // The head (the oldest ready message) is dead-lettered (reason `maxlen`),
+  // or dropped when the queue has no dead-letter exchange, to make room. In a
+  // priority queue the head is the next message to be delivered, the oldest
+  // of the highest priority, as in RabbitMQ.
   kDropHead,
   // The new message is refused and dead-lettered (reason `maxlen`).
   kRejectPublishDlx,
