@@ -1,6 +1,8 @@
 #include "broker_impl.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -777,6 +779,15 @@ absl::Status BrokerImpl::ValidatePublish(std::string_view exchange,
   }
   if (const auto& e = message.properties().expiration; e.has_value()) {
     WARREN_RETURN_IF_ERROR(ValidateDuration("expiration", *e));
+  }
+  if (const auto& t = message.properties().timestamp; t.has_value()) {
+    // As the log keeps it: microseconds since the epoch in 64 bits.
+    if (*t < absl::FromUnixMicros(std::numeric_limits<int64_t>::min()) ||
+        *t >= absl::FromUnixMicros(std::numeric_limits<int64_t>::max())) {
+      return absl::InvalidArgumentError(
+          "message timestamp must be a finite time within about 292,000 "
+          "years of 1970");
+    }
   }
   if (const Headers& h = message.properties().headers; !h.empty()) {
     WARREN_RETURN_IF_ERROR(

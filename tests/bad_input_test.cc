@@ -156,6 +156,14 @@ TEST_CASE("Invalid options are InvalidArgument and create nothing") {
   batch.push_back({"k", Message("m")});
   CHECK(absl::IsInvalidArgument(
       f.b->PublishBatch("ex", std::move(batch), bad_sync).status()));
+  // A timestamp the log could not keep (microseconds in 64 bits).
+  for (absl::Time t : {absl::InfinitePast(), absl::InfiniteFuture(),
+                       absl::FromUnixSeconds(int64_t{1} << 60)}) {
+    Message m("m");
+    m.properties().timestamp = t;
+    CHECK(absl::IsInvalidArgument(
+        f.b->Publish("ex", "k", std::move(m)).status()));
+  }
   CHECK(f.Fingerprint() == before);
   CHECK(absl::IsNotFound(f.b->GetQueueStats("p").status()));
 }

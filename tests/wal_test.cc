@@ -8,8 +8,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -2083,10 +2085,13 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "Persistent message times at and around the Unix epoch come back exact",
+    "Persistent message times around the Unix epoch and at the ends of "
+    "their range come back exact",
     "[wal]") {
-  const absl::Time at =
-      absl::UnixEpoch() + absl::Microseconds(GENERATE(-1, 0, 1, 1'000'000));
+  const absl::Time at = absl::FromUnixMicros(
+      GENERATE(int64_t{-1}, int64_t{0}, int64_t{1}, int64_t{1'000'000},
+               std::numeric_limits<int64_t>::min(),
+               std::numeric_limits<int64_t>::max() - 1));
   Fixture f;
   Properties p;
   p.timestamp = at;

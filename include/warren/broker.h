@@ -202,7 +202,10 @@ class Broker {
   // from here on and shared by every queue it reaches (each queue at most
   // once). An unroutable message is returned in the outcome when
   // `mandatory`, else dropped and counted as unroutable by the exchange.
-  //   kInvalidArgument    bad name or routing key, or an internal exchange;
+  //   kInvalidArgument    bad name or routing key, an internal exchange, a
+  //                       delay or expiration outside 0 to 10 years, or a
+  //                       timestamp that is not finite (or is beyond 64-bit
+  //                       microseconds);
   //   kNotFound           no such exchange (nothing is enqueued);
   //   kResourceExhausted  every queue it routed to was full and refused it;
   //   kFailedPrecondition the broker is closed.

@@ -134,6 +134,8 @@ struct Properties {
   std::string type;
   std::string app_id;
   std::string user_id;
+  // A finite time within 64-bit microseconds of the epoch (about 292,000
+  // years); Publish refuses others.
   std::optional<absl::Time> timestamp;
   // 0 (lowest) to 255; a queue with `max_priority` clamps it to that maximum.
   // A message without a priority counts as 0.
