@@ -1257,7 +1257,10 @@ absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
-  const uint64_t id = next_consumer_id_.fetch_add(1, std::memory_order_relaxed);
+  // Unique in the process, not only in this broker: a delivery of another
+  // broker's consumer is never taken for one of this consumer's.
+  static std::atomic<uint64_t> next_consumer_id{1};
+  const uint64_t id = next_consumer_id.fetch_add(1, std::memory_order_relaxed);
   std::string name = tag.empty() ? StrCat("ctag-", id) : std::string(tag);
   if (!ack_deadline.has_value()) ack_deadline = q->options().ack_deadline;
   auto state = std::make_shared<ConsumerState>(

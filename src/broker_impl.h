@@ -252,7 +252,6 @@ class BrokerImpl final : public Broker, private QueueOwner {
                          QueuedMessage* source)
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
 
-  std::atomic<uint64_t> next_consumer_id_{1};
   // Constant after construction.
   Clock* const clock_;
   const std::shared_ptr<Wal> wal_;  // null: in memory

@@ -221,6 +221,32 @@ TEST_CASE(
   REQUIRE(c1->Ack(d).ok());
 }
 
+TEST_CASE(
+    "A delivery of another broker's consumer is InvalidArgument and "
+    "settles nothing") {
+  // Two brokers with the same history: their first consumers, and those
+  // consumers' first deliveries, must still be told apart.
+  auto a = NewBroker();
+  auto b = NewBroker();
+  for (Broker* broker : {a.get(), b.get()}) {
+    REQUIRE(broker->DeclareQueue("q").ok());
+    REQUIRE(Send(*broker, "", "q", "x").ok());
+  }
+  auto ca = a->Consume("q").value();
+  auto cb = b->Consume("q").value();
+  CHECK(ca->id() != cb->id());
+  auto da = ca->TryReceive().value();
+  auto db = cb->TryReceive().value();
+  CHECK(absl::IsInvalidArgument(ca->Ack(db)));
+  CHECK(absl::IsInvalidArgument(ca->Nack(db)));
+  CHECK(absl::IsInvalidArgument(ca->Reject(db)));
+  CHECK(absl::IsInvalidArgument(ca->Extend(db, absl::Seconds(1))));
+  CHECK(ca->unacked() == 1);
+  CHECK(a->GetQueueStats("q")->acked == 0);
+  REQUIRE(ca->Ack(da).ok());
+  REQUIRE(cb->Ack(db).ok());
+}
+
 TEST_CASE("Cancel stops new deliveries; held deliveries stay settleable") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());

@@ -173,7 +173,7 @@ class Consumer {
   // original position and flagged redelivered. Idempotent.
   void Close();
 
-  // Unique within the broker.
+  // Unique within the process (across brokers too).
   uint64_t id() const;
   const std::string& tag() const;
   const std::string& queue() const;
