@@ -957,6 +957,10 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
     const absl::Time deadline = options.timeout == absl::InfiniteDuration()
                                     ? absl::InfiniteFuture()
                                     : absl::Now() + options.timeout;
+    // Why a queue that ended while the publish waited ended (the broker
+    // closed, or the queue was deleted).
+    absl::Status ended;
+    bool timed_out = false;
     for (const std::shared_ptr<Queue>& q : p.blocked) {
       // A blocking enqueue ends accepted, duplicate, refused or closed.
       const auto result = q->EnqueueBlocking(p.envelope, deadline);
@@ -965,9 +969,14 @@ absl::StatusOr<PublishOutcome> BrokerImpl::FinishPublish(
       } else {
         LogNotTaken(*q, *p.envelope);
       }
+      if (result == Queue::EnqueueResult::kRefused) timed_out = true;
+      if (result == Queue::EnqueueResult::kClosed && ended.ok()) {
+        ended = q->CheckUsable();
+      }
       Tally(outcome, result, q->name());
     }
     if (outcome.queues == 0) {
+      if (!timed_out && !ended.ok()) return ended;
       return absl::DeadlineExceededError(StrCat("no room in ",
                                                 JoinNames(outcome.refused_by),
                                                 " before the publish timeout"));

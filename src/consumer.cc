@@ -56,8 +56,12 @@ bool ConsumerState::TryReserveSlot() {
 
 void ConsumerState::ReleaseSlots(uint32_t n) {
   window_used_.fetch_sub(n, std::memory_order_relaxed);
+  WakeWindowWaiters();
+}
+
+void ConsumerState::WakeWindowWaiters() {
   // Whoever waits for the window re-checks under mu_; taking it here orders
-  // this release before their check or their wait.
+  // what changed before their check or their wait.
   MutexLock lock(&mu_);
   window_cv_.SignalAll();
 }
@@ -87,6 +91,9 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
         return absl::FailedPreconditionError(
             StrCat("consumer '", tag_, "' is cancelled"));
       }
+      // The broker closed or the queue went (a settle or Cancel refused
+      // for that woke this wait).
+      WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
       if (window_cv_.WaitWithDeadline(&mu_, deadline)) {
         return absl::DeadlineExceededError(
             "the prefetch window stayed full until the deadline");
@@ -177,7 +184,10 @@ absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(const Delivery& d,
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
   // The broker is closed, or the queue deleted with its messages (the held
   // ones too: settling one would dead-letter or count it).
-  WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
+  if (absl::Status s = queue_->CheckUsable(); !s.ok()) {
+    WakeWindowWaiters();
+    return s;
+  }
   HeldList removed;
   MutexLock lock(&mu_);
   if (closed_) {
@@ -249,7 +259,10 @@ absl::Status ConsumerState::NegativeSettle(const Delivery& d, Negative kind,
 
 absl::Status ConsumerState::Cancel() {
   if (absl::Status s = queue_->CheckUsable(); absl::IsFailedPrecondition(s)) {
-    return s;  // the broker is closed
+    // The broker is closed. A subscription's worker waiting for room in the
+    // window wakes to see that (Subscription::Stop cancels).
+    WakeWindowWaiters();
+    return s;
   }
   int expected = kActive;
   if (!state_.compare_exchange_strong(expected, kCancelled,

@@ -133,6 +133,9 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   // Reserves a window slot; false when the window is full.
   bool TryReserveSlot();
   void ReleaseSlots(uint32_t n);
+  // Wakes a subscription worker waiting for room in the window, to look
+  // again (at the window, the cancel, and the queue's state).
+  void WakeWindowWaiters() ABSL_LOCKS_EXCLUDED(mu_);
   struct Held;
   // One settle's deliveries: usually one, so no allocation.
   using HeldList = absl::InlinedVector<Held, 1>;

@@ -5,6 +5,12 @@
 
 namespace warren {
 namespace internal {
+namespace {
+
+// The subscription whose worker this thread is; null on other threads.
+thread_local const SubscriptionState* current_subscription = nullptr;
+
+}  // namespace
 
 SubscriptionState::SubscriptionState(std::unique_ptr<Consumer> consumer,
                                      HandlerWithConsumer handler,
@@ -22,6 +28,7 @@ SubscriptionState::~SubscriptionState() {
 }
 
 void SubscriptionState::WorkerLoop() {
+  current_subscription = this;
   ConsumerState& state = *consumer_->state_;
   for (;;) {
     // A worker counts as running from before it receives: Stop then waits
@@ -86,16 +93,24 @@ absl::Status SubscriptionState::Stop(absl::Duration grace) {
   }
   // Stop intake: workers waiting for a message wake and exit.
   (void)consumer_->Cancel();
+  // Called by a handler of this subscription: it waits for the others, and
+  // its own delivery is settled by its result once it returns.
+  const int self = current_subscription == this ? 1 : 0;
   bool finished;
   {
     MutexLock lock(&mu_);
     const absl::Time deadline = grace == absl::InfiniteDuration()
                                     ? absl::InfiniteFuture()
                                     : absl::Now() + grace;
-    while (running_ > 0) {
+    while (running_ > self) {
       if (idle_cv_.WaitWithDeadline(&mu_, deadline)) break;
     }
-    finished = running_ == 0;
+    finished = running_ == self;
+  }
+  if (finished && self == 1) {
+    // What the other handlers left unsettled goes back when the consumer
+    // closes, with the subscription; the workers are joined then too.
+    return absl::OkStatus();
   }
   // Everything still held (handlers past the deadline, or deliveries whose
   // handler settled nothing) goes back to the queue.

@@ -574,6 +574,59 @@ TEST_CASE("Stop past its grace period requeues what running handlers hold") {
   CHECK(d.redelivered());
 }
 
+TEST_CASE(
+    "Stop after the broker closed returns at once while a worker waits for "
+    "room in the window") {
+  // One slot: one worker holds it in its handler, the other waits for room.
+  // Whether the handler's settle fails (the broker is closed) or it settles
+  // nothing, the waiting worker must see the closed broker.
+  const bool settles = GENERATE(true, false);
+  CAPTURE(settles);
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  REQUIRE(Send(*b, "", "q", "1").ok());
+  REQUIRE(Send(*b, "", "q", "2").ok());
+  Event started, release;
+  auto sub = b->Subscribe("q",
+                          [&](const Delivery&) {
+                            started.Set();
+                            release.Wait();
+                            return settles ? HandlerResult::kAck
+                                           : HandlerResult::kSettled;
+                          },
+                          {.workers = 2, .prefetch = 1})
+                 .value();
+  started.Wait();
+  b->Close();
+  release.Set();
+  CHECK(sub->Stop(absl::InfiniteDuration()).ok());
+}
+
+TEST_CASE(
+    "A handler can stop its own subscription and its result still "
+    "settles its delivery") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  Event subscribed, stopped;
+  std::unique_ptr<Subscription> sub;
+  absl::Status stop_status;
+  sub = b->Subscribe("q", [&](const Delivery&) {
+           subscribed.Wait();
+           stop_status = sub->Stop(absl::InfiniteDuration());
+           stopped.Set();
+           return HandlerResult::kAck;
+         }).value();
+  subscribed.Set();
+  REQUIRE(Send(*b, "", "q", "m").ok());
+  stopped.Wait();
+  CHECK(stop_status.ok());
+  sub.reset();  // joins the worker, once its handler's ack is done
+  auto stats = b->GetQueueStats("q").value();
+  CHECK(stats.acked == 1);
+  CHECK(stats.requeued == 0);
+  CHECK(stats.ready == 0);
+}
+
 TEST_CASE("A handler that throws has its delivery requeued") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());

@@ -603,6 +603,37 @@ TEST_CASE(
   CHECK(d.body() == "second");
 }
 
+TEST_CASE(
+    "A publisher waiting for room learns that the broker closed or the "
+    "queue was deleted") {
+  const bool close = GENERATE(true, false);
+  CAPTURE(close);
+  Env e;
+  REQUIRE(
+      e.b->DeclareQueue("work", {.max_length = 1, .overflow = Overflow::kBlock})
+          .ok());
+  REQUIRE(Send(*e.b, "", "work", "first").ok());
+  absl::StatusOr<PublishOutcome> waited;
+  std::thread publisher([&] { waited = Send(*e.b, "", "work", "second"); });
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (e.Stats("work").blocked_publishers == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
+  REQUIRE(e.Stats("work").blocked_publishers == 1);
+  if (close) {
+    e.b->Close();
+  } else {
+    REQUIRE(e.b->DeleteQueue("work").ok());
+  }
+  publisher.join();
+  // Not kDeadlineExceeded: the publish had no timeout.
+  INFO(waited.status());
+  CHECK((close ? absl::IsFailedPrecondition(waited.status())
+               : absl::IsNotFound(waited.status())));
+}
+
 TEST_CASE("Overflow block waits for room in a queue full by bytes") {
   Env e;
   REQUIRE(e.b->DeclareQueue(

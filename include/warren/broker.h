@@ -206,7 +206,9 @@ class Broker {
   //                       delay or expiration outside 0 to 10 years, or a
   //                       timestamp that is not finite (or is beyond 64-bit
   //                       microseconds);
-  //   kNotFound           no such exchange (nothing is enqueued);
+  //   kNotFound           no such exchange (nothing is enqueued), or every
+  //                       queue it waited for room in (kBlock) was deleted
+  //                       meanwhile;
   //   kResourceExhausted  every queue it routed to was full and refused it;
   //   kFailedPrecondition the broker is closed.
   // With a WAL, a persistent publish returns once it is confirmed: its log

@@ -212,7 +212,11 @@ class Subscription {
   // held to the queue and joins the workers. Returns OK when every handler
   // finished in time; kDeadlineExceeded when some were still running at the
   // deadline (their deliveries are requeued and their late settles fail);
-  // kFailedPrecondition when already stopped.
+  // kFailedPrecondition when already stopped. Called from one of this
+  // subscription's own handlers, it waits for the other handlers only: the
+  // caller's delivery is settled by its handler's result once it returns,
+  // and the workers are joined (and anything left unsettled returned) when
+  // the subscription is destroyed, which must not happen in its handler.
   absl::Status Stop(absl::Duration grace);
 
   // The consumer the workers receive from (to settle, or for statistics).
