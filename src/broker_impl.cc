@@ -354,6 +354,13 @@ uint64_t BrokerImpl::LogTakenLate(Queue& queue, const Envelope& envelope) {
   return 0;
 }
 
+absl::Status BrokerImpl::CheckOpen() const {
+  if (closed_now_.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError("the broker is closed");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status BrokerImpl::CheckOpenLocked() const {
   if (closed_) return absl::FailedPreconditionError("the broker is closed");
   return absl::OkStatus();
@@ -383,6 +390,7 @@ absl::StatusOr<std::shared_ptr<Queue>> BrokerImpl::FindQueueLocked(
 absl::Status BrokerImpl::DeclareExchange(std::string_view name,
                                          ExchangeType type,
                                          const ExchangeOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (name.empty()) {
     return absl::InvalidArgumentError(
         "the default exchange \"\" cannot be declared");
@@ -421,6 +429,7 @@ absl::Status BrokerImpl::DeclareExchange(std::string_view name,
 
 absl::Status BrokerImpl::DeleteExchange(std::string_view name,
                                         const DeleteExchangeOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (name.empty()) {
     return absl::InvalidArgumentError(
         "the default exchange \"\" cannot be deleted");
@@ -476,6 +485,7 @@ std::vector<std::string> BrokerImpl::UnbindEverywhereLocked(
 
 absl::Status BrokerImpl::DeclareQueue(std::string_view name,
                                       const QueueOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
   WARREN_RETURN_IF_ERROR(ValidateQueueOptions(options));
   if (options.retry.has_value() && options.dead_letter_exchange == "" &&
@@ -526,6 +536,7 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
 
 absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
     std::string_view name, const DeleteQueueOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
@@ -561,6 +572,7 @@ uint64_t BrokerImpl::EraseQueueLocked(const std::shared_ptr<Queue>& queue,
 }
 
 absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
   std::shared_ptr<Queue> queue;
   {
@@ -607,6 +619,7 @@ absl::Status BrokerImpl::ValidateBindingArguments(
 absl::Status BrokerImpl::Bind(std::string_view queue, std::string_view exchange,
                               std::string_view binding_key,
                               const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
@@ -625,6 +638,7 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
                                 std::string_view exchange,
                                 std::string_view binding_key,
                                 const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
@@ -642,6 +656,7 @@ absl::Status BrokerImpl::BindExchange(std::string_view destination,
                                       std::string_view source,
                                       std::string_view binding_key,
                                       const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * dest,
@@ -660,6 +675,7 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
                                         std::string_view source,
                                         std::string_view binding_key,
                                         const BindingArguments& arguments) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WriterLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
   WARREN_ASSIGN_OR_RETURN(Exchange * dest,
@@ -811,6 +827,7 @@ absl::StatusOr<Exchange*> BrokerImpl::PublishTargetLocked(
 absl::StatusOr<PublishOutcome> BrokerImpl::Publish(
     std::string_view exchange, std::string_view routing_key, Message message,
     const PublishOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(
       ValidatePublish(exchange, routing_key, message, options));
   PendingPublish pending;
@@ -851,9 +868,12 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
                               std::string_view routing_key, Message message,
                               const PublishOptions& options,
                               PublishCallback done) {
-  if (absl::Status s = ValidatePublish(exchange, routing_key, message, options);
-      !s.ok()) {
-    std::move(done)(std::move(s));
+  absl::Status valid = CheckOpen();
+  if (valid.ok()) {
+    valid = ValidatePublish(exchange, routing_key, message, options);
+  }
+  if (!valid.ok()) {
+    std::move(done)(std::move(valid));
     return;
   }
   PendingPublish pending;
@@ -892,6 +912,7 @@ absl::StatusOr<std::vector<absl::StatusOr<PublishOutcome>>>
 BrokerImpl::PublishBatch(std::string_view exchange,
                          std::vector<OutgoingMessage> messages,
                          const PublishOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (!exchange.empty()) {
     // Checked for every message below too; this is for an empty batch.
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
@@ -1258,6 +1279,7 @@ void BrokerImpl::DeadLetter(Queue& from, std::vector<NodePtr> nodes,
 absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
     std::string_view queue, uint32_t prefetch, std::string_view tag,
     std::optional<absl::Duration> ack_deadline) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WARREN_RETURN_IF_ERROR(ValidateKey(tag, "consumer tag"));
   if (ack_deadline.has_value()) {
@@ -1287,6 +1309,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::Consume(
 absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
     std::string_view queue, HandlerWithConsumer handler,
     const SubscribeOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (!handler) return absl::InvalidArgumentError("the handler is empty");
   if (options.workers == 0 || options.workers > kMaxWorkers) {
     return absl::InvalidArgumentError(StrCat(
@@ -1307,6 +1330,7 @@ absl::StatusOr<std::unique_ptr<Subscription>> BrokerImpl::Subscribe(
 
 absl::StatusOr<std::vector<Message>> BrokerImpl::Browse(std::string_view queue,
                                                         size_t max_messages) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   std::shared_ptr<Queue> q;
   {
@@ -1423,6 +1447,7 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
 
 absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
                                              const RedriveOptions& options) {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(dlq, "queue"));
   if (!options.to_queue.empty() && !options.to_exchange.empty()) {
     return absl::InvalidArgumentError(
@@ -1507,6 +1532,7 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
 
 absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
     std::string_view queue) const {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   ReaderLock lock(&topo_mu_);
   WARREN_RETURN_IF_ERROR(CheckOpenLocked());
@@ -1516,6 +1542,7 @@ absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
 
 absl::StatusOr<ExchangeStats> BrokerImpl::GetExchangeStats(
     std::string_view exchange) const {
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (!exchange.empty()) {
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
   }
@@ -1562,6 +1589,7 @@ void BrokerImpl::Close() {
     WriterLock lock(&topo_mu_);
     if (closed_) return;
     closed_ = true;
+    closed_now_.store(true, std::memory_order_release);
     for (auto& [name, q] : queues_) q->End(Queue::EndReason::kBrokerClosed);
     queues_.clear();
     exchanges_.clear();

@@ -208,6 +208,7 @@ class BrokerImpl final : public Broker, private QueueOwner {
   absl::StatusOr<PublishOutcome> FinishPublish(PendingPublish& pending,
                                                const PublishOptions& options);
 
+  absl::Status CheckOpen() const;
   absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
@@ -260,6 +261,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
 
   mutable SharedMutex topo_mu_;
   bool closed_ ABSL_GUARDED_BY(topo_mu_) = false;
+  // closed_, for the checks made before the lock: every call after Close is
+  // kFailedPrecondition, whatever else is wrong with it.
+  std::atomic<bool> closed_now_{false};
   // "" is the default exchange.
   absl::flat_hash_map<std::string, std::unique_ptr<Exchange>, StringHash,
                       StringEq>

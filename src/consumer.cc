@@ -153,6 +153,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
 
 absl::StatusOr<std::vector<Delivery>> ConsumerState::ReceiveBatch(
     size_t max_messages, absl::Time deadline) {
+  WARREN_RETURN_IF_ERROR(CheckBrokerOpen());
   if (max_messages == 0) {
     return absl::InvalidArgumentError("max_messages must be at least 1");
   }
@@ -170,6 +171,13 @@ absl::StatusOr<std::vector<Delivery>> ConsumerState::ReceiveBatch(
   return out;
 }
 
+absl::Status ConsumerState::CheckBrokerOpen() const {
+  if (absl::Status s = queue_->CheckUsable(); absl::IsFailedPrecondition(s)) {
+    return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
   if (d.consumer_id_ != id_) {
     return absl::InvalidArgumentError(StrCat(
@@ -181,13 +189,14 @@ absl::Status ConsumerState::CheckOwner(const Delivery& d) const {
 
 absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(const Delivery& d,
                                                               bool multiple) {
-  WARREN_RETURN_IF_ERROR(CheckOwner(d));
   // The broker is closed, or the queue deleted with its messages (the held
-  // ones too: settling one would dead-letter or count it).
+  // ones too: settling one would dead-letter or count it). Checked first:
+  // after Close every call is kFailedPrecondition.
   if (absl::Status s = queue_->CheckUsable(); !s.ok()) {
     WakeWindowWaiters();
     return s;
   }
+  WARREN_RETURN_IF_ERROR(CheckOwner(d));
   HeldList removed;
   MutexLock lock(&mu_);
   if (closed_) {
@@ -353,6 +362,7 @@ void ConsumerState::OnLeaseExpired(uint64_t tag, uint64_t generation) {
 
 absl::Status ConsumerState::Extend(const Delivery& d,
                                    absl::Duration extension) {
+  WARREN_RETURN_IF_ERROR(CheckBrokerOpen());
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
   if (extension < absl::ZeroDuration() ||
       extension > absl::Hours(24 * 365 * 10)) {

@@ -142,6 +142,9 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   // Moves the settled deliveries (one, or all up to it) out of held_ and
   // frees their window slots.
   absl::StatusOr<HeldList> Remove(const Delivery& d, bool multiple);
+  // kFailedPrecondition once the broker is closed (a deleted queue is left
+  // to the checks that follow).
+  absl::Status CheckBrokerOpen() const;
   absl::Status CheckOwner(const Delivery& d) const;
   struct Held {
     NodePtr node;

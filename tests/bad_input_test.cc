@@ -247,6 +247,37 @@ TEST_CASE("Every call after Close is FailedPrecondition") {
   CHECK(absl::IsFailedPrecondition(c->Ack(*d)));
   CHECK(absl::IsFailedPrecondition(c->Extend(*d, absl::Seconds(1))));
   CHECK(absl::IsFailedPrecondition(c->Cancel()));
+
+  // Whatever else is wrong with the call.
+  const std::string long_name(256, 'n');
+  auto handler = [](const Delivery&) { return HandlerResult::kAck; };
+  CHECK(absl::IsFailedPrecondition(f.b->DeclareQueue("")));
+  CHECK(
+      absl::IsFailedPrecondition(f.b->DeclareQueue("p", {.max_priority = 11})));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->DeclareExchange(long_name, ExchangeType::kFanout)));
+  CHECK(absl::IsFailedPrecondition(f.b->DeleteQueue("").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->PurgeQueue(long_name).status()));
+  CHECK(absl::IsFailedPrecondition(f.b->DeleteExchange("")));
+  CHECK(absl::IsFailedPrecondition(f.b->Bind("q", "", "k")));
+  CHECK(absl::IsFailedPrecondition(f.b->Unbind("", "ex", "k")));
+  CHECK(absl::IsFailedPrecondition(f.b->BindExchange("", "hx", "")));
+  CHECK(absl::IsFailedPrecondition(f.b->UnbindExchange("ex", "", "")));
+  CHECK(absl::IsFailedPrecondition(
+      Send(*f.b, "ex", std::string(256, 'k'), "x").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->PublishBatch(long_name, {}).status()));
+  CHECK(absl::IsFailedPrecondition(f.b->Consume("").status()));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->Subscribe("q", handler, {.workers = 0}).status()));
+  CHECK(absl::IsFailedPrecondition(f.b->Browse("", 1).status()));
+  CHECK(absl::IsFailedPrecondition(
+      f.b->Redrive("q", {.messages_per_second = -1}).status()));
+  CHECK(absl::IsFailedPrecondition(f.b->GetQueueStats("").status()));
+  CHECK(absl::IsFailedPrecondition(f.b->GetExchangeStats(long_name).status()));
+  CHECK(absl::IsFailedPrecondition(
+      c->ReceiveBatch(0, absl::Seconds(1)).status()));
+  CHECK(absl::IsFailedPrecondition(c->Ack(Delivery())));
+  CHECK(absl::IsFailedPrecondition(c->Extend(*d, absl::Seconds(-1))));
 }
 
 }  // namespace
