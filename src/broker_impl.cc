@@ -115,6 +115,10 @@ absl::Status ValidateQueueOptions(const QueueOptions& o) {
                          std::pair{"expires", o.expires}}) {
     if (d.has_value()) WARREN_RETURN_IF_ERROR(ValidateDuration(what, *d));
   }
+  if (o.expires.has_value() && *o.expires == absl::ZeroDuration()) {
+    // As RabbitMQ's x-expires: a queue that expires at once is a mistake.
+    return absl::InvalidArgumentError("expires must be more than zero");
+  }
   WARREN_RETURN_IF_ERROR(ValidateDuration("dedup_window", o.dedup_window));
   if (o.dead_letter_routing_key.has_value()) {
     WARREN_RETURN_IF_ERROR(

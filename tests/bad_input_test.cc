@@ -135,6 +135,8 @@ TEST_CASE("Invalid options are InvalidArgument and create nothing") {
   CHECK(absl::IsInvalidArgument(
       f.b->DeclareQueue("p", {.overflow = static_cast<Overflow>(42)})));
   CHECK(absl::IsInvalidArgument(
+      f.b->DeclareQueue("p", {.expires = absl::ZeroDuration()})));
+  CHECK(absl::IsInvalidArgument(
       f.b->DeclareExchange("e", static_cast<ExchangeType>(42))));
   CHECK(
       absl::IsInvalidArgument(f.b->Bind("q", "hx", "", {{"x-match", "some"}})));

@@ -184,7 +184,8 @@ struct QueueOptions {
   // Default: zero (off).
   absl::Duration dedup_window = absl::ZeroDuration();
   // Queue expiry: the queue is deleted once it has had no consumer, no
-  // receive and no redeclare for this long. Default: none.
+  // receive and no redeclare for this long (more than zero, as RabbitMQ's
+  // x-expires). Default: none.
   std::optional<absl::Duration> expires;
   // Slots in the lock-free ring that holds ready messages; rounded up to a
   // power of two. Ready messages beyond it wait in an overflow list behind the
