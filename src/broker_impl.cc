@@ -872,6 +872,7 @@ void BrokerImpl::PublishAsync(std::string_view exchange,
                               std::string_view routing_key, Message message,
                               const PublishOptions& options,
                               PublishCallback done) {
+  if (!done) done = [](absl::StatusOr<PublishOutcome>) {};  // fire and forget
   absl::Status valid = CheckOpen();
   if (valid.ok()) {
     valid = ValidatePublish(exchange, routing_key, message, options);

@@ -1892,6 +1892,11 @@ TEST_CASE("PublishAsync confirms through a future and a callback", "[wal]") {
   // Errors come back through the callback too.
   auto missing = b->PublishAsync("nope", "q", Message("x"), Persistent());
   CHECK(missing.get().status().code() == absl::StatusCode::kNotFound);
+  // No callback at all: the publish happens, its outcome is dropped (with a
+  // failure too).
+  b->PublishAsync("", "q", Message("nobody waits"), Persistent(), nullptr);
+  b->PublishAsync("nope", "q", Message("x"), Persistent(), nullptr);
+  CHECK(b->GetQueueStats("q")->ready == 3);
 }
 
 TEST_CASE(

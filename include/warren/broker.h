@@ -235,9 +235,10 @@ class Broker {
   // Publishes as Publish does, but returns before the confirm: `done` runs
   // once the publish is confirmed (or failed), on the log's writer thread, or
   // on the calling thread when nothing waits for the disk (no WAL, a
-  // transient message, an error). `done` must not block on the broker's
-  // confirms (e.g. call a persistent Publish): keep it short. Routing and
-  // enqueueing happen before PublishAsync returns, as for Publish.
+  // transient message, an error); an empty `done` drops the outcome (fire
+  // and forget). `done` must not block on the broker's confirms (e.g. call
+  // a persistent Publish): keep it short. Routing and enqueueing happen
+  // before PublishAsync returns, as for Publish.
   virtual void PublishAsync(std::string_view exchange,
                             std::string_view routing_key, Message message,
                             const PublishOptions& options,
