@@ -210,6 +210,8 @@ class Broker {
   //                       queue it waited for room in (kBlock) was deleted
   //                       meanwhile;
   //   kResourceExhausted  every queue it routed to was full and refused it;
+  //   kDeadlineExceeded   it waited for room in kBlock queues past
+  //                       PublishOptions::timeout, and no queue took it;
   //   kFailedPrecondition the broker is closed.
   // With a WAL, a persistent publish returns once it is confirmed: its log
   // record is as durable as the sync policy promises. A failed write or sync

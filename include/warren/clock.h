@@ -2,9 +2,10 @@
 // File: warren/clock.h
 // -----------------------------------------------------------------------------
 //
-// The clock a broker is given (SEMANTICS.md section 7). Every time-dependent
-// behaviour — message TTL, retry backoff, leases, delayed delivery — reads the
-// time from a `Clock`, never from the system directly. This header defines:
+// The clock a broker is given (README: Guarantees, "Time"). Every
+// time-dependent behaviour — message TTL, retry backoff, leases, delayed
+// delivery — reads the time from a `Clock`, never from the system directly.
+// This header defines:
 //
 //   * `Clock`           — the interface: `Now()`, and for manual clocks a way
 //                         to be told when time moves.

@@ -151,7 +151,8 @@ class Consumer {
   // Settles a delivery held by this consumer.
   //   kInvalidArgument    the delivery belongs to another consumer;
   //   kFailedPrecondition unknown, or already settled (never a double
-  //                       settle), or the consumer is closed.
+  //                       settle), or the consumer or the broker is closed;
+  //   kNotFound           the queue was deleted (with what was held).
   // A cancelled consumer can still settle what it holds.
   absl::Status Ack(const Delivery& delivery, AckOptions options = {});
   absl::Status Nack(const Delivery& delivery, NackOptions options = {});
@@ -162,7 +163,8 @@ class Consumer {
   //   kInvalidArgument    another consumer's delivery, or a negative or
   //                       absurd extension;
   //   kFailedPrecondition unknown or settled, its lease already expired, or
-  //                       the consumer is closed.
+  //                       the consumer or the broker is closed;
+  //   kNotFound           the queue was deleted.
   absl::Status Extend(const Delivery& delivery, absl::Duration extension);
 
   // Stops new deliveries; deliveries already held stay settleable. Returns

@@ -25,11 +25,13 @@
 //   broker->DeclareQueue("work", {.dead_letter_exchange = "dlx"});
 //   ...
 //   consumer->Reject(d, {.requeue = false});       // -> "dead"
-//   auto dead = broker->Consume("dead").value()->Receive(absl::Seconds(1));
+//   auto dlq = broker->Consume("dead").value();  // keep it: closing returns
+//   auto dead = dlq->Receive(absl::Seconds(1));   // what it holds
 //   for (const warren::DeathRecord& r : warren::DeathHistory(dead->message()))
 //   {
 //     // r.queue == "work", r.reason == warren::DeathReason::kRejected
 //   }
+//   dlq->Ack(*dead);
 
 #ifndef WARREN_DEAD_LETTER_H_
 #define WARREN_DEAD_LETTER_H_

@@ -9,7 +9,8 @@
 // TTL-and-dead-letter retry queues. When the message has been delivered
 // `max_attempts` times it is dead-lettered with reason `delivery_limit`.
 //
-// Example: 3 attempts, 1 s, 2 s between them, with equal jitter:
+// Example: 3 attempts, backoffs of 1 s then 2 s, each with equal jitter (so
+// 0.5–1 s, then 1–2 s):
 //
 //   broker->DeclareQueue("email", {
 //       .dead_letter_exchange = "email.dlx",
