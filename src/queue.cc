@@ -274,12 +274,6 @@ void Queue::Unreserve(uint64_t bytes) {
   NotifyRoom();
 }
 
-void Queue::ForgetId(const std::string& id) {
-  if (id.empty()) return;
-  MutexLock lock(&dedup_mu_);
-  dedup_.erase(id);
-}
-
 Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
                                     absl::Duration delay,
                                     std::vector<NodePtr>* maxlen_dead,
@@ -287,23 +281,26 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   if (end_.load(std::memory_order_acquire) != kOpen) {
     return EnqueueResult::kClosed;
   }
-  // The id is recorded as the message is accepted: a refused publish
-  // forgets it (below), so retrying it is not taken for a duplicate. A
-  // blocking publish records it only once it has room.
-  const bool dedup = options_.dedup_window > absl::ZeroDuration();
-  const bool records_id = dedup && (delay > absl::ZeroDuration() ||
-                                    options_.overflow != Overflow::kBlock);
-  if (records_id &&
-      IsDuplicate(*envelope, envelope->published_at, check_duplicate)) {
-    Add(publisher_side_.deduplicated, 1);
-    return EnqueueResult::kDuplicate;
-  }
   const uint64_t bytes = envelope->message.body().size();
   // A body larger than the byte limit never fits, however much room is made:
   // it is refused at once, delayed or not, without waiting (kBlock) or
   // dropping (kDropHead).
   const bool never_fits =
       options_.max_length_bytes > 0 && bytes > options_.max_length_bytes;
+  // The id is recorded only by a message the queue takes, so that a refused
+  // publish makes no other one a duplicate (nor its own retry). A message
+  // taken whatever the queue holds (a delayed one, or one that drop-head
+  // makes room for) records it at once; one that may be refused for want of
+  // room records it once it has room (EnqueueReserved).
+  const bool dedup = options_.dedup_window > absl::ZeroDuration();
+  const bool records_id =
+      dedup && !never_fits &&
+      (delay > absl::ZeroDuration() || options_.overflow == Overflow::kDropHead);
+  if (records_id &&
+      IsDuplicate(*envelope, envelope->published_at, check_duplicate)) {
+    Add(publisher_side_.deduplicated, 1);
+    return EnqueueResult::kDuplicate;
+  }
   if (delay > absl::ZeroDuration() && !never_fits) {
     // Not ready yet, so not counted against the limits until it is.
     NodePtr node = MakeNode(std::move(envelope));
@@ -336,11 +333,11 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     }
     break;
   }
-  // Full, and nothing could be dropped to make room; or it never fits. A
-  // kBlock queue, which records an id only once the message has room, drops
-  // a duplicate here at once, whatever its size: it need not wait for room
-  // (one that waits is checked again when it has room, EnqueueBlocking).
-  if (dedup && !records_id && check_duplicate && SeenWithinWindow(*envelope)) {
+  // Full, and nothing could be dropped to make room; or it never fits. Its
+  // id is not recorded: a duplicate is dropped here at once, whatever its
+  // size, and need not wait for room (one that waits is checked again when
+  // it has room, EnqueueBlocking).
+  if (dedup && check_duplicate && SeenWithinWindow(*envelope)) {
     Add(publisher_side_.deduplicated, 1);
     return EnqueueResult::kDuplicate;
   }
@@ -348,7 +345,6 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
     return EnqueueResult::kFull;
   }
   Add(publisher_side_.refused, 1);
-  if (records_id) ForgetId(envelope->message.properties().message_id);
   if (options_.overflow == Overflow::kRejectPublishDlx) {
     maxlen_dead->push_back(MakeNode(std::move(envelope)));
   }
@@ -394,7 +390,8 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
 Queue::EnqueueResult Queue::EnqueueReserved(
     std::shared_ptr<const Envelope> envelope, absl::Time dedup_start,
     bool check_duplicate) {
-  if (options_.overflow == Overflow::kBlock &&
+  // Drop-head recorded the id before it made room (Enqueue).
+  if (options_.overflow != Overflow::kDropHead &&
       options_.dedup_window > absl::ZeroDuration() &&
       IsDuplicate(*envelope, dedup_start, check_duplicate)) {
     Unreserve(envelope->message.body().size());

@@ -306,7 +306,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
       ABSL_LOCKS_EXCLUDED(dedup_mu_);
   void Unreserve(uint64_t bytes);
   // Enqueues a message whose room is reserved.
-  // `dedup_start`: as for IsDuplicate (kBlock queues record the id here).
+  // `dedup_start`: as for IsDuplicate (every queue but a drop-head one
+  // records the id here, once the message has room).
   EnqueueResult EnqueueReserved(std::shared_ptr<const Envelope> envelope,
                                 absl::Time dedup_start,
                                 bool check_duplicate = true);
@@ -377,9 +378,6 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Wakes publishers waiting for room (overflow kBlock) after room was given
   // back.
   void NotifyRoom();
-  // Forgets a message id recorded for deduplication (its publish was
-  // refused).
-  void ForgetId(const std::string& id);
 
   // Timers: runs `fn` at `deadline` on the broker's timer service; false
   // (and `fn` is dropped) when the broker is gone.

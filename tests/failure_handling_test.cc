@@ -36,6 +36,17 @@ struct Env {
   }
   void Advance(absl::Duration d) { REQUIRE(clock.Advance(d).ok()); }
   QueueStats Stats(std::string_view q) { return b->GetQueueStats(q).value(); }
+  // Waits until a publisher waits for room in `q` (or 30 s pass); returns how
+  // many do.
+  uint64_t WaitForBlockedPublisher(std::string_view q) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (Stats(q).blocked_publishers == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::yield();
+    }
+    return Stats(q).blocked_publishers;
+  }
 };
 
 QueueOptions WithDlx(QueueOptions o) {
@@ -586,13 +597,7 @@ TEST_CASE(
   absl::StatusOr<PublishOutcome> waited;
   std::thread publisher([&] { waited = Send(*e.b, "", "work", "second"); });
   // The statistics show the publisher waiting.
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (e.Stats("work").blocked_publishers == 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::yield();
-  }
-  CHECK(e.Stats("work").blocked_publishers == 1);
+  CHECK(e.WaitForBlockedPublisher("work") == 1);
   auto c = e.b->Consume("work").value();
   REQUIRE(c->Ack(c->Receive(absl::Seconds(30)).value()).ok());  // makes room
   publisher.join();
@@ -615,13 +620,7 @@ TEST_CASE(
   REQUIRE(Send(*e.b, "", "work", "first").ok());
   absl::StatusOr<PublishOutcome> waited;
   std::thread publisher([&] { waited = Send(*e.b, "", "work", "second"); });
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (e.Stats("work").blocked_publishers == 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::yield();
-  }
-  REQUIRE(e.Stats("work").blocked_publishers == 1);
+  REQUIRE(e.WaitForBlockedPublisher("work") == 1);
   if (close) {
     e.b->Close();
   } else {

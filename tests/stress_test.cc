@@ -20,6 +20,7 @@ namespace warren {
 namespace {
 
 using testing::NewBroker;
+using testing::Ready;
 
 struct Load {
   int producers;
@@ -155,6 +156,88 @@ void RunPerPublisherOrder(int producers, int per_producer) {
   for (auto& t : threads) t.join();
   CHECK(out_of_order == 0);
   for (int p = 0; p < producers; ++p) CHECK(last[p] == per_producer - 1);
+}
+
+// Two publishers send every id once each into a small deduplicating queue
+// that refuses what does not fit, while a consumer drains it. A publish told
+// its message is a duplicate must have a twin that the queue took: an id is
+// recorded only by a message the queue takes, never by one it then refuses.
+void RunDedupAgainstRefusals(Overflow overflow, int rounds, int ids) {
+  for (int round = 0; round < rounds; ++round) {
+    auto b = NewBroker();
+    REQUIRE(b->DeclareQueue("q", {.max_length = 2,
+                                  .overflow = overflow,
+                                  .dedup_window = absl::Hours(1)})
+                .ok());
+    enum Outcome : int { kTaken, kDuplicate, kRefused, kError };
+    std::vector<std::atomic<int>> outcomes[2] = {
+        std::vector<std::atomic<int>>(ids), std::vector<std::atomic<int>>(ids)};
+    std::vector<std::atomic<int>> delivered(ids);
+    std::atomic<int> publishing{2};
+    std::atomic<int> failed_acks{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 2; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < ids; ++i) {
+          Message m(std::to_string(i));
+          m.properties().message_id = "id-" + std::to_string(i);
+          auto o = b->Publish("", "q", std::move(m));
+          int r = kError;
+          if (!o.ok()) {
+            if (absl::IsResourceExhausted(o.status())) r = kRefused;
+          } else if (o->duplicates == 1) {
+            r = kDuplicate;
+          } else if (o->queues == 1) {
+            r = kTaken;
+          } else if (!o->refused_by.empty()) {
+            r = kRefused;
+          }
+          outcomes[t][i] = r;
+        }
+        publishing.fetch_sub(1);
+      });
+    }
+    threads.emplace_back([&] {
+      auto c = b->Consume("q").value();
+      for (;;) {
+        auto d = c->Receive(absl::Milliseconds(20));
+        if (!d.ok()) {
+          if (publishing.load() == 0 && Ready(*b, "q") == 0) break;
+          continue;
+        }
+        delivered[IdOf(*d)].fetch_add(1);
+        if (!c->Ack(*d).ok()) failed_acks.fetch_add(1);
+      }
+    });
+    for (std::thread& t : threads) t.join();
+    REQUIRE(failed_acks == 0);
+    for (int i = 0; i < ids; ++i) {
+      const int a = outcomes[0][i];
+      const int c = outcomes[1][i];
+      CAPTURE(round, i, a, c);
+      REQUIRE(a != kError);
+      REQUIRE(c != kError);
+      const bool taken = a == kTaken || c == kTaken;
+      if (a == kDuplicate || c == kDuplicate) REQUIRE(taken);
+      REQUIRE(delivered[i] == (taken ? 1 : 0));
+    }
+  }
+}
+
+TEST_CASE(
+    "A publish refused by a full deduplicating queue never makes its twin "
+    "a duplicate") {
+  RunDedupAgainstRefusals(
+      GENERATE(Overflow::kRejectPublish, Overflow::kRejectPublishDlx), 4, 2000);
+}
+
+TEST_CASE(
+    "Stress: a publish refused by a full deduplicating queue never makes "
+    "its twin a duplicate",
+    "[stress]") {
+  RunDedupAgainstRefusals(
+      GENERATE(Overflow::kRejectPublish, Overflow::kRejectPublishDlx), 20,
+      4000);
 }
 
 TEST_CASE(
