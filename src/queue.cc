@@ -293,9 +293,9 @@ Queue::EnqueueResult Queue::Enqueue(std::shared_ptr<const Envelope> envelope,
   // makes room for) records it at once; one that may be refused for want of
   // room records it once it has room (EnqueueReserved).
   const bool dedup = options_.dedup_window > absl::ZeroDuration();
-  const bool records_id =
-      dedup && !never_fits &&
-      (delay > absl::ZeroDuration() || options_.overflow == Overflow::kDropHead);
+  const bool records_id = dedup && !never_fits &&
+                          (delay > absl::ZeroDuration() ||
+                           options_.overflow == Overflow::kDropHead);
   if (records_id &&
       IsDuplicate(*envelope, envelope->published_at, check_duplicate)) {
     Add(publisher_side_.deduplicated, 1);
@@ -658,7 +658,7 @@ NodePtr Queue::TakeAny() {
       !spilling_.load(std::memory_order_acquire)) {
     for (int level = levels_ - 1; level >= 0; --level) {
       NodePtr node;
-      if (rings_[level]->try_pop(node)) {
+      if (rings_[level]->try_pop_claimed(node)) {
         // acquire: pairs with the release fence in PeekRingLocked. A message
         // read ahead of this one since the check above goes first.
         std::atomic_thread_fence(std::memory_order_acquire);
@@ -704,7 +704,7 @@ NodePtr Queue::TakeLocked() {
         node = std::move(it->second);
         peeked_[level].erase(it);
         ahead_count_.fetch_sub(1, std::memory_order_release);
-      } else if (rings_[level]->try_pop(node)) {
+      } else if (rings_[level]->try_pop_claimed(node)) {
       } else if (!spill_[level].empty()) {
         auto it = spill_[level].begin();
         node = std::move(it->second);
@@ -758,7 +758,7 @@ const QueuedMessage* Queue::PeekRingLocked(int level) {
   ahead_count_.fetch_add(1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   NodePtr head;
-  if (!rings_[level]->try_pop(head)) {
+  if (!rings_[level]->try_pop_claimed(head)) {
     ahead_count_.fetch_sub(1, std::memory_order_release);
     return nullptr;
   }

@@ -169,6 +169,60 @@ TEST_CASE(
   CHECK_FALSE(q.try_emplace(nullptr));
 }
 
+// An element whose construction from a "slow" one (a move into the ring)
+// announces itself and then waits to be let go: a push held inside its slot.
+struct HeldPush {
+  int value = 0;
+  std::atomic<int>* entered = nullptr;  // set to 1 inside the move
+  std::atomic<int>* release = nullptr;  // the move waits for 1
+  HeldPush() = default;
+  HeldPush(int v, std::atomic<int>* e, std::atomic<int>* r)
+      : value(v), entered(e), release(r) {}
+  HeldPush(HeldPush&& o) noexcept : value(o.value) {
+    if (o.entered != nullptr) {
+      o.entered->store(1);
+      o.entered->notify_all();
+      o.release->wait(0);
+    }
+  }
+  HeldPush& operator=(HeldPush&& o) noexcept {
+    value = o.value;
+    return *this;
+  }
+};
+
+TEST_CASE(
+    "MpmcQueue try_pop_claimed waits for a push that holds the front slot "
+    "where try_pop reports empty",
+    "[mpmc]") {
+  MpmcQueue<HeldPush> q(4);
+  std::atomic<int> entered{0};
+  std::atomic<int> release{0};
+  std::thread slow([&] { (void)q.try_push(HeldPush(1, &entered, &release)); });
+  entered.wait(0);  // the first push holds the front slot, unfilled
+  REQUIRE(q.try_push(HeldPush(2, nullptr, nullptr)));
+  HeldPush out;
+  CHECK_FALSE(q.try_pop(out));  // the front is not filled: "empty"
+  // The held push goes on once this thread is (about to be) waiting for it.
+  std::atomic<int> waiting{0};
+  std::thread releaser([&] {
+    waiting.wait(0);
+    release.store(1);
+    release.notify_all();
+  });
+  waiting.store(1);
+  waiting.notify_all();
+  HeldPush first;
+  const bool popped = q.try_pop_claimed(first);
+  slow.join();
+  releaser.join();
+  REQUIRE(popped);
+  CHECK(first.value == 1);  // the held push, not the later one
+  REQUIRE(q.try_pop_claimed(out));
+  CHECK(out.value == 2);
+  CHECK_FALSE(q.try_pop_claimed(out));  // empty now: does not wait
+}
+
 TEST_CASE("MpmcQueue pops in FIFO order", "[mpmc]") {
   MpmcQueue<int> q(16);
   for (int i = 0; i < 16; ++i) REQUIRE(q.try_push(i));

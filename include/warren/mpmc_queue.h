@@ -44,6 +44,7 @@
 //   std::string s;
 //   if (q.try_pop(s)) { /* got s */ }
 //   q.pop(s);                                 // parks while empty
+//   if (q.try_pop_claimed(s)) { /* waits for a push already under way */ }
 //
 // Thread-safety: every member function except the destructor may be called
 // concurrently from any number of threads.
@@ -73,6 +74,7 @@
 #include <cstdlib>
 #include <limits>
 #include <new>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -332,6 +334,29 @@ class MpmcQueue {
         // relaxed: as above.
         ticket = tail_.load(std::memory_order_relaxed);
         if (ticket == seen) return false;  // Not filled yet: empty.
+      }
+    }
+  }
+
+  // As try_pop, but a push that has claimed the front slot and not yet filled
+  // it is waited for (spinning briefly, then yielding), where try_pop reports
+  // the ring empty although elements pushed after that one may be ready. So
+  // false means no push had a slot that no pop has taken: a caller that then
+  // looks elsewhere (another ring, a list behind it) never passes over an
+  // element of this ring. Never parks.
+  [[nodiscard]] bool try_pop_claimed(T& out) noexcept {
+    for (int spins = 0;; ++spins) {
+      if (try_pop(out)) return true;
+      // relaxed: tickets only (try_pop's acquire covers the element); a
+      // claim made before whatever this caller saw of it is seen.
+      if (head_.load(std::memory_order_relaxed) ==
+          tail_.load(std::memory_order_relaxed)) {
+        return false;
+      }
+      if (spins < internal::kSpinsBeforePark) {
+        internal::CpuRelax();
+      } else {
+        std::this_thread::yield();  // its producer may be preempted
       }
     }
   }
