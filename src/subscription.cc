@@ -44,7 +44,8 @@ void SubscriptionState::WorkerLoop() {
                       /*wait_for_window=*/true);
     if (d.ok()) Handle(*d);
     MutexLock lock(&mu_);
-    if (--running_ == 0) idle_cv_.SignalAll();
+    // Stop waits for none to run, or for one (the handler that called it).
+    if (--running_ <= 1) idle_cv_.SignalAll();
     if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
   }
 }

@@ -47,7 +47,7 @@ class SubscriptionState {
   std::atomic<uint64_t> failed_{0};
 
   Mutex mu_;
-  CondVar idle_cv_;  // signalled when running_ drops to 0
+  CondVar idle_cv_;  // signalled when running_ drops to 1 or 0
   // Workers receiving or handling a delivery.
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

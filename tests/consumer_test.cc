@@ -627,6 +627,41 @@ TEST_CASE(
   CHECK(stats.ready == 0);
 }
 
+TEST_CASE(
+    "A handler that stops its own subscription waits for the other "
+    "handlers") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  Event subscribed, other_started, release_other, stopping, stopped;
+  std::unique_ptr<Subscription> sub;
+  absl::Status stop_status;
+  sub = b->Subscribe("q",
+                     [&](const Delivery& d) {
+                       subscribed.Wait();
+                       if (d.body() == "other") {
+                         other_started.Set();
+                         release_other.Wait();
+                         return HandlerResult::kAck;
+                       }
+                       other_started.Wait();
+                       stopping.Set();
+                       stop_status = sub->Stop(absl::InfiniteDuration());
+                       stopped.Set();
+                       return HandlerResult::kAck;
+                     },
+                     {.workers = 2})
+            .value();
+  subscribed.Set();
+  REQUIRE(Send(*b, "", "q", "other").ok());
+  REQUIRE(Send(*b, "", "q", "stopper").ok());
+  stopping.Wait();
+  release_other.Set();  // the other handler ends while Stop waits for it
+  stopped.Wait();
+  CHECK(stop_status.ok());
+  sub.reset();
+  CHECK(b->GetQueueStats("q")->acked == 2);
+}
+
 TEST_CASE("A handler that throws has its delivery requeued") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());
