@@ -189,44 +189,39 @@ std::string JoinNames(const std::vector<std::string>& names) {
   return out;
 }
 
+// Appends `x` to `list` unless it is there already (false then): a scan while
+// the list is short, a hash set (filled on first use) once it is long.
+template <typename T, size_t N>
+bool AddOnce(absl::InlinedVector<T, N>& list, absl::flat_hash_set<T>& index,
+             T x) {
+  constexpr size_t kLinearLimit = 16;
+  if (list.size() < kLinearLimit) {
+    if (std::find(list.begin(), list.end(), x) != list.end()) return false;
+  } else {
+    if (index.empty()) index.insert(list.begin(), list.end());
+    if (!index.insert(x).second) return false;
+  }
+  list.push_back(x);
+  return true;
+}
+
 }  // namespace
 
 // Queues a publish reaches, each once, and the exchanges it passed through.
 struct BrokerImpl::RouteState {
   absl::InlinedVector<Queue*, 8> queues;
-  absl::flat_hash_set<Queue*> seen;  // used once `queues` grows large
+  absl::flat_hash_set<Queue*> queue_index;
   // Exchanges reached so far, each routed once; `pending`: those still to
   // route.
   absl::InlinedVector<const Exchange*, 4> visited;
-  absl::flat_hash_set<const Exchange*> visited_set;  // once `visited` grows
+  absl::flat_hash_set<const Exchange*> visited_index;
   absl::InlinedVector<const Exchange*, 4> pending;
 
-  static constexpr size_t kLinearLimit = 16;
-
-  void AddQueue(Queue* q) {
-    if (queues.size() < kLinearLimit) {
-      if (std::find(queues.begin(), queues.end(), q) != queues.end()) return;
-      queues.push_back(q);
-      return;
-    }
-    if (seen.empty()) seen.insert(queues.begin(), queues.end());
-    if (seen.insert(q).second) queues.push_back(q);
-  }
+  void AddQueue(Queue* q) { AddOnce(queues, queue_index, q); }
   // Queues `e` to be routed through, unless it was reached before (a cycle,
   // or two paths to it).
   void AddExchange(const Exchange* e) {
-    if (visited.size() < kLinearLimit) {
-      if (std::find(visited.begin(), visited.end(), e) != visited.end()) {
-        return;
-      }
-    } else {
-      if (visited_set.empty()) {
-        visited_set.insert(visited.begin(), visited.end());
-      }
-      if (!visited_set.insert(e).second) return;
-    }
-    visited.push_back(e);
-    pending.push_back(e);
+    if (AddOnce(visited, visited_index, e)) pending.push_back(e);
   }
 };
 
