@@ -354,14 +354,9 @@ uint64_t BrokerImpl::LogTakenLate(Queue& queue, const Envelope& envelope) {
 }
 
 absl::Status BrokerImpl::CheckOpen() const {
-  if (closed_now_.load(std::memory_order_acquire)) {
+  if (closed_.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError("the broker is closed");
   }
-  return absl::OkStatus();
-}
-
-absl::Status BrokerImpl::CheckOpenLocked() const {
-  if (closed_) return absl::FailedPreconditionError("the broker is closed");
   return absl::OkStatus();
 }
 
@@ -404,7 +399,7 @@ absl::Status BrokerImpl::DeclareExchange(std::string_view name,
     return absl::InvalidArgumentError("unknown exchange type");
   }
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (auto it = exchanges_.find(name); it != exchanges_.end()) {
     const Exchange& existing = *it->second;
     if (existing.type() != type || !(existing.options() == options)) {
@@ -435,7 +430,7 @@ absl::Status BrokerImpl::DeleteExchange(std::string_view name,
   }
   WARREN_RETURN_IF_ERROR(ValidateName(name, "exchange"));
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * exchange, FindExchangeLocked(name));
   if (options.if_unused && !exchange->bindings().empty()) {
     return absl::FailedPreconditionError(StrCat("exchange '", name, "' has ",
@@ -495,7 +490,7 @@ absl::Status BrokerImpl::DeclareQueue(std::string_view name,
         "target other than the queue"));
   }
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   if (auto it = queues_.find(name); it != queues_.end()) {
     if (!(it->second->options() == options)) {
       return absl::FailedPreconditionError(
@@ -538,7 +533,7 @@ absl::StatusOr<uint64_t> BrokerImpl::DeleteQueue(
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(name, "queue"));
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> queue, FindQueueLocked(name));
   if (options.if_unused && queue->consumer_count() > 0) {
     return absl::FailedPreconditionError(StrCat(
@@ -576,7 +571,7 @@ absl::StatusOr<uint64_t> BrokerImpl::PurgeQueue(std::string_view name) {
   std::shared_ptr<Queue> queue;
   {
     ReaderLock lock(&topo_mu_);
-    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_RETURN_IF_ERROR(CheckOpen());
     WARREN_ASSIGN_OR_RETURN(queue, FindQueueLocked(name));
   }
   // May dead-letter expired messages: no lock held.
@@ -621,7 +616,7 @@ absl::Status BrokerImpl::Bind(std::string_view queue, std::string_view exchange,
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * source,
                           BindableExchangeLocked(exchange, "source"));
   WARREN_RETURN_IF_ERROR(
@@ -640,7 +635,7 @@ absl::Status BrokerImpl::Unbind(std::string_view queue,
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * source,
                           BindableExchangeLocked(exchange, "source"));
   WARREN_RETURN_IF_ERROR(ValidateKey(binding_key, "binding key"));
@@ -657,7 +652,7 @@ absl::Status BrokerImpl::BindExchange(std::string_view destination,
                                       const BindingArguments& arguments) {
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * dest,
                           BindableExchangeLocked(destination, "destination"));
   WARREN_ASSIGN_OR_RETURN(Exchange * src,
@@ -676,7 +671,7 @@ absl::Status BrokerImpl::UnbindExchange(std::string_view destination,
                                         const BindingArguments& arguments) {
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WriterLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * dest,
                           BindableExchangeLocked(destination, "destination"));
   WARREN_ASSIGN_OR_RETURN(Exchange * src,
@@ -813,7 +808,7 @@ absl::Status BrokerImpl::ValidatePublish(std::string_view exchange,
 
 absl::StatusOr<Exchange*> BrokerImpl::PublishTargetLocked(
     std::string_view exchange) const {
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * target, FindExchangeLocked(exchange));
   if (target->options().internal) {
     return absl::InvalidArgumentError(
@@ -1286,7 +1281,7 @@ absl::StatusOr<std::unique_ptr<Consumer>> BrokerImpl::MakeConsumer(
     WARREN_RETURN_IF_ERROR(ValidateDuration("ack_deadline", *ack_deadline));
   }
   ReaderLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
   // Unique in the process, not only in this broker: a delivery of another
   // broker's consumer is never taken for one of this consumer's.
@@ -1335,7 +1330,7 @@ absl::StatusOr<std::vector<Message>> BrokerImpl::Browse(std::string_view queue,
   std::shared_ptr<Queue> q;
   {
     ReaderLock lock(&topo_mu_);
-    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_RETURN_IF_ERROR(CheckOpen());
     WARREN_ASSIGN_OR_RETURN(q, FindQueueLocked(queue));
   }
   return q->Browse(max_messages);
@@ -1469,7 +1464,7 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
   std::shared_ptr<Queue> q;
   {
     ReaderLock lock(&topo_mu_);
-    WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+    WARREN_RETURN_IF_ERROR(CheckOpen());
     WARREN_ASSIGN_OR_RETURN(q, FindQueueLocked(dlq));
     if (!options.to_queue.empty()) {
       WARREN_RETURN_IF_ERROR(ValidateName(options.to_queue, "queue"));
@@ -1535,7 +1530,7 @@ absl::StatusOr<QueueStats> BrokerImpl::GetQueueStats(
   WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_RETURN_IF_ERROR(ValidateName(queue, "queue"));
   ReaderLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(std::shared_ptr<Queue> q, FindQueueLocked(queue));
   return q->Stats();
 }
@@ -1547,7 +1542,7 @@ absl::StatusOr<ExchangeStats> BrokerImpl::GetExchangeStats(
     WARREN_RETURN_IF_ERROR(ValidateName(exchange, "exchange"));
   }
   ReaderLock lock(&topo_mu_);
-  WARREN_RETURN_IF_ERROR(CheckOpenLocked());
+  WARREN_RETURN_IF_ERROR(CheckOpen());
   WARREN_ASSIGN_OR_RETURN(Exchange * e, FindExchangeLocked(exchange));
   return e->Stats();
 }
@@ -1587,9 +1582,8 @@ void BrokerImpl::Close() {
   std::unique_ptr<TimerService> timers;
   {
     WriterLock lock(&topo_mu_);
-    if (closed_) return;
-    closed_ = true;
-    closed_now_.store(true, std::memory_order_release);
+    if (closed_.load(std::memory_order_relaxed)) return;
+    closed_.store(true, std::memory_order_release);
     for (auto& [name, q] : queues_) q->End(Queue::EndReason::kBrokerClosed);
     queues_.clear();
     exchanges_.clear();

@@ -208,8 +208,9 @@ class BrokerImpl final : public Broker, private QueueOwner {
   absl::StatusOr<PublishOutcome> FinishPublish(PendingPublish& pending,
                                                const PublishOptions& options);
 
+  // kFailedPrecondition once closed. Checked first, and again under the
+  // topology lock where a call goes on to use the topology.
   absl::Status CheckOpen() const;
-  absl::Status CheckOpenLocked() const ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<Exchange*> FindExchangeLocked(std::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
   absl::StatusOr<std::shared_ptr<Queue>> FindQueueLocked(
@@ -260,10 +261,10 @@ class BrokerImpl final : public Broker, private QueueOwner {
   const std::shared_ptr<BrokerLink> link_;
 
   mutable SharedMutex topo_mu_;
-  bool closed_ ABSL_GUARDED_BY(topo_mu_) = false;
-  // closed_, for the checks made before the lock: every call after Close is
-  // kFailedPrecondition, whatever else is wrong with it.
-  std::atomic<bool> closed_now_{false};
+  // Set once, by Close, under the topology lock held exclusively. Atomic so
+  // that calls can check it before taking the lock: every call after Close
+  // is kFailedPrecondition, whatever else is wrong with it.
+  std::atomic<bool> closed_{false};
   // "" is the default exchange.
   absl::flat_hash_map<std::string, std::unique_ptr<Exchange>, StringHash,
                       StringEq>
