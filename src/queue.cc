@@ -52,31 +52,40 @@ Queue::~Queue() = default;
 
 // --- Publishing --------------------------------------------------------------
 
-bool Queue::TryReserve(uint64_t bytes, bool holding_room_mu) {
-  if (options_.max_length == 0) {
+bool Queue::TryReserve(uint64_t bytes) {
+  const uint64_t max_count = options_.max_length;
+  const uint64_t max_bytes = options_.max_length_bytes;
+  if (max_count != 0 && max_bytes != 0) {
+    // Taking the count first and giving it back when the bytes do not fit
+    // would, for that moment, refuse a concurrent publish that fits both.
+    // Only reservations add under the limits, and the counts otherwise
+    // only fall (OnTaken) or go over them regardless (ReturnLocked), so
+    // checking both under one lock is exact.
+    MutexLock lock(&reserve_mu_);
+    if (ready_count_.load(std::memory_order_relaxed) >= max_count ||
+        ready_bytes_.load(std::memory_order_relaxed) + bytes > max_bytes) {
+      return false;
+    }
     ready_count_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    uint64_t cur = ready_count_.load(std::memory_order_relaxed);
-    do {
-      if (cur >= options_.max_length) return false;
-    } while (!ready_count_.compare_exchange_weak(cur, cur + 1,
-                                                 std::memory_order_relaxed));
-  }
-  if (options_.max_length_bytes == 0) {
     ready_bytes_.fetch_add(bytes, std::memory_order_relaxed);
     return true;
   }
-  uint64_t cur = ready_bytes_.load(std::memory_order_relaxed);
-  do {
-    if (cur + bytes > options_.max_length_bytes) {
-      ready_count_.fetch_sub(1, std::memory_order_relaxed);
-      // The count we held back may be what a waiter needs. Not when we hold
-      // room_mu_: every blocked publisher re-checks under it, so none saw it.
-      if (!holding_room_mu) NotifyRoom();
-      return false;
-    }
-  } while (!ready_bytes_.compare_exchange_weak(cur, cur + bytes,
-                                               std::memory_order_relaxed));
+  // At most one limit: reserve under it, then add to the other.
+  if (max_count != 0) {
+    uint64_t cur = ready_count_.load(std::memory_order_relaxed);
+    do {
+      if (cur >= max_count) return false;
+    } while (!ready_count_.compare_exchange_weak(cur, cur + 1,
+                                                 std::memory_order_relaxed));
+  } else if (max_bytes != 0) {
+    uint64_t cur = ready_bytes_.load(std::memory_order_relaxed);
+    do {
+      if (cur + bytes > max_bytes) return false;
+    } while (!ready_bytes_.compare_exchange_weak(cur, cur + bytes,
+                                                 std::memory_order_relaxed));
+  }
+  if (max_count == 0) ready_count_.fetch_add(1, std::memory_order_relaxed);
+  if (max_bytes == 0) ready_bytes_.fetch_add(bytes, std::memory_order_relaxed);
   return true;
 }
 
@@ -363,9 +372,9 @@ Queue::EnqueueResult Queue::EnqueueBlocking(
     bool reserved = false;
     for (;;) {
       if (end_.load(std::memory_order_acquire) != kOpen) break;
-      if ((reserved = TryReserve(bytes, /*holding_room_mu=*/true))) break;
+      if ((reserved = TryReserve(bytes))) break;
       if (room_cv_.WaitWithDeadline(&room_mu_, deadline)) {
-        reserved = TryReserve(bytes, /*holding_room_mu=*/true);
+        reserved = TryReserve(bytes);
         break;
       }
     }

@@ -313,8 +313,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
                                 bool check_duplicate = true);
   void CheckIdle();
   // Reserves room for one message of `bytes` under the limits; false when
-  // full. `holding_room_mu`: the caller (a blocked publisher) holds room_mu_.
-  bool TryReserve(uint64_t bytes, bool holding_room_mu = false);
+  // full. Never holds back room it does not keep, so a refusal needs no
+  // NotifyRoom.
+  bool TryReserve(uint64_t bytes);
   void OnTaken(const QueuedMessage& node);
   // Pops the next message without the lock when nothing is returned or
   // spilled; otherwise takes the lock.
@@ -401,6 +402,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
   alignas(kCacheLineSize) std::atomic<uint64_t> next_seq_{0};
   std::atomic<uint64_t> ready_count_{0};
   std::atomic<uint64_t> ready_bytes_{0};
+  // With both length limits set, reservations check and take count and
+  // bytes together under this lock, so that none sees another's half-made
+  // reservation (TryReserve). Nothing is taken while it is held.
+  Mutex reserve_mu_;
   // Messages in returned_ and peeked_: while any, they go before the rings,
   // so consumers take the lock.
   alignas(kCacheLineSize) std::atomic<uint64_t> ahead_count_{0};

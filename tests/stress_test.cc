@@ -240,6 +240,71 @@ TEST_CASE(
       4000);
 }
 
+// A queue with both length limits holds one message of 60 of its 100 bytes.
+// One thread keeps publishing 50-byte messages, which fit the count limit
+// but never the byte limit; meanwhile a 10-byte message, which fits both,
+// must be taken every time. A refused publish must not, while it is being
+// refused, take up room that another one needs.
+void RunFittingAgainstOversized(int rounds) {
+  auto b = NewBroker();
+  REQUIRE(
+      b->DeclareQueue(
+           "q", {.max_length = 2, .max_length_bytes = 100, .max_priority = 1})
+          .ok());
+  REQUIRE(b->Publish("", "q", Message(std::string(60, 'p')))->queues == 1);
+  std::atomic<bool> done{false};
+  std::atomic<int> oversized_not_refused{0};
+  std::atomic<int> oversized_refused{0};
+  std::thread oversized([&] {
+    while (!done.load()) {
+      auto o = b->Publish("", "q", Message(std::string(50, 'o')));
+      const bool refused = o.ok() ? o->queues == 0 && o->refused_by.size() == 1
+                                  : absl::IsResourceExhausted(o.status());
+      if (refused) {
+        oversized_refused.fetch_add(1);
+      } else {
+        oversized_not_refused.fetch_add(1);
+      }
+    }
+  });
+  auto c = b->Consume("q").value();
+  int fitting_refused = 0;
+  int wrong_delivery = 0;
+  for (int i = 0; i < rounds; ++i) {
+    Message m(std::string(10, 'f'));
+    m.properties().priority = 1;
+    auto o = b->Publish("", "q", std::move(m));
+    if (!o.ok() || o->queues != 1) {
+      ++fitting_refused;
+      continue;
+    }
+    auto d = c->Receive(absl::Seconds(30));
+    if (!d.ok() || d->body().size() != 10 || !c->Ack(*d).ok()) {
+      ++wrong_delivery;
+    }
+  }
+  done.store(true);
+  oversized.join();
+  CHECK(fitting_refused == 0);
+  CHECK(wrong_delivery == 0);
+  CHECK(oversized_not_refused == 0);
+  CHECK(oversized_refused > 0);
+  CHECK(Ready(*b, "q") == 1);
+}
+
+TEST_CASE(
+    "A publish refused by the byte limit never crowds out one that fits "
+    "both limits") {
+  RunFittingAgainstOversized(20000);
+}
+
+TEST_CASE(
+    "Stress: a publish refused by the byte limit never crowds out one that "
+    "fits both limits",
+    "[stress]") {
+  RunFittingAgainstOversized(200000);
+}
+
 TEST_CASE(
     "Concurrent producers and consumers ack every message exactly "
     "once") {
