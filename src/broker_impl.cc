@@ -283,15 +283,44 @@ void BrokerImpl::Restore(RecoveredState& state) {
       q->second->RestoreDedup(d.message_id, d.until);
     }
   }
+  // A message delivered before the restart (requeued, or held when it
+  // stopped) comes back as a returned message, ahead of those never
+  // delivered, as in memory. So does every message published before it at
+  // its priority, not delayed: a queue delivers those first, so they were
+  // delivered too, though the log may not have kept it (a delivery does not
+  // wait for its record). Per queue and priority level: how many messages,
+  // from the first, that makes.
+  absl::flat_hash_map<uint32_t, std::vector<size_t>> returned_until;
+  for (size_t i = 0; i < state.messages.size(); ++i) {
+    const RecoveredState::LiveMessage& m = state.messages[i];
+    for (const wal::Ref& r : m.refs) {
+      if (r.deliveries == 0 || r.ready_at != absl::InfinitePast()) continue;
+      auto q = by_id.find(r.queue_id);
+      if (q == by_id.end()) continue;
+      std::vector<size_t>& until = returned_until[r.queue_id];
+      const size_t level = q->second->LevelOf(m.envelope->message);
+      if (until.size() <= level) until.resize(level + 1, 0);
+      until[level] = i + 1;
+    }
+  }
   // Messages held at their last allowed delivery when the broker stopped.
   std::vector<std::pair<Queue*, NodePtr>> spent;
-  for (RecoveredState::LiveMessage& m : state.messages) {
+  for (size_t i = 0; i < state.messages.size(); ++i) {
+    RecoveredState::LiveMessage& m = state.messages[i];
     for (const wal::Ref& r : m.refs) {
-      if (auto q = by_id.find(r.queue_id); q != by_id.end()) {
-        if (NodePtr node =
-                q->second->Restore(m.envelope, r.deliveries, r.ready_at)) {
-          spent.emplace_back(q->second.get(), std::move(node));
+      auto q = by_id.find(r.queue_id);
+      if (q == by_id.end()) continue;
+      bool returned = false;
+      if (!returned_until.empty()) {
+        if (auto u = returned_until.find(r.queue_id);
+            u != returned_until.end()) {
+          const size_t level = q->second->LevelOf(m.envelope->message);
+          returned = level < u->second.size() && i < u->second[level];
         }
+      }
+      if (NodePtr node = q->second->Restore(m.envelope, r.deliveries,
+                                            r.ready_at, returned)) {
+        spent.emplace_back(q->second.get(), std::move(node));
       }
     }
   }

@@ -106,13 +106,17 @@ void Queue::NotifyRoom() {
   }
 }
 
+int Queue::LevelOf(const Message& message) const {
+  return options_.max_priority == 0
+             ? 0
+             : std::min<uint8_t>(message.properties().priority.value_or(0),
+                                 options_.max_priority);
+}
+
 NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
   NodePtr node = NewNode();
   const Properties& props = envelope->message.properties();
-  node->priority = options_.max_priority == 0
-                       ? 0
-                       : std::min<uint8_t>(props.priority.value_or(0),
-                                           options_.max_priority);
+  node->priority = static_cast<uint8_t>(LevelOf(envelope->message));
   std::optional<absl::Duration> ttl = options_.message_ttl;
   if (props.expiration.has_value()) {
     ttl = ttl ? std::min(*ttl, *props.expiration) : *props.expiration;
@@ -127,7 +131,8 @@ NodePtr Queue::MakeNode(std::shared_ptr<const Envelope> envelope) {
 }
 
 NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
-                       uint32_t deliveries, absl::Time ready_at) {
+                       uint32_t deliveries, absl::Time ready_at,
+                       bool returned) {
   NodePtr node = MakeNode(std::move(envelope));
   node->deliveries = deliveries;
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
@@ -142,9 +147,7 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
   }
   if (ready_at != absl::InfinitePast()) {
     // Its delay or retry backoff is over: as in memory, it joins the returned
-    // messages, ahead of those never delivered. (The others come back in
-    // publish order, which in memory is where a delivered one returns too:
-    // FIFO within a priority, nothing delivered skips an older message.)
+    // messages, ahead of those never delivered.
     MutexLock lock(&mu_);
     if (DelayedMeetsLimits(*node)) {
       // As in memory once its delay is over, when FinishRestore knows what
@@ -153,6 +156,15 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
       return nullptr;
     }
     ReturnLocked(std::move(node));
+    return nullptr;
+  }
+  if (returned) {
+    // Delivered before the restart, and requeued or unsettled at the crash:
+    // returned, as in memory (a requeue, or its consumer closing). The
+    // returned messages, these and those whose delay is over, go in
+    // publish order ahead of those never delivered.
+    MutexLock lock(&mu_);
+    ReturnLocked(std::move(node));  // expires it if its time is up
     return nullptr;
   }
   ready_count_.fetch_add(1, std::memory_order_relaxed);
@@ -164,10 +176,8 @@ NodePtr Queue::Restore(std::shared_ptr<const Envelope> envelope,
       ready_bytes_.fetch_sub(node->body_size(), std::memory_order_relaxed);
       AddExpiredLocked(std::move(node));
     } else {
-      if (deliveries == 0) {
-        ++restored_fresh_;
-        restored_fresh_bytes_ += node->body_size();
-      }
+      ++restored_fresh_;
+      restored_fresh_bytes_ += node->body_size();
       SpillLocked(std::move(node));
     }
   }

@@ -168,8 +168,15 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // a consumer's close would, the restart gives up on it: it is returned,
   // for the caller to dead-letter (null otherwise). A delayed publish whose
   // delay is over waits for FinishRestore when the limits apply to it.
+  // `returned`: a message ready now goes back among the returned messages
+  // (ahead of the rest, in publish order) rather than behind them; the
+  // caller says so for a message delivered before the restart and for
+  // those published before one at its priority (see BrokerImpl::Restore).
   [[nodiscard]] NodePtr Restore(std::shared_ptr<const Envelope> envelope,
-                                uint32_t deliveries, absl::Time ready_at);
+                                uint32_t deliveries, absl::Time ready_at,
+                                bool returned);
+  // The priority level a message takes in this queue.
+  int LevelOf(const Message& message) const;
   // Recovery, once every message is restored: under kDropHead and
   // kRejectPublishDlx, the delayed publishes whose delay is over meet the
   // length limits, in the order their delays ended, counted against the
@@ -459,7 +466,8 @@ class Queue : public std::enable_shared_from_this<Queue> {
   std::vector<NodePtr> expired_ ABSL_GUARDED_BY(mu_);
   // Recovery only (Restore, FinishRestore): delayed publishes whose delay
   // is over, with when it ended, waiting to meet the limits; and the count
-  // and bytes of the ready messages never delivered restored so far.
+  // and bytes of the ready messages restored so far behind the returned
+  // ones (never delivered).
   std::vector<std::pair<absl::Time, NodePtr>> restore_pending_
       ABSL_GUARDED_BY(mu_);
   uint64_t restored_fresh_ ABSL_GUARDED_BY(mu_) = 0;

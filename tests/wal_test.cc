@@ -470,22 +470,28 @@ TEST_CASE(
   CHECK(DrainBodies(*b, "full") == std::vector<std::string>{"filler"});
 }
 
+// The bodies of the ready messages of `queue`, in delivery order.
+std::vector<std::string> ReadyBodies(Broker& b, std::string_view queue) {
+  std::vector<std::string> out;
+  auto messages = b.Browse(queue, 1000);
+  REQUIRE(messages.ok());
+  for (const Message& m : *messages) out.emplace_back(m.body());
+  return out;
+}
+
 TEST_CASE(
-    "A delayed message whose delay is over comes back ahead of those never "
-    "delivered, as before the restart",
+    "Returned messages and those whose delay is over come back ahead of "
+    "those never delivered in the order they had before the restart",
     "[wal]") {
-  // Nacked once more after its delay ended, or not.
-  const bool nacked = GENERATE(false, true);
-  CAPTURE(nacked);
+  enum Mode { kNone, kDelayedNacked, kAllReturned };
+  const Mode mode = GENERATE(kNone, kDelayedNacked, kAllReturned);
+  CAPTURE(mode);
+  // In memory the returned messages (requeued, or back from a consumer
+  // that closed, or whose delay is over) go first, in publish order.
+  const std::vector<std::string> expected =
+      mode == kAllReturned ? std::vector<std::string>{"A", "B", "D"}
+                           : std::vector<std::string>{"D", "A", "B"};
   Fixture f;
-  auto order = [](Broker& b) {
-    std::vector<std::string> bodies;
-    auto c = b.Consume("q").value();
-    for (auto d = c->TryReceive(); d.ok(); d = c->TryReceive()) {
-      bodies.emplace_back(d->body());
-    }
-    return bodies;  // the consumer closes: all go back
-  };
   {
     auto b = f.MustOpen();
     REQUIRE(b->DeclareQueue("q", {.durable = true}).ok());
@@ -495,28 +501,26 @@ TEST_CASE(
     later.delay = absl::Seconds(10);
     REQUIRE(b->Publish("", "q", Message("D"), later).ok());
     REQUIRE(f.clock.Advance(absl::Seconds(10)).ok());
-    if (nacked) {
+    if (mode == kDelayedNacked) {
       auto c = b->Consume("q").value();
       auto d = c->TryReceive().value();
       REQUIRE(d.body() == "D");
       REQUIRE(c->Nack(d).ok());
-    }
-    REQUIRE(order(*b) == std::vector<std::string>{"D", "A", "B"});
+    } else if (mode == kAllReturned) {
+      auto c = b->Consume("q").value();
+      std::vector<std::string> delivered;
+      for (auto d = c->TryReceive(); d.ok(); d = c->TryReceive()) {
+        delivered.emplace_back(d->body());
+      }
+      REQUIRE(delivered == std::vector<std::string>{"D", "A", "B"});
+    }  // the consumer closes: all go back
+    REQUIRE(ReadyBodies(*b, "q") == expected);
     REQUIRE(b->DeclareQueue("fence", {.durable = true}).ok());
     REQUIRE(b->Publish("", "fence", Message("fence"), Persistent()).ok());
     f.env.SimulateCrash(FaultInjectionEnv::CrashKind::kPowerLoss);
   }
   auto b = f.MustOpen();
-  CHECK(order(*b) == std::vector<std::string>{"D", "A", "B"});
-}
-
-// The bodies of the ready messages of `queue`, in delivery order.
-std::vector<std::string> ReadyBodies(Broker& b, std::string_view queue) {
-  std::vector<std::string> out;
-  auto messages = b.Browse(queue, 1000);
-  REQUIRE(messages.ok());
-  for (const Message& m : *messages) out.emplace_back(m.body());
-  return out;
+  CHECK(ReadyBodies(*b, "q") == expected);
 }
 
 // Declares durable queue "q", limited to two ready messages with `overflow`,
@@ -602,9 +606,9 @@ TEST_CASE(
   for (int open = 0; open < 2; ++open) {
     CAPTURE(open);
     b = f.MustOpen();
-    // A is back in publish order, behind D, whose delay is over; nothing
-    // was refused or pushed out.
-    CHECK(ReadyBodies(*b, "q") == std::vector<std::string>{"D", "A", "B"});
+    // As before the restart: A and D are returned messages, in publish
+    // order, ahead of B; nothing was refused or pushed out.
+    CHECK(ReadyBodies(*b, "q") == std::vector<std::string>{"A", "D", "B"});
     CHECK(ReadyBodies(*b, "dead").empty());
     CHECK(b->GetQueueStats("q")->refused == 0);
     b.reset();
