@@ -1409,17 +1409,19 @@ bool BrokerImpl::IsDeadLetterTargetLocked(const Queue& target) const {
 }
 
 uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
-                                 const RedriveOptions& options, uint64_t max,
-                                 bool look_past_stuck) {
+                                 const RedriveOptions& options, uint64_t max) {
   std::vector<NodePtr> stay;
   std::vector<DeadBatch> dead;
   std::vector<std::shared_ptr<Queue>> flush;
   uint64_t moved = 0;
-  // A paced move must not end at a message that cannot move while others
-  // behind it could: it takes the next ones until some move.
-  for (;;) {
-    std::vector<NodePtr> nodes = dlq->TakeForMove(max);
+  // Messages that cannot move do not count against `max`: it takes the
+  // next ones until `max` moved.
+  uint64_t to_look_at = dlq->ready();
+  while (moved < max && to_look_at > 0 && !closed_) {
+    std::vector<NodePtr> nodes =
+        dlq->TakeForMove(std::min(max - moved, to_look_at));
     if (nodes.empty()) break;
+    to_look_at -= nodes.size();
     ReaderLock lock(&topo_mu_);
     for (NodePtr& node : nodes) {
       const Message& m = node->envelope->message;
@@ -1458,7 +1460,6 @@ uint64_t BrokerImpl::RedriveSome(const std::shared_ptr<Queue>& dlq,
       }
       ++moved;
     }
-    if (!look_past_stuck || moved > 0 || closed_) break;
   }
   // Those that could not move go back where they were.
   dlq->PutBack(std::move(stay));
@@ -1519,35 +1520,40 @@ absl::StatusOr<uint64_t> BrokerImpl::Redrive(std::string_view dlq,
   // looks past messages whose target is gone (they stay where they were, as
   // with an immediate redrive), so they neither stop the job early nor keep
   // it running.
+  // Tick k is due k intervals after the first, however late the ones
+  // before it ran: a tick that runs late does not push back the rest, so
+  // the rate holds on average (a clock advanced by hand runs every tick
+  // that fell due).
   struct Job {
     BrokerImpl* broker;
     std::shared_ptr<Queue> dlq;
     RedriveOptions options;
     uint64_t remaining;
     absl::Duration interval;
+    absl::Time due;
   };
   auto job = std::make_shared<Job>(
       Job{this, q, options, std::min<uint64_t>(max, q->ready()),
-          absl::Seconds(1.0 / options.messages_per_second)});
+          absl::Seconds(1.0 / options.messages_per_second), Now()});
   if (job->remaining == 0) return uint64_t{0};
   struct Tick {
     static void Run(std::shared_ptr<Job> job) {
       BrokerImpl* b = job->broker;
-      if (b->RedriveSome(job->dlq, job->options, 1,
-                         /*look_past_stuck=*/true) == 0) {
+      if (b->RedriveSome(job->dlq, job->options, 1) == 0) {
         return;  // nothing left that can move
       }
       if (--job->remaining == 0) return;
+      job->due += job->interval;
       MutexLock lock(&b->link_->timers_mu);
       if (b->link_->timers == nullptr) return;
-      b->link_->timers->Schedule(b->Now() + job->interval, [job] { Run(job); });
+      b->link_->timers->Schedule(job->due, [job] { Run(job); });
     }
   };
   MutexLock lock(&link_->timers_mu);
   if (link_->timers == nullptr) {
     return absl::FailedPreconditionError("the broker is closed");
   }
-  link_->timers->Schedule(Now(), [job] { Tick::Run(job); });
+  link_->timers->Schedule(job->due, [job] { Tick::Run(job); });
   return uint64_t{0};
 }
 

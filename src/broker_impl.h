@@ -228,13 +228,12 @@ class BrokerImpl final : public Broker, private QueueOwner {
   // True when some queue's dead letters reach `queue`.
   bool IsDeadLetterTargetLocked(const Queue& queue) const
       ABSL_SHARED_LOCKS_REQUIRED(topo_mu_);
-  // Takes up to `max` messages out of `dlq` and moves them as `options` say;
-  // returns how many moved. With `look_past_stuck`, when none of them could
-  // move, takes the next `max`, until some move or none are left. Those that
-  // cannot move stay where they were.
+  // Moves up to `max` messages out of `dlq` as `options` say, looking past
+  // those that cannot move (they stay where they were), but at no more
+  // messages than were ready when it began (so that none moved back into
+  // `dlq` is taken again); returns how many moved.
   uint64_t RedriveSome(const std::shared_ptr<Queue>& dlq,
-                       const RedriveOptions& options, uint64_t max,
-                       bool look_past_stuck = false);
+                       const RedriveOptions& options, uint64_t max);
   // Publishes `message` to `exchange` under the topology lock, as
   // dead-lettering and redrive do: no validation, counted in the exchange's
   // statistics as any publish is; returns how many queues took it.

@@ -917,9 +917,14 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
     } else if (kind == ReturnKind::kRequeue && options_.retry &&
                !(node->has_expiry() && node->expires_at <= t)) {
       // (Returned after its expiry, it is not retried: ReturnLocked, below,
-      // dead-letters it as expired.)
+      // dead-letters it as expired.) A backoff of zero is ready at once, as
+      // a publish with no delay is.
       const absl::Duration d = RetryDelay(*node);
-      later.emplace_back(std::move(node), d);
+      if (d > absl::ZeroDuration()) {
+        later.emplace_back(std::move(node), d);
+      } else {
+        now.push_back(std::move(node));
+      }
     } else {
       now.push_back(std::move(node));
     }

@@ -65,7 +65,17 @@ absl::Duration BaseRetryDelay(const RetryPolicy& p, uint32_t attempt,
       break;
     }
     case Backoff::kCustom:
-      d = p.custom ? p.custom(attempt, message) : p.initial_delay;
+      d = p.initial_delay;
+      if (p.custom) {
+        // It runs where no caller could hear of an exception (a consumer's
+        // close, an expired lease) and after the message left its
+        // consumer: one that throws gets initial_delay instead.
+        try {
+          d = p.custom(attempt, message);
+        } catch (...) {
+          d = p.initial_delay;
+        }
+      }
       break;
   }
   return std::clamp(d, absl::ZeroDuration(), p.max_delay);

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -1077,6 +1078,109 @@ TEST_CASE(
   // immediate Redrive("dlq", {}) moves it and returns 1).
   CHECK(Ready(*e.b, "work") == 1);
   CHECK(Ready(*e.b, "dlq") == 1);
+}
+
+// Dead-letters `n` messages "0", "1", ... from queue "work" into "dlq".
+void DeadLetters(Env& e, int n) {
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(Send(*e.b, "", "work", std::to_string(i)).ok());
+  }
+  auto c = e.b->Consume("work").value();
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+}
+
+TEST_CASE("A paced redrive runs every tick that fell due while time jumped") {
+  Env e;
+  DeadLetters(e, 10);
+  REQUIRE(Ready(*e.b, "dlq") == 10);
+  REQUIRE(e.b->Redrive("dlq", {.messages_per_second = 1}).value() == 0);
+  e.Advance(absl::ZeroDuration());
+  CHECK(Ready(*e.b, "work") == 1);
+  e.Advance(absl::Seconds(4));  // the ticks at 1, 2, 3 and 4 s
+  CHECK(Ready(*e.b, "work") == 5);
+  e.Advance(absl::Milliseconds(999));
+  CHECK(Ready(*e.b, "work") == 5);
+  e.Advance(absl::Seconds(100));
+  CHECK(Ready(*e.b, "work") == 10);
+  CHECK(Ready(*e.b, "dlq") == 0);
+}
+
+TEST_CASE(
+    "An immediate redrive with a bound looks past messages that cannot "
+    "move") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("gone", WithDlx({})).ok());
+  REQUIRE(Send(*e.b, "", "gone", "g").ok());
+  {
+    auto c = e.b->Consume("gone").value();
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
+  REQUIRE(e.b->DeleteQueue("gone").ok());  // "g" has nowhere to go back to
+  DeadLetters(e, 3);                       // behind "g"
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(e.b->Redrive("dlq", {.max_messages = 1}).value() == 1);
+  }
+  CHECK(e.b->Redrive("dlq", {.max_messages = 1}).value() == 0);
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"0", "1", "2"});
+  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"g"});
+}
+
+TEST_CASE(
+    "A redrive into the queue it drains moves each message once and ends") {
+  Env e;
+  DeadLetters(e, 3);
+  const uint64_t max = GENERATE(uint64_t{0}, uint64_t{100});
+  CAPTURE(max);
+  CHECK(e.b->Redrive("dlq", {.to_queue = "dlq", .max_messages = max}).value() ==
+        3);
+  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"0", "1", "2"});
+}
+
+TEST_CASE("A custom backoff that throws retries after the initial delay") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work",
+                 {.retry = RetryPolicy{.backoff = Backoff::kCustom,
+                                       .initial_delay = absl::Seconds(5),
+                                       .custom = [](uint32_t, const Message&)
+                                           -> absl::Duration {
+                                         throw std::runtime_error(
+                                             "no backoff today");
+                                       }}})
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Nack(c->TryReceive().value()).ok());
+  CHECK(e.Stats("work").delayed == 1);
+  CHECK(e.Stats("work").unacked == 0);
+  e.Advance(absl::Milliseconds(4999));
+  CHECK(absl::IsUnavailable(c->TryReceive().status()));
+  e.Advance(absl::Milliseconds(1));
+  auto again = c->TryReceive();
+  REQUIRE(again.ok());
+  CHECK(again->redelivered());
+  CHECK(again->attempt() == 2);
+}
+
+TEST_CASE("A backoff of zero makes a nacked message ready at once") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue(
+                 "work",
+                 {.retry = RetryPolicy{.backoff = Backoff::kFixed,
+                                       .initial_delay = absl::ZeroDuration()}})
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  REQUIRE(c->Nack(c->TryReceive().value()).ok());
+  CHECK(e.Stats("work").delayed == 0);
+  CHECK(e.Stats("work").requeued == 1);
+  auto again = c->TryReceive();  // no Advance
+  REQUIRE(again.ok());
+  CHECK(again->attempt() == 2);
 }
 
 }  // namespace

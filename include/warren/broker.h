@@ -93,10 +93,12 @@ struct RedriveOptions {
   // `to_exchange` is kInvalidArgument: a queue target needs none.
   std::string to_exchange;
   std::optional<std::string> routing_key;
-  // Most messages to move; 0 means all that are ready. Default: 0.
+  // Most messages to move; 0 means all that are ready. Messages that cannot
+  // move (their target is gone) stay and do not count. Default: 0.
   uint64_t max_messages = 0;
   // With a rate, messages move in the background on the broker's clock, one
-  // every 1/rate seconds, and Redrive returns at once. Default: 0 (all now).
+  // every 1/rate seconds (a late tick does not push back the later ones),
+  // and Redrive returns at once. Default: 0 (all now).
   double messages_per_second = 0;
 };
 

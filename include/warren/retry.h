@@ -62,7 +62,8 @@ struct RetryPolicy {
   // random seed. Default: 0.
   uint64_t seed = 0;
   // For Backoff::kCustom: the delay after `attempt` failed deliveries (1 for
-  // the first). Called on the thread that settles; must be thread-safe.
+  // the first). Called on the thread that settles; must be thread-safe. If
+  // it throws, that attempt waits `initial_delay` (capped by max_delay).
   // Redeclaring a queue compares whether a custom function is set, not
   // which.
   std::function<absl::Duration(uint32_t attempt, const Message& message)>
