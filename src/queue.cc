@@ -421,6 +421,15 @@ Queue::EnqueueResult Queue::EnqueueReserved(
   node->seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
   Add(publisher_side_.published, 1);
 
+  if (node->has_expiry() && node->expires_at <= Now()) {
+    // Expired as it arrives (a time-to-live of zero, or one that ran out
+    // while its publisher waited for room): taken, and removed at once,
+    // holding no room; the caller flushes it (FlushExpired).
+    Unreserve(node->body_size());
+    MutexLock lock(&mu_);
+    AddExpiredLocked(std::move(node));
+    return EnqueueResult::kAccepted;
+  }
   const int level = node->priority;
   // acquire: pairs with the release store that clears spilling_ in
   // TakeLocked, so a publisher that sees the spill drained pushes behind it.

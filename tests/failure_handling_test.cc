@@ -1183,5 +1183,30 @@ TEST_CASE("A backoff of zero makes a nacked message ready at once") {
   CHECK(again->attempt() == 2);
 }
 
+TEST_CASE(
+    "A message whose time-to-live is zero is dead-lettered as it arrives "
+    "and holds no room") {
+  Env e;
+  const bool per_message = GENERATE(false, true);
+  CAPTURE(per_message);
+  QueueOptions options = WithDlx({.max_length = 1});
+  if (!per_message) options.message_ttl = absl::ZeroDuration();
+  REQUIRE(e.b->DeclareQueue("work", options).ok());
+  for (const char* body : {"a", "b"}) {
+    Message m(body);
+    if (per_message) m.properties().expiration = absl::ZeroDuration();
+    auto out = e.b->Publish("", "work", std::move(m));
+    REQUIRE(out.ok());
+    CHECK(out->queues == 1);  // taken, then expired: routed, not refused
+  }
+  const QueueStats s = e.Stats("work");
+  CHECK(s.ready == 0);
+  CHECK(s.ready_bytes == 0);
+  CHECK(s.expired == 2);
+  CHECK(s.refused == 0);
+  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"a", "b"});
+  CHECK(e.b->DeleteQueue("work", {.if_empty = true}).ok());
+}
+
 }  // namespace
 }  // namespace warren
