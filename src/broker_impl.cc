@@ -1610,6 +1610,7 @@ void BrokerImpl::Close() {
     WriterLock lock(&link_->mu);
     link_->owner = nullptr;
   }
+  link_->closed.store(true, std::memory_order_release);
   {
     MutexLock lock(&link_->timers_mu);
     link_->timers = nullptr;

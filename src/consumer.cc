@@ -124,6 +124,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       d.consumer_id_ = id_;
       d.attempt_ = n.deliveries;
       Held held{std::move(*node)};
+      held.tag = d.delivery_tag_;
       if (ack_deadline_) {
         ArmLease(d.delivery_tag_, held, queue_->Now() + *ack_deadline_);
       }
@@ -143,7 +144,7 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
     // Closed while we were taking: the message goes straight back.
     std::vector<NodePtr> back;
     back.push_back(std::move(*node));
-    queue_->Return(std::move(back), Queue::ReturnKind::kClosed);
+    queue_->Return(std::move(back), Queue::ReturnKind::kUndelivered);
     ReleaseSlots(1);
     return absl::FailedPreconditionError(
         StrCat("consumer '", tag_, "' is closed"));
@@ -198,25 +199,65 @@ absl::StatusOr<ConsumerState::HeldList> ConsumerState::Remove(const Delivery& d,
   }
   WARREN_RETURN_IF_ERROR(CheckOwner(d));
   HeldList removed;
-  MutexLock lock(&mu_);
-  if (closed_) {
-    return absl::FailedPreconditionError(StrCat(
-        "consumer '", tag_,
-        "' is closed; the deliveries it held were returned to the queue"));
+  std::vector<NodePtr> lapsed;
+  {
+    MutexLock lock(&mu_);
+    if (closed_) {
+      return absl::FailedPreconditionError(StrCat(
+          "consumer '", tag_,
+          "' is closed; the deliveries it held were returned to the queue"));
+    }
+    if (held_.Find(d.delivery_tag_) == nullptr) {
+      return absl::FailedPreconditionError(
+          StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
+                 " on consumer '", tag_, "'"));
+    }
+    TakeLapsedLocked(d.delivery_tag_, multiple, lapsed);
+    if (held_.Find(d.delivery_tag_) != nullptr) {
+      held_.Remove(d.delivery_tag_, multiple, removed);
+      for (Held& h : removed) CancelLease(h.lease);
+      window_used_.fetch_sub(static_cast<uint32_t>(removed.size()),
+                             std::memory_order_relaxed);
+      window_cv_.SignalAll();
+    }
   }
-  if (held_.Find(d.delivery_tag_) == nullptr) {
-    return absl::FailedPreconditionError(
-        StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
-               " on consumer '", tag_, "'"));
+  if (!lapsed.empty()) {
+    ReturnLapsed(std::move(lapsed));
+    // As if its timer had run: the settle finds nothing.
+    if (removed.empty()) {
+      return absl::FailedPreconditionError(
+          StrCat("the lease of delivery tag ", d.delivery_tag_,
+                 " on consumer '", tag_, "' expired"));
+    }
   }
-  held_.Remove(d.delivery_tag_, multiple, removed);
-  for (Held& h : removed) CancelLease(h.lease);
-  window_used_.fetch_sub(static_cast<uint32_t>(removed.size()),
-                         std::memory_order_relaxed);
-  window_cv_.SignalAll();
   // The caller counts them settled once they are where they go next, so the
   // statistics never show a message in no state at all.
   return removed;
+}
+
+void ConsumerState::TakeLapsedLocked(uint64_t tag, bool multiple,
+                                     std::vector<NodePtr>& lapsed) {
+  if (!leased_) return;
+  const absl::Time now = queue_->Now();
+  absl::InlinedVector<uint64_t, 1> tags;
+  held_.ForEach(multiple ? 0 : tag, tag, [&](uint64_t t, const Held& h) {
+    if (h.lease_until <= now) tags.push_back(t);
+  });
+  for (uint64_t t : tags) {
+    HeldList one;
+    held_.Remove(t, /*multiple=*/false, one);
+    CancelLease(one[0].lease);
+    lapsed.push_back(std::move(one[0].node));
+  }
+}
+
+void ConsumerState::ReturnLapsed(std::vector<NodePtr> lapsed) {
+  const size_t n = lapsed.size();
+  if (n == 0) return;
+  ReleaseSlots(static_cast<uint32_t>(n));
+  queue_->CountLeaseExpired(n);
+  queue_->Return(std::move(lapsed), Queue::ReturnKind::kLeaseExpired);
+  queue_->CountSettled(n);
 }
 
 absl::Status ConsumerState::Ack(const Delivery& d, bool multiple) {
@@ -323,6 +364,8 @@ void ConsumerState::Close() {
 
 void ConsumerState::ArmLease(uint64_t tag, Held& held, absl::Time at) {
   held.lease_generation = ++next_lease_generation_;
+  held.lease_until = at;
+  leased_ = true;
   BrokerLink& link = *queue_->link();
   MutexLock lock(&link.timers_mu);
   if (link.timers == nullptr) {
@@ -354,10 +397,7 @@ void ConsumerState::OnLeaseExpired(uint64_t tag, uint64_t generation) {
     held_.Remove(tag, /*multiple=*/false, removed);
     nodes.push_back(std::move(removed[0].node));
   }
-  ReleaseSlots(1);
-  queue_->CountLeaseExpired(1);
-  queue_->Return(std::move(nodes), Queue::ReturnKind::kLeaseExpired);
-  queue_->CountSettled(1);
+  ReturnLapsed(std::move(nodes));
 }
 
 absl::Status ConsumerState::Extend(const Delivery& d,
@@ -370,20 +410,62 @@ absl::Status ConsumerState::Extend(const Delivery& d,
         "a lease extension must be between 0 and 10 years");
   }
   WARREN_RETURN_IF_ERROR(queue_->CheckUsable());
-  MutexLock lock(&mu_);
-  if (closed_) {
-    return absl::FailedPreconditionError(
-        StrCat("consumer '", tag_, "' is closed"));
+  std::vector<NodePtr> lapsed;
+  bool expired = false;
+  {
+    MutexLock lock(&mu_);
+    if (closed_) {
+      return absl::FailedPreconditionError(
+          StrCat("consumer '", tag_, "' is closed"));
+    }
+    if (held_.Find(d.delivery_tag_) == nullptr) {
+      return absl::FailedPreconditionError(
+          StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
+                 " on consumer '", tag_, "' (or its lease expired)"));
+    }
+    TakeLapsedLocked(d.delivery_tag_, /*multiple=*/false, lapsed);
+    if (Held* held = held_.Find(d.delivery_tag_); held == nullptr) {
+      expired = true;
+    } else if (extension == absl::ZeroDuration()) {
+      // Over now (as SQS's visibility timeout of 0): back to the queue at
+      // once, not when a timer runs.
+      HeldList one;
+      held_.Remove(d.delivery_tag_, /*multiple=*/false, one);
+      CancelLease(one[0].lease);
+      lapsed.push_back(std::move(one[0].node));
+    } else {
+      CancelLease(held->lease);
+      ArmLease(d.delivery_tag_, *held, queue_->Now() + extension);
+    }
   }
-  Held* held = held_.Find(d.delivery_tag_);
-  if (held == nullptr) {
+  ReturnLapsed(std::move(lapsed));
+  if (expired) {
     return absl::FailedPreconditionError(
-        StrCat("unknown or already settled delivery tag ", d.delivery_tag_,
-               " on consumer '", tag_, "' (or its lease expired)"));
+        StrCat("the lease of delivery tag ", d.delivery_tag_, " on consumer '",
+               tag_, "' expired"));
   }
-  CancelLease(held->lease);
-  ArmLease(d.delivery_tag_, *held, queue_->Now() + extension);
   return absl::OkStatus();
+}
+
+void ConsumerState::ReturnAllBut(uint64_t keep) {
+  std::vector<NodePtr> nodes;
+  {
+    MutexLock lock(&mu_);
+    if (closed_) return;
+    HeldList removed;
+    held_.RemoveAllBut(keep, removed);
+    nodes.reserve(removed.size());
+    for (Held& held : removed) {
+      CancelLease(held.lease);
+      nodes.push_back(std::move(held.node));
+    }
+    window_cv_.SignalAll();
+  }
+  window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
+                         std::memory_order_relaxed);
+  const size_t n = nodes.size();
+  queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
+  queue_->CountSettled(n);
 }
 
 size_t ConsumerState::unacked() const {

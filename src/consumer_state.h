@@ -3,8 +3,10 @@
 #ifndef WARREN_SRC_CONSUMER_STATE_H_
 #define WARREN_SRC_CONSUMER_STATE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,16 +27,23 @@ namespace warren::internal {
 // The deliveries a consumer holds, by delivery tag. Tags are handed out in
 // order and most settles come in order, so a ring of slots from the oldest
 // held tag on makes every operation O(1) (a multiple settle is linear in the
-// tags it covers) and allocates only to grow. Thread-compatible.
+// tags it covers) and allocates only to grow. A delivery held long while
+// many after it are settled (a long job, kept with Extend) would stretch the
+// ring over every tag since: when the ring is full and at most half of it
+// is held, the oldest held ones move out to an ordered side table (the
+// stragglers), so its size follows what is held, not what went by.
+// Thread-compatible.
 template <typename Held>
 class HeldWindow {
  public:
   // The tag the next Add gets; tags start at 1.
   uint64_t next_tag() const { return base_ + span_; }
-  size_t size() const { return count_; }
+  size_t size() const { return count_ + stragglers_.size(); }
+  // Slots in the ring (for tests).
+  size_t capacity() const { return slots_.size(); }
 
   void Add(Held held) {
-    if (span_ == slots_.size()) Grow();
+    if (span_ == slots_.size()) MakeRoom();
     slots_[(head_ + span_) & (slots_.size() - 1)] = std::move(held);
     ++span_;
     ++count_;
@@ -42,24 +51,88 @@ class HeldWindow {
 
   // The delivery with `tag`, or nullptr when it is not held.
   Held* Find(uint64_t tag) {
-    if (tag < base_ || tag >= base_ + span_) return nullptr;
+    if (tag < base_) {
+      if (stragglers_.empty()) return nullptr;
+      auto it = stragglers_.find(tag);
+      return it == stragglers_.end() ? nullptr : &it->second;
+    }
+    if (tag >= base_ + span_) return nullptr;
     Held& h = slots_[(head_ + (tag - base_)) & (slots_.size() - 1)];
     return h.node ? &h : nullptr;
   }
 
-  // Moves the held delivery `tag` (which must be held), and with `multiple`
-  // every held one before it, into `out` in tag order.
+  // Moves the held delivery `tag`, and with `multiple` every held one
+  // before it, into `out` in tag order (none when none is held).
   template <typename Out>
   void Remove(uint64_t tag, bool multiple, Out& out) {
+    // Stragglers are older than everything in the ring.
+    if (!stragglers_.empty()) {
+      if (multiple) {
+        const auto end = stragglers_.upper_bound(tag);
+        for (auto it = stragglers_.begin(); it != end; ++it) {
+          out.push_back(std::move(it->second));
+        }
+        stragglers_.erase(stragglers_.begin(), end);
+      } else if (tag < base_) {
+        if (auto it = stragglers_.find(tag); it != stragglers_.end()) {
+          out.push_back(std::move(it->second));
+          stragglers_.erase(it);
+        }
+        return;
+      }
+    }
+    if (tag < base_ || span_ == 0) return;
     const uint64_t first = multiple ? base_ : tag;
-    for (uint64_t t = first; t <= tag; ++t) {
-      Held* h = Find(t);
-      if (h == nullptr) continue;
-      out.push_back(std::move(*h));
-      h->node = nullptr;
+    const uint64_t last = std::min(tag, base_ + span_ - 1);
+    for (uint64_t t = first; t <= last; ++t) {
+      Held& h = slots_[(head_ + (t - base_)) & (slots_.size() - 1)];
+      if (!h.node) continue;
+      out.push_back(std::move(h));
+      h.node = nullptr;
       --count_;
     }
-    // Invariant: the slot at head_ is held, unless the window is empty.
+    SkipSettled();
+  }
+
+  // Calls fn(tag, held) for each held delivery from `first` to `last`, in
+  // tag order.
+  template <typename F>
+  void ForEach(uint64_t first, uint64_t last, F fn) {
+    for (auto it = stragglers_.lower_bound(first);
+         it != stragglers_.end() && it->first <= last; ++it) {
+      fn(it->first, it->second);
+    }
+    const uint64_t end = std::min(last + 1, base_ + span_);
+    for (uint64_t t = std::max(first, base_); t < end; ++t) {
+      Held& h = slots_[(head_ + (t - base_)) & (slots_.size() - 1)];
+      if (h.node) fn(t, h);
+    }
+  }
+
+  template <typename Out>
+  void RemoveAll(Out& out) {
+    if (size() > 0) Remove(next_tag() - 1, /*multiple=*/true, out);
+  }
+
+  // Moves every held delivery but `keep` into `out`, in tag order.
+  template <typename Out>
+  void RemoveAllBut(uint64_t keep, Out& out) {
+    Out all;
+    RemoveAll(all);
+    for (auto& h : all) {
+      // The ring is empty now, so `keep` is older than its base: it stays
+      // as a straggler.
+      if (h.tag == keep) {
+        stragglers_.emplace(keep, std::move(h));
+      } else {
+        out.push_back(std::move(h));
+      }
+    }
+  }
+
+ private:
+  // Invariant: the slot at head_ is held, unless the ring is empty.
+  void SkipSettled() {
     while (span_ > 0 && !slots_[head_].node) {
       head_ = (head_ + 1) & (slots_.size() - 1);
       ++base_;
@@ -67,13 +140,20 @@ class HeldWindow {
     }
   }
 
-  template <typename Out>
-  void RemoveAll(Out& out) {
-    if (span_ > 0) Remove(base_ + span_ - 1, /*multiple=*/true, out);
-  }
-
- private:
-  void Grow() {
+  // The ring is full: moves the oldest held deliveries out to the
+  // stragglers until at most half of it is in use, when at most half of it
+  // is held; otherwise doubles it.
+  void MakeRoom() {
+    if (!slots_.empty() && count_ * 2 <= span_) {
+      while (span_ > slots_.size() / 2) {
+        Held& h = slots_[head_];  // held (invariant)
+        stragglers_.emplace(base_, std::move(h));
+        h.node = nullptr;
+        --count_;
+        SkipSettled();
+      }
+      return;
+    }
     std::vector<Held> bigger(slots_.empty() ? 16 : slots_.size() * 2);
     for (size_t i = 0; i < span_; ++i) {
       bigger[i] = std::move(slots_[(head_ + i) & (slots_.size() - 1)]);
@@ -86,7 +166,8 @@ class HeldWindow {
   uint64_t base_ = 1;        // tag of the slot at head_
   size_t head_ = 0;
   size_t span_ = 0;   // tags from base_ that are held or settled out of order
-  size_t count_ = 0;  // held
+  size_t count_ = 0;  // held in the ring
+  std::map<uint64_t, Held> stragglers_;  // held, older than base_
 };
 
 // One consumer of one queue. Deliveries it holds live in its own table until
@@ -115,6 +196,10 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   absl::Status Extend(const Delivery& d, absl::Duration extension);
   absl::Status Cancel();
   void Close();
+  // Returns every delivery it holds but `keep` to the queue, as Close
+  // would, and stays open (a subscription's handler that stopped it settles
+  // `keep` after the grace for the others ran out).
+  void ReturnAllBut(uint64_t keep);
 
   bool cancelled() const {
     return state_.load(std::memory_order_acquire) != kActive;
@@ -148,9 +233,21 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   absl::Status CheckOwner(const Delivery& d) const;
   struct Held {
     NodePtr node;
+    uint64_t tag = 0;
     TimerService::TimerId lease = TimerService::kNoTimer;
     uint64_t lease_generation = 0;  // which lease timer may expire it
+    absl::Time lease_until = absl::InfiniteFuture();
   };
+  // A lease is over at its deadline, whether or not its timer has run yet
+  // (a manual clock runs timers only when advanced; a busy timer thread
+  // runs them late). Takes the deliveries up to `tag` (with `multiple`) or
+  // `tag` alone whose leases are over out of held_, into `lapsed`, for
+  // ReturnLapsed once mu_ is released.
+  void TakeLapsedLocked(uint64_t tag, bool multiple,
+                        std::vector<NodePtr>& lapsed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns deliveries whose leases are over, as their timers would.
+  void ReturnLapsed(std::vector<NodePtr> lapsed) ABSL_LOCKS_EXCLUDED(mu_);
   // (Re)arms the lease of `held` (delivery `tag`), due at `at`.
   void ArmLease(uint64_t tag, Held& held, absl::Time at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -172,6 +269,8 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   CondVar window_cv_;  // signalled when a slot is released or on cancel
   HeldWindow<Held> held_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // Some delivery has had a lease (so settles look at lease deadlines).
+  bool leased_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

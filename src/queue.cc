@@ -946,7 +946,10 @@ void Queue::Return(std::vector<NodePtr> nodes, ReturnKind kind) {
     for (NodePtr& node : now) back += ReturnLocked(std::move(node));
     HandOffLocked();
   }
-  Add(consumer_side_.requeued, back + later.size());
+  // (One never delivered is not counted as requeued.)
+  if (kind != ReturnKind::kUndelivered) {
+    Add(consumer_side_.requeued, back + later.size());
+  }
   for (auto& [node, d] : later) {
     if (node->wal_queue != 0) {
       // The retry's time survives a restart.
@@ -1132,6 +1135,9 @@ uint64_t Queue::End(EndReason reason) {
 }
 
 absl::Status Queue::CheckUsable() const {
+  if (link_->closed.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError("the broker is closed");
+  }
   switch (end_.load(std::memory_order_acquire)) {
     case kDeleted:
       return absl::NotFoundError(StrCat("queue '", name_, "' was deleted"));

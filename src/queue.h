@@ -103,6 +103,9 @@ struct BrokerLink {
   const std::shared_ptr<Wal> wal;
   SharedMutex mu;
   QueueOwner* owner ABSL_GUARDED_BY(mu) = nullptr;
+  // Set once the broker closes: its queues, deleted ones included, refuse
+  // every call with kFailedPrecondition (Queue::CheckUsable).
+  std::atomic<bool> closed{false};
   Mutex timers_mu;
   TimerService* timers ABSL_GUARDED_BY(timers_mu) = nullptr;
 };
@@ -206,6 +209,7 @@ class Queue : public std::enable_shared_from_this<Queue> {
     kRequeue,       // nack or reject with requeue: retry policy applies
     kClosed,        // the consumer closed while holding them
     kLeaseExpired,  // not settled within the ack deadline
+    kUndelivered,   // taken for a consumer that closed before it got it
   };
   // Takes back delivered messages: each is requeued (after the retry
   // backoff, for kRequeue on a queue with a retry policy), or dead-lettered

@@ -9,6 +9,8 @@ namespace {
 
 // The subscription whose worker this thread is; null on other threads.
 thread_local const SubscriptionState* current_subscription = nullptr;
+// The delivery its handler is running for.
+thread_local uint64_t current_delivery_tag = 0;
 
 }  // namespace
 
@@ -31,28 +33,35 @@ void SubscriptionState::WorkerLoop() {
   current_subscription = this;
   ConsumerState& state = *consumer_->state_;
   for (;;) {
-    // A worker counts as running from before it receives: Stop then waits
-    // for a delivery taken just before the cancel to be handled, instead of
-    // requeueing it under a handler that is about to run.
+    // Stop waits for the receives in progress to end (the cancel ends them
+    // at once), so that a delivery taken just before the cancel is handled,
+    // not requeued under a handler about to run; then for the handlers.
     {
       MutexLock lock(&mu_);
       if (stopped_) return;
-      ++running_;
+      ++receiving_;
     }
     absl::StatusOr<Delivery> d =
         state.Receive(/*wait=*/true, absl::InfiniteFuture(),
                       /*wait_for_window=*/true);
-    if (d.ok()) Handle(*d);
+    {
+      MutexLock lock(&mu_);
+      --receiving_;
+      if (d.ok()) ++running_;
+      if (stopped_ && receiving_ == 0) idle_cv_.SignalAll();
+      if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
+    }
+    Handle(*d);
     MutexLock lock(&mu_);
     // Stop waits for none to run, or for one (the handler that called it).
     if (--running_ <= 1) idle_cv_.SignalAll();
-    if (!d.ok()) return;  // cancelled, closed, deleted or broker closed
   }
 }
 
 void SubscriptionState::Handle(const Delivery& d) {
   HandlerResult result = HandlerResult::kRequeue;
   bool threw = false;
+  current_delivery_tag = d.delivery_tag();
 #if defined(__cpp_exceptions)
   try {
     result = handler_(d, *consumer_);
@@ -103,15 +112,24 @@ absl::Status SubscriptionState::Stop(absl::Duration grace) {
     const absl::Time deadline = grace == absl::InfiniteDuration()
                                     ? absl::InfiniteFuture()
                                     : absl::Now() + grace;
+    // Not bounded by the grace: the cancel ends every receive at once, and
+    // a worker parked in one runs no handler.
+    while (receiving_ > 0) idle_cv_.Wait(&mu_);
     while (running_ > self) {
       if (idle_cv_.WaitWithDeadline(&mu_, deadline)) break;
     }
     finished = running_ == self;
   }
-  if (finished && self == 1) {
+  if (self == 1) {
     // What the other handlers left unsettled goes back when the consumer
-    // closes, with the subscription; the workers are joined then too.
-    return absl::OkStatus();
+    // closes, with the subscription; the workers are joined then too. Past
+    // the deadline it goes back now, all but the caller's own delivery,
+    // which its handler's result settles.
+    if (finished) return absl::OkStatus();
+    consumer_->state_->ReturnAllBut(current_delivery_tag);
+    return absl::DeadlineExceededError(
+        "handlers were still running at the deadline; their deliveries were "
+        "requeued");
   }
   // Everything still held (handlers past the deadline, or deliveries whose
   // handler settled nothing) goes back to the queue.

@@ -47,8 +47,11 @@ class SubscriptionState {
   std::atomic<uint64_t> failed_{0};
 
   Mutex mu_;
-  CondVar idle_cv_;  // signalled when running_ drops to 1 or 0
-  // Workers receiving or handling a delivery.
+  // Signalled when running_ drops to 1 or 0, and, once stopped, when
+  // receiving_ drops to 0.
+  CondVar idle_cv_;
+  // Workers in a receive, and workers handling a delivery.
+  int receiving_ ABSL_GUARDED_BY(mu_) = 0;
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 

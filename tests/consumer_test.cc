@@ -662,6 +662,97 @@ TEST_CASE(
   CHECK(b->GetQueueStats("q")->acked == 2);
 }
 
+TEST_CASE(
+    "A handler that stops its own subscription past the grace still settles "
+    "its own delivery") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  Event subscribed, other_started, release_other, stopped;
+  std::unique_ptr<Subscription> sub;
+  absl::Status stop_status;
+  sub = b->Subscribe("q",
+                     [&](const Delivery& d) {
+                       subscribed.Wait();
+                       if (d.body() == "other") {
+                         other_started.Set();
+                         release_other.Wait();
+                         return HandlerResult::kAck;
+                       }
+                       other_started.Wait();
+                       stop_status = sub->Stop(absl::Milliseconds(1));
+                       stopped.Set();
+                       return HandlerResult::kAck;
+                     },
+                     {.workers = 2})
+            .value();
+  subscribed.Set();
+  REQUIRE(Send(*b, "", "q", "other").ok());
+  REQUIRE(Send(*b, "", "q", "stopper").ok());
+  stopped.Wait();  // "other" is still running: it outlived the grace
+  CHECK(absl::IsDeadlineExceeded(stop_status));
+  release_other.Set();
+  sub.reset();
+  // "other" went back to the queue at the deadline (its ack then failed);
+  // "stopper" was acked by its handler's result.
+  const QueueStats stats = b->GetQueueStats("q").value();
+  CHECK(stats.acked == 1);
+  CHECK(stats.requeued == 1);
+  CHECK(Drain(*b, "q") == std::vector<std::string>{"other"});
+}
+
+TEST_CASE("Stop with no grace is OK when no handler is running") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  for (int i = 0; i < 100; ++i) {
+    CAPTURE(i);
+    auto sub =
+        b->Subscribe("q", [](const Delivery&) { return HandlerResult::kAck; },
+                     {.workers = 2})
+            .value();
+    // Give the workers time to park in a receive on the empty queue (they
+    // need not have: either way no handler runs).
+    for (int y = 0; y < 1000; ++y) std::this_thread::yield();
+    CHECK(sub->Stop(absl::ZeroDuration()).ok());
+  }
+  CHECK(b->GetQueueStats("q")->delivered == 0);
+}
+
+TEST_CASE("Subscribe with an empty handler is InvalidArgument") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  CHECK(absl::IsInvalidArgument(b->Subscribe("q", Handler()).status()));
+  CHECK(absl::IsInvalidArgument(
+      b->Subscribe("q", std::function<HandlerResult(const Delivery&)>())
+          .status()));
+  HandlerResult (*null_function)(const Delivery&) = nullptr;
+  CHECK(absl::IsInvalidArgument(b->Subscribe("q", null_function).status()));
+  CHECK(absl::IsInvalidArgument(
+      b->Subscribe("q", HandlerWithConsumer()).status()));
+  CHECK(b->GetQueueStats("q")->consumers == 0);
+  b->Close();
+  CHECK(absl::IsFailedPrecondition(b->Subscribe("q", Handler()).status()));
+}
+
+TEST_CASE(
+    "Consumer calls after the broker closed are FailedPrecondition even "
+    "when the queue was deleted first") {
+  auto b = NewBroker();
+  REQUIRE(b->DeclareQueue("q").ok());
+  REQUIRE(Send(*b, "", "q", "m").ok());
+  auto c = b->Consume("q").value();
+  auto d = c->TryReceive().value();
+  REQUIRE(b->DeleteQueue("q").ok());
+  b->Close();
+  CHECK(absl::IsFailedPrecondition(c->Receive(absl::Milliseconds(1)).status()));
+  CHECK(absl::IsFailedPrecondition(c->TryReceive().status()));
+  CHECK(absl::IsFailedPrecondition(
+      c->ReceiveBatch(0, absl::Milliseconds(1)).status()));
+  CHECK(absl::IsFailedPrecondition(c->Ack(d)));
+  CHECK(absl::IsFailedPrecondition(c->Nack(d)));
+  CHECK(absl::IsFailedPrecondition(c->Extend(d, absl::Seconds(-1))));
+  CHECK(absl::IsFailedPrecondition(c->Cancel()));
+}
+
 TEST_CASE("A handler that throws has its delivery requeued") {
   auto b = NewBroker();
   REQUIRE(b->DeclareQueue("q").ok());

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -1206,6 +1207,79 @@ TEST_CASE(
   CHECK(s.refused == 0);
   CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"a", "b"});
   CHECK(e.b->DeleteQueue("work", {.if_empty = true}).ok());
+}
+
+TEST_CASE("Extend by zero ends the lease at once") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", {.ack_deadline = absl::Seconds(30)}).ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto other = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  REQUIRE(c->Extend(d, absl::ZeroDuration()).ok());
+  // As SQS's visibility timeout of 0: visible again now, with no Advance.
+  CHECK(e.Stats("work").lease_expired == 1);
+  auto again = other->TryReceive();
+  REQUIRE(again.ok());
+  CHECK(again->attempt() == 2);
+  CHECK(absl::IsFailedPrecondition(c->Ack(d)));
+  CHECK(other->Ack(*again).ok());
+}
+
+// Runs when the manual clock moves, before the broker's timers (it is
+// registered first): the time is past a lease's end, its timer not yet run.
+struct SettleWhenTimeMoves : ManualClock::Listener {
+  Consumer* consumer = nullptr;
+  std::optional<Delivery> delivery;
+  bool multiple = false;
+  absl::Status extend = absl::UnknownError("not run");
+  absl::Status ack = absl::UnknownError("not run");
+  void OnTimeMoved(absl::Time) override {
+    if (consumer == nullptr) return;
+    extend = consumer->Extend(*delivery, absl::Seconds(100));
+    ack = consumer->Ack(*delivery, {.multiple = multiple});
+    consumer = nullptr;
+  }
+};
+
+TEST_CASE("A lease is over at its deadline even before its timer runs") {
+  const bool multiple = GENERATE(false, true);
+  CAPTURE(multiple);
+  ManualClock clock;
+  SettleWhenTimeMoves late;
+  clock.AddListener(&late);
+  {
+    auto b = Broker::Open({.clock = &clock}).value();
+    REQUIRE(b->DeclareQueue("work").ok());
+    REQUIRE(Send(*b, "", "work", "short").ok());
+    REQUIRE(Send(*b, "", "work", "long").ok());
+    auto c = b->Consume("work").value();
+    auto short_lease = c->TryReceive().value();
+    auto long_lease = c->TryReceive().value();
+    REQUIRE(c->Extend(short_lease, absl::Seconds(10)).ok());
+    REQUIRE(c->Extend(long_lease, absl::Seconds(60)).ok());
+    late.consumer = c.get();
+    late.delivery = multiple ? long_lease : short_lease;
+    late.multiple = multiple;
+    REQUIRE(clock.Advance(absl::Seconds(10)).ok());
+    REQUIRE(late.consumer == nullptr);  // it ran
+    const QueueStats s = b->GetQueueStats("work").value();
+    CHECK(s.lease_expired == 1);
+    if (multiple) {
+      // The long lease is not over: extended, then acked; the short one
+      // went back as its timer would have, and the ack leaves it alone.
+      CHECK(late.extend.ok());
+      CHECK(late.ack.ok());
+      CHECK(s.acked == 1);
+      CHECK(Drain(*b, "work") == std::vector<std::string>{"short"});
+    } else {
+      CHECK(absl::IsFailedPrecondition(late.extend));
+      CHECK(absl::IsFailedPrecondition(late.ack));
+      CHECK(s.acked == 0);
+      CHECK(s.ready == 1);
+    }
+  }
+  clock.RemoveListener(&late);
 }
 
 }  // namespace

@@ -284,6 +284,16 @@ class Broker {
           std::is_invocable_r_v<HandlerResult, F&, const Delivery&>, int> = 0>
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
       std::string_view queue, F handler, const SubscribeOptions& options = {}) {
+    if constexpr (std::is_constructible_v<bool, const F&> &&
+                  !std::is_class_v<F>) {
+      // A function pointer: a null one is an empty handler.
+      if (!handler) return Subscribe(queue, HandlerWithConsumer(), options);
+    } else if constexpr (std::is_constructible_v<bool, const F&>) {
+      // std::function, absl::AnyInvocable, ...: empty is an empty handler.
+      if (!static_cast<bool>(handler)) {
+        return Subscribe(queue, HandlerWithConsumer(), options);
+      }
+    }
     return Subscribe(
         queue,
         HandlerWithConsumer(

@@ -159,7 +159,12 @@ class Consumer {
   absl::Status Reject(const Delivery& delivery, RejectOptions options = {});
 
   // Renews the lease on a held delivery: it now expires `extension` from now
-  // (SQS ChangeMessageVisibility). Works with or without an ack deadline.
+  // (SQS ChangeMessageVisibility); an extension of 0 ends it at once, and the
+  // message is ready again when Extend returns. Works with or without an ack
+  // deadline. A lease is over at its deadline, even before the broker's
+  // timer has returned the message (a manual clock not yet advanced past
+  // it, a busy timer thread): settling or extending it then returns it, and
+  // fails.
   //   kInvalidArgument    another consumer's delivery, or a negative or
   //                       absurd extension;
   //   kFailedPrecondition unknown or settled, its lease already expired, or
@@ -212,13 +217,15 @@ class Subscription {
   // Graceful shutdown: stops taking deliveries, waits up to `grace` for
   // running handlers to finish and settle, then returns everything still
   // held to the queue and joins the workers. Returns OK when every handler
-  // finished in time; kDeadlineExceeded when some were still running at the
+  // finished in time (workers waiting for a delivery are not running
+  // handlers); kDeadlineExceeded when some were still running at the
   // deadline (their deliveries are requeued and their late settles fail);
   // kFailedPrecondition when already stopped. Called from one of this
   // subscription's own handlers, it waits for the other handlers only: the
-  // caller's delivery is settled by its handler's result once it returns,
-  // and the workers are joined (and anything left unsettled returned) when
-  // the subscription is destroyed, which must not happen in its handler.
+  // caller's delivery is settled by its handler's result once it returns
+  // (also past the deadline), and the workers are joined (and anything left
+  // unsettled returned) when the subscription is destroyed, which must not
+  // happen in its handler.
   absl::Status Stop(absl::Duration grace);
 
   // The consumer the workers receive from (to settle, or for statistics).
