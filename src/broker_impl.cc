@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -341,8 +342,37 @@ void BrokerImpl::Restore(RecoveredState& state) {
     nodes.push_back(std::move(node));
     q->DeadLetter(std::move(nodes), DeathReason::kDeliveryLimit);
   }
-  // Messages whose time-to-live ran out while the broker was down.
-  for (auto& [id, q] : by_id) q->FlushExpired();
+  // Messages whose time-to-live ran out while the broker was down, in the
+  // order they expired (then by queue, then in publish order), as with the
+  // broker up; each queue's run of them dead-lettered as one batch.
+  struct Expired {
+    absl::Time at;
+    uint32_t queue_id;
+    uint64_t seq;
+    Queue* queue;
+    NodePtr node;
+  };
+  std::vector<Expired> expired;
+  for (auto& [id, q] : by_id) {
+    for (NodePtr& node : q->TakeExpired()) {
+      const absl::Time at = node->expires_at;
+      const uint64_t seq = node->seq;
+      expired.push_back(Expired{at, id, seq, q.get(), std::move(node)});
+    }
+  }
+  std::sort(expired.begin(), expired.end(),
+            [](const Expired& a, const Expired& b) {
+              return std::tie(a.at, a.queue_id, a.seq) <
+                     std::tie(b.at, b.queue_id, b.seq);
+            });
+  for (size_t i = 0; i < expired.size();) {
+    Queue* q = expired[i].queue;
+    std::vector<NodePtr> run;
+    for (; i < expired.size() && expired[i].queue == q; ++i) {
+      run.push_back(std::move(expired[i].node));
+    }
+    q->DeadLetter(std::move(run), DeathReason::kExpired);
+  }
 }
 
 absl::Status BrokerImpl::AwaitLogged(uint64_t lsn) {

@@ -523,6 +523,40 @@ TEST_CASE(
   CHECK(ReadyBodies(*b, "q") == expected);
 }
 
+TEST_CASE(
+    "Messages that expired while the broker was down are dead-lettered in "
+    "the order they expired",
+    "[wal]") {
+  Fixture f;
+  const int n = 8;
+  {
+    auto b = f.MustOpen();
+    REQUIRE(b->DeclareQueue("dlq", {.durable = true}).ok());
+    // q0 expires first, q7 last, published in the other order; and one
+    // more message of q7 with a shorter TTL of its own.
+    for (int i = 0; i < n; ++i) {
+      REQUIRE(b->DeclareQueue("q" + std::to_string(i),
+                              {.durable = true,
+                               .dead_letter_exchange = "",
+                               .dead_letter_routing_key = "dlq",
+                               .message_ttl = absl::Seconds(10 + 2 * i)})
+                  .ok());
+    }
+    for (int i = n - 1; i >= 0; --i) {
+      const std::string q = "q" + std::to_string(i);
+      REQUIRE(b->Publish("", q, Message(q), Persistent()).ok());
+    }
+    Message early("q7-early");
+    early.properties().expiration = absl::Seconds(13);  // between q1 and q2
+    REQUIRE(b->Publish("", "q7", std::move(early), Persistent()).ok());
+  }
+  REQUIRE(f.clock.Advance(absl::Seconds(100)).ok());
+  auto b = f.MustOpen();
+  CHECK(ReadyBodies(*b, "dlq") ==
+        std::vector<std::string>{"q0", "q1", "q7-early", "q2", "q3", "q4", "q5",
+                                 "q6", "q7"});
+}
+
 // Declares durable queue "q", limited to two ready messages with `overflow`,
 // whose dead letters go to durable queue "dead".
 void DeclareQueueOfTwo(Broker& b, Overflow overflow) {
