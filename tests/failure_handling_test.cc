@@ -1282,5 +1282,25 @@ TEST_CASE("A lease is over at its deadline even before its timer runs") {
   clock.RemoveListener(&late);
 }
 
+TEST_CASE(
+    "A message returned with no attempts left after its expiry is "
+    "dead-lettered for its delivery limit") {
+  Env e;
+  REQUIRE(e.b->DeclareQueue("work", WithDlx({.delivery_limit = 1,
+                                             .message_ttl = absl::Seconds(10)}))
+              .ok());
+  REQUIRE(Send(*e.b, "", "work", "m").ok());
+  auto c = e.b->Consume("work").value();
+  auto d = c->TryReceive().value();
+  e.Advance(absl::Seconds(20));  // held: it does not expire
+  REQUIRE(c->Nack(d).ok());
+  const QueueStats s = e.Stats("work");
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.expired == 0);
+  auto dead = e.b->Browse("dlq", 1).value();
+  REQUIRE(dead.size() == 1);
+  CHECK(DeathHistory(dead[0])[0].reason == DeathReason::kDeliveryLimit);
+}
+
 }  // namespace
 }  // namespace warren
