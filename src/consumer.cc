@@ -337,25 +337,7 @@ void ConsumerState::Close() {
   // messages and not with newer ones.
   const bool was_active =
       state_.exchange(kClosed, std::memory_order_acq_rel) == kActive;
-  std::vector<NodePtr> nodes;
-  {
-    MutexLock lock(&mu_);
-    if (closed_) return;
-    closed_ = true;
-    HeldList removed;
-    held_.RemoveAll(removed);
-    nodes.reserve(removed.size());
-    for (Held& held : removed) {
-      CancelLease(held.lease);
-      nodes.push_back(std::move(held.node));
-    }
-    window_cv_.SignalAll();
-  }
-  window_used_.fetch_sub(static_cast<uint32_t>(nodes.size()),
-                         std::memory_order_relaxed);
-  const size_t n = nodes.size();
-  queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
-  queue_->CountSettled(n);
+  if (!ReturnHeld(/*close=*/true)) return;
   if (was_active) {
     queue_->RemoveConsumer(this);
     queue_->ConsumerGone();
@@ -448,12 +430,21 @@ absl::Status ConsumerState::Extend(const Delivery& d,
 }
 
 void ConsumerState::ReturnAllBut(uint64_t keep) {
+  (void)ReturnHeld(/*close=*/false, keep);
+}
+
+bool ConsumerState::ReturnHeld(bool close, uint64_t keep) {
   std::vector<NodePtr> nodes;
   {
     MutexLock lock(&mu_);
-    if (closed_) return;
+    if (closed_) return false;
+    closed_ = close;
     HeldList removed;
-    held_.RemoveAllBut(keep, removed);
+    if (keep == 0) {
+      held_.RemoveAll(removed);
+    } else {
+      held_.RemoveAllBut(keep, removed);
+    }
     nodes.reserve(removed.size());
     for (Held& held : removed) {
       CancelLease(held.lease);
@@ -466,6 +457,7 @@ void ConsumerState::ReturnAllBut(uint64_t keep) {
   const size_t n = nodes.size();
   queue_->Return(std::move(nodes), Queue::ReturnKind::kClosed);
   queue_->CountSettled(n);
+  return true;
 }
 
 size_t ConsumerState::unacked() const {

@@ -246,6 +246,10 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   void TakeLapsedLocked(uint64_t tag, bool multiple,
                         std::vector<NodePtr>& lapsed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns what it holds, all but `keep` when not 0 (tags start at 1), to
+  // the queue as a close does; with `close`, closes it too. False when it
+  // was closed already.
+  bool ReturnHeld(bool close, uint64_t keep = 0) ABSL_LOCKS_EXCLUDED(mu_);
   // Returns deliveries whose leases are over, as their timers would.
   void ReturnLapsed(std::vector<NodePtr> lapsed) ABSL_LOCKS_EXCLUDED(mu_);
   // (Re)arms the lease of `held` (delivery `tag`), due at `at`.
