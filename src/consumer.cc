@@ -124,7 +124,6 @@ absl::StatusOr<Delivery> ConsumerState::Receive(bool wait, absl::Time deadline,
       d.consumer_id_ = id_;
       d.attempt_ = n.deliveries;
       Held held{std::move(*node)};
-      held.tag = d.delivery_tag_;
       if (ack_deadline_) {
         ArmLease(d.delivery_tag_, held, queue_->Now() + *ack_deadline_);
       }

@@ -117,17 +117,13 @@ class HeldWindow {
   // Moves every held delivery but `keep` into `out`, in tag order.
   template <typename Out>
   void RemoveAllBut(uint64_t keep, Out& out) {
-    Out all;
-    RemoveAll(all);
-    for (auto& h : all) {
-      // The ring is empty now, so `keep` is older than its base: it stays
-      // as a straggler.
-      if (h.tag == keep) {
-        stragglers_.emplace(keep, std::move(h));
-      } else {
-        out.push_back(std::move(h));
-      }
-    }
+    if (keep > 1) Remove(keep - 1, /*multiple=*/true, out);
+    Out kept;
+    Remove(keep, /*multiple=*/false, kept);
+    RemoveAll(out);
+    // The ring is empty now, so `keep` is older than its base: it stays as
+    // a straggler.
+    if (!kept.empty()) stragglers_.emplace(keep, std::move(kept[0]));
   }
 
  private:
@@ -233,7 +229,6 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   absl::Status CheckOwner(const Delivery& d) const;
   struct Held {
     NodePtr node;
-    uint64_t tag = 0;
     TimerService::TimerId lease = TimerService::kNoTimer;
     uint64_t lease_generation = 0;  // which lease timer may expire it
     absl::Time lease_until = absl::InfiniteFuture();

@@ -14,10 +14,9 @@ namespace {
 
 struct Held {
   std::unique_ptr<uint64_t> node;  // holds its own tag
-  uint64_t tag = 0;
 };
 
-Held Make(uint64_t tag) { return Held{std::make_unique<uint64_t>(tag), tag}; }
+Held Make(uint64_t tag) { return Held{std::make_unique<uint64_t>(tag)}; }
 
 std::vector<uint64_t> Tags(const std::vector<Held>& out) {
   std::vector<uint64_t> tags;
