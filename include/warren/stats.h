@@ -43,7 +43,9 @@ struct QueueStats {
   uint64_t acked = 0;
   uint64_t nacked = 0;    // Nack, with or without requeue
   uint64_t rejected = 0;  // Reject, with or without requeue
-  uint64_t requeued = 0;  // returned to the queue (nack, reject, close)
+  // Returned to the queue: nack or reject with requeue, a consumer's close,
+  // an expired lease (a retry counts when it is scheduled).
+  uint64_t requeued = 0;
   // A message given up on (rejected without requeue, expired, over the
   // length limit, out of attempts) ends in exactly one of the next two,
   // whatever the reason (which `nacked`, `rejected` or `expired` may count
@@ -69,7 +71,10 @@ struct QueueStats {
 
 struct ExchangeStats {
   std::string name;
-  // Publishes to this exchange, dead-lettering and redrive included.
+  // Publishes to this exchange, dead-lettering and redrive included. A
+  // message that reaches it through an exchange-to-exchange binding, or as
+  // an alternate exchange, is counted by the exchange it was published to
+  // only.
   uint64_t published = 0;
   uint64_t routed = 0;      // publishes that reached at least one queue
   uint64_t unroutable = 0;  // publishes that reached no queue
