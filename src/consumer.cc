@@ -242,12 +242,14 @@ void ConsumerState::TakeLapsedLocked(uint64_t tag, bool multiple,
   held_.ForEach(multiple ? 0 : tag, tag, [&](uint64_t t, const Held& h) {
     if (h.lease_until <= now) tags.push_back(t);
   });
-  for (uint64_t t : tags) {
-    HeldList one;
-    held_.Remove(t, /*multiple=*/false, one);
-    CancelLease(one[0].lease);
-    lapsed.push_back(std::move(one[0].node));
-  }
+  for (uint64_t t : tags) TakeOneLocked(t, lapsed);
+}
+
+void ConsumerState::TakeOneLocked(uint64_t tag, std::vector<NodePtr>& out) {
+  HeldList one;
+  held_.Remove(tag, /*multiple=*/false, one);
+  CancelLease(one[0].lease);
+  out.push_back(std::move(one[0].node));
 }
 
 void ConsumerState::ReturnLapsed(std::vector<NodePtr> lapsed) {
@@ -410,10 +412,7 @@ absl::Status ConsumerState::Extend(const Delivery& d,
     } else if (extension == absl::ZeroDuration()) {
       // Over now (as SQS's visibility timeout of 0): back to the queue at
       // once, not when a timer runs.
-      HeldList one;
-      held_.Remove(d.delivery_tag_, /*multiple=*/false, one);
-      CancelLease(one[0].lease);
-      lapsed.push_back(std::move(one[0].node));
+      TakeOneLocked(d.delivery_tag_, lapsed);
     } else {
       CancelLease(held->lease);
       ArmLease(d.delivery_tag_, *held, queue_->Now() + extension);

@@ -245,6 +245,10 @@ class ConsumerState : public std::enable_shared_from_this<ConsumerState> {
   // the queue as a close does; with `close`, closes it too. False when it
   // was closed already.
   bool ReturnHeld(bool close, uint64_t keep = 0) ABSL_LOCKS_EXCLUDED(mu_);
+  // Moves held delivery `tag` (which must be held) out of held_ into `out`,
+  // cancelling its lease timer.
+  void TakeOneLocked(uint64_t tag, std::vector<NodePtr>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns deliveries whose leases are over, as their timers would.
   void ReturnLapsed(std::vector<NodePtr> lapsed) ABSL_LOCKS_EXCLUDED(mu_);
   // (Re)arms the lease of `held` (delivery `tag`), due at `at`.

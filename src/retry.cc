@@ -72,8 +72,7 @@ absl::Duration BaseRetryDelay(const RetryPolicy& p, uint32_t attempt,
         // consumer: one that throws gets initial_delay instead.
         try {
           d = p.custom(attempt, message);
-        } catch (...) {
-          d = p.initial_delay;
+        } catch (...) {  // d is still initial_delay
         }
       }
       break;

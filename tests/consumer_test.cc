@@ -627,77 +627,65 @@ TEST_CASE(
   CHECK(stats.ready == 0);
 }
 
+// A subscription of two workers on queue "q": the handler of "other" runs
+// until released; the handler of "stopper" waits for it to start, then stops
+// the subscription with `grace` (keeping the status) and acks.
+struct SelfStopBesideOther {
+  std::unique_ptr<Broker> b = NewBroker();
+  Event subscribed, other_started, release_other, stopping, stopped;
+  absl::Status stop_status;
+  std::unique_ptr<Subscription> sub;  // last: destroyed (joined) first
+
+  explicit SelfStopBesideOther(absl::Duration grace) {
+    REQUIRE(b->DeclareQueue("q").ok());
+    sub = b->Subscribe("q",
+                       [this, grace](const Delivery& d) {
+                         subscribed.Wait();
+                         if (d.body() == "other") {
+                           other_started.Set();
+                           release_other.Wait();
+                           return HandlerResult::kAck;
+                         }
+                         other_started.Wait();
+                         stopping.Set();
+                         stop_status = sub->Stop(grace);
+                         stopped.Set();
+                         return HandlerResult::kAck;
+                       },
+                       {.workers = 2})
+              .value();
+    subscribed.Set();
+    REQUIRE(Send(*b, "", "q", "other").ok());
+    REQUIRE(Send(*b, "", "q", "stopper").ok());
+  }
+};
+
 TEST_CASE(
     "A handler that stops its own subscription waits for the other "
     "handlers") {
-  auto b = NewBroker();
-  REQUIRE(b->DeclareQueue("q").ok());
-  Event subscribed, other_started, release_other, stopping, stopped;
-  std::unique_ptr<Subscription> sub;
-  absl::Status stop_status;
-  sub = b->Subscribe("q",
-                     [&](const Delivery& d) {
-                       subscribed.Wait();
-                       if (d.body() == "other") {
-                         other_started.Set();
-                         release_other.Wait();
-                         return HandlerResult::kAck;
-                       }
-                       other_started.Wait();
-                       stopping.Set();
-                       stop_status = sub->Stop(absl::InfiniteDuration());
-                       stopped.Set();
-                       return HandlerResult::kAck;
-                     },
-                     {.workers = 2})
-            .value();
-  subscribed.Set();
-  REQUIRE(Send(*b, "", "q", "other").ok());
-  REQUIRE(Send(*b, "", "q", "stopper").ok());
-  stopping.Wait();
-  release_other.Set();  // the other handler ends while Stop waits for it
-  stopped.Wait();
-  CHECK(stop_status.ok());
-  sub.reset();
-  CHECK(b->GetQueueStats("q")->acked == 2);
+  SelfStopBesideOther f(absl::InfiniteDuration());
+  f.stopping.Wait();
+  f.release_other.Set();  // the other handler ends while Stop waits for it
+  f.stopped.Wait();
+  CHECK(f.stop_status.ok());
+  f.sub.reset();
+  CHECK(f.b->GetQueueStats("q")->acked == 2);
 }
 
 TEST_CASE(
     "A handler that stops its own subscription past the grace still settles "
     "its own delivery") {
-  auto b = NewBroker();
-  REQUIRE(b->DeclareQueue("q").ok());
-  Event subscribed, other_started, release_other, stopped;
-  std::unique_ptr<Subscription> sub;
-  absl::Status stop_status;
-  sub = b->Subscribe("q",
-                     [&](const Delivery& d) {
-                       subscribed.Wait();
-                       if (d.body() == "other") {
-                         other_started.Set();
-                         release_other.Wait();
-                         return HandlerResult::kAck;
-                       }
-                       other_started.Wait();
-                       stop_status = sub->Stop(absl::Milliseconds(1));
-                       stopped.Set();
-                       return HandlerResult::kAck;
-                     },
-                     {.workers = 2})
-            .value();
-  subscribed.Set();
-  REQUIRE(Send(*b, "", "q", "other").ok());
-  REQUIRE(Send(*b, "", "q", "stopper").ok());
-  stopped.Wait();  // "other" is still running: it outlived the grace
-  CHECK(absl::IsDeadlineExceeded(stop_status));
-  release_other.Set();
-  sub.reset();
+  SelfStopBesideOther f(absl::Milliseconds(1));
+  f.stopped.Wait();  // "other" is still running: it outlived the grace
+  CHECK(absl::IsDeadlineExceeded(f.stop_status));
+  f.release_other.Set();
+  f.sub.reset();
   // "other" went back to the queue at the deadline (its ack then failed);
   // "stopper" was acked by its handler's result.
-  const QueueStats stats = b->GetQueueStats("q").value();
+  const QueueStats stats = f.b->GetQueueStats("q").value();
   CHECK(stats.acked == 1);
   CHECK(stats.requeued == 1);
-  CHECK(Drain(*b, "q") == std::vector<std::string>{"other"});
+  CHECK(Drain(*f.b, "q") == std::vector<std::string>{"other"});
 }
 
 TEST_CASE("Stop with no grace is OK when no handler is running") {

@@ -421,14 +421,20 @@ TEST_CASE(
 }
 
 // "work" dead-letters into "dlq"; two rejected messages wait there.
-void TwoDeadLetters(Env& e) {
+// Declares queue "work" and dead-letters `n` messages "d1", "d2", ... from
+// it into "dlq".
+void DeadLetters(Env& e, int n) {
   REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
-  REQUIRE(Send(*e.b, "", "work", "d1").ok());
-  REQUIRE(Send(*e.b, "", "work", "d2").ok());
+  for (int i = 1; i <= n; ++i) {
+    REQUIRE(Send(*e.b, "", "work", "d" + std::to_string(i)).ok());
+  }
   auto c = e.b->Consume("work").value();
-  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
-  REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
+  }
 }
+
+void TwoDeadLetters(Env& e) { DeadLetters(e, 2); }
 
 TEST_CASE("Browse shows ready messages without consuming them") {
   Env e;
@@ -1081,18 +1087,6 @@ TEST_CASE(
   CHECK(Ready(*e.b, "dlq") == 1);
 }
 
-// Dead-letters `n` messages "0", "1", ... from queue "work" into "dlq".
-void DeadLetters(Env& e, int n) {
-  REQUIRE(e.b->DeclareQueue("work", WithDlx({})).ok());
-  for (int i = 0; i < n; ++i) {
-    REQUIRE(Send(*e.b, "", "work", std::to_string(i)).ok());
-  }
-  auto c = e.b->Consume("work").value();
-  for (int i = 0; i < n; ++i) {
-    REQUIRE(c->Reject(c->TryReceive().value(), {.requeue = false}).ok());
-  }
-}
-
 TEST_CASE("A paced redrive runs every tick that fell due while time jumped") {
   Env e;
   DeadLetters(e, 10);
@@ -1126,7 +1120,7 @@ TEST_CASE(
     CHECK(e.b->Redrive("dlq", {.max_messages = 1}).value() == 1);
   }
   CHECK(e.b->Redrive("dlq", {.max_messages = 1}).value() == 0);
-  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"0", "1", "2"});
+  CHECK(Drain(*e.b, "work") == std::vector<std::string>{"d1", "d2", "d3"});
   CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"g"});
 }
 
@@ -1138,7 +1132,7 @@ TEST_CASE(
   CAPTURE(max);
   CHECK(e.b->Redrive("dlq", {.to_queue = "dlq", .max_messages = max}).value() ==
         3);
-  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"0", "1", "2"});
+  CHECK(Drain(*e.b, "dlq") == std::vector<std::string>{"d1", "d2", "d3"});
 }
 
 TEST_CASE("A custom backoff that throws retries after the initial delay") {
